@@ -1,0 +1,55 @@
+//! # tagstream
+//!
+//! A multi-stream tensor runtime: split model work across streams, order it with **tagged
+//! events**, and (in a later release) capture the whole multi-stream program into a graph that
+//! replays with almost no launch overhead. It follows the API of Ascend torchair's
+//! `npu_create_tagged_event` / `npu_tagged_event_record` / `npu_tagged_event_wait` /
+//! `npu_stream_switch`, with one difference that matters: a cross-stream read that no event
+//! orders is refused with [`Error::DataRace`] before anything runs, so results never depend on
+//! thread timing.
+//!
+//! ## Concept map
+//! | concept | here | torchair / CUDA |
+//! |---|---|---|
+//! | value on a device | [`Tensor`] (immutable, asynchronous) | `torch.Tensor` |
+//! | stream | a worker thread per tag, chosen by [`scope::stream_switch`] | `npu_stream_switch(tag)` |
+//! | event | [`ops::TaggedEvent`] from [`ops::create_tagged_event`] | `npu_create_tagged_event(tag)` |
+//! | record / wait | [`ops::tagged_event_record`] / [`ops::tagged_event_wait`] | `npu_tagged_event_record/wait` |
+//! | host sync | [`Tensor::to_vec_f32`], [`synchronize`] | `.cpu()`, `torch.npu.synchronize()` |
+//!
+//! ## Quick start: the seed model, eagerly on two streams
+//! ```
+//! use tagstream::ops::{create_tagged_event, tagged_event_record, tagged_event_wait};
+//! use tagstream::scope::stream_switch;
+//! use tagstream::{DType, Tensor};
+//!
+//! let ev = create_tagged_event("lib-doc-66")?;
+//! let x: Vec<Tensor> = (0..4).map(|i| Tensor::randn(&[64, 64], DType::F16, i)).collect::<Result<_, _>>()?;
+//! let add = x[0].add(&x[1])?;          // main stream
+//! tagged_event_record(&ev)?;           // recorded on main
+//! let mm = {
+//!     let _on_1 = stream_switch("lib-doc-1")?;
+//!     tagged_event_wait(&ev)?;         // stream "lib-doc-1" waits for the record
+//!     x[2].matmul(&x[3])?
+//! };
+//! let mm1 = x[2].matmul(&x[3])?;       // overlaps `mm`
+//! assert_eq!(mm.to_vec_f32()?, mm1.to_vec_f32()?);
+//! assert_eq!(add.shape(), &[64, 64]);
+//! # Ok::<(), tagstream::Error>(())
+//! ```
+//!
+//! The rules are in `docs/semantics.md` (shared with the team as `shared/docs/semantics.md`);
+//! rule ids such as R3.5 in these docs refer to it. `docs/architecture.md` maps the modules.
+
+pub mod error;
+pub(crate) mod kernels;
+pub mod models;
+pub mod ops;
+pub mod reference;
+pub(crate) mod runtime;
+pub mod scope;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use runtime::{StreamActivity, stream_activity, synchronize};
+pub use tensor::{DType, Tensor};

@@ -1,0 +1,97 @@
+//! Ready-made models, starting with the seed model of design.md §1 (torchair's
+//! `npu_create_tagged_event` example), and their checks against the serial reference.
+//!
+//! Owns model-building closures and their reference checks; shared by the CLI, the tests and
+//! the benchmarks so that all three run exactly the same program.
+
+use crate::error::Result;
+use crate::kernels::{BinaryOp, MatmulDims};
+use crate::ops::{TaggedEvent, tagged_event_record, tagged_event_wait};
+use crate::reference;
+use crate::scope::stream_switch;
+use crate::tensor::{DType, Tensor};
+
+/// Names of the seed model's four outputs, in order.
+pub const SEED_OUTPUTS: [&str; 4] = ["add", "mm", "mm1", "add2"];
+
+/// The seed model: `add = x0+x1` on main; record `ev`; in scope `side` { wait `ev`;
+/// `mm = x2@x3` }; `mm1 = x2@x3` and `add2 = x2+x3` on main (SC1, SC3).
+///
+/// The returned closure has the signature `compile` takes, and owns its event.
+///
+/// ```
+/// use tagstream::{models, ops, DType};
+/// let ev = ops::create_tagged_event("seed-doc-66")?;
+/// let mut model = models::seed_model(ev, "seed-doc-1");
+/// let x = models::seed_inputs(32, DType::F32)?;
+/// let out = model(&x)?;
+/// assert_eq!(out.len(), 4);
+/// # Ok::<(), tagstream::Error>(())
+/// ```
+pub fn seed_model(
+    ev: TaggedEvent,
+    side: &str,
+) -> impl FnMut(&[Tensor]) -> Result<Vec<Tensor>> + Send + 'static {
+    let side = side.to_string();
+    move |x: &[Tensor]| {
+        let add = x[0].add(&x[1])?;
+        tagged_event_record(&ev)?;
+        let mm = {
+            let _on_side = stream_switch(&side)?;
+            tagged_event_wait(&ev)?;
+            x[2].matmul(&x[3])?
+        };
+        let mm1 = x[2].matmul(&x[3])?;
+        let add2 = x[2].add(&x[3])?;
+        Ok(vec![add, mm, mm1, add2])
+    }
+}
+
+/// The seed model's inputs: four `[size, size]` standard-normal tensors, seeds 0..4.
+///
+/// # Errors
+/// Only if `size * size` overflows.
+pub fn seed_inputs(size: usize, dtype: DType) -> Result<Vec<Tensor>> {
+    (0..4).map(|i| Tensor::randn(&[size, size], dtype, i)).collect()
+}
+
+/// How one output compares with the serial reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputCheck {
+    /// The output's name.
+    pub name: &'static str,
+    /// The rule applied: bit-exact (R6.6) or the matmul bound (R6.9).
+    pub rule: &'static str,
+    /// Largest absolute difference from the reference (for matmul, from the exact f64 product).
+    pub max_abs_err: f64,
+    /// `None` if the output passes, otherwise what failed.
+    pub failure: Option<String>,
+}
+
+/// Checks the seed model's outputs (as f32) against the single-stream serial reference computed
+/// from the same inputs (as f32): elementwise outputs bit for bit (R6.6), matmuls within R6.9.
+pub fn check_seed(inputs: &[Vec<f32>], outputs: &[Vec<f32>], size: usize, dtype: DType) -> Vec<OutputCheck> {
+    let dims = MatmulDims { batch: 1, m: size, k: size, n: size, rhs_batched: false };
+    let add_ref = reference::binary(BinaryOp::Add, &inputs[0], &inputs[1], dtype);
+    let add2_ref = reference::binary(BinaryOp::Add, &inputs[2], &inputs[3], dtype);
+    let exact = |name: &'static str, got: &[f32], want: &[f32]| {
+        let max_abs_err = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| if a.is_nan() && b.is_nan() { 0.0 } else { (f64::from(*a) - f64::from(*b)).abs() })
+            .fold(0.0, f64::max);
+        let failure = reference::first_mismatch(got, want)
+            .map(|i| format!("element {i}: got {} expected {}", got[i], want[i]));
+        OutputCheck { name, rule: "bit-exact (R6.6)", max_abs_err, failure }
+    };
+    let matmul = |name: &'static str, got: &[f32]| match reference::check_matmul(&inputs[2], &inputs[3], got, dims, dtype) {
+        Ok(err) => OutputCheck { name, rule: "bound (R6.9)", max_abs_err: err, failure: None },
+        Err(msg) => OutputCheck { name, rule: "bound (R6.9)", max_abs_err: f64::NAN, failure: Some(msg) },
+    };
+    vec![
+        exact("add", &outputs[0], &add_ref),
+        matmul("mm", &outputs[1]),
+        matmul("mm1", &outputs[2]),
+        exact("add2", &outputs[3], &add2_ref),
+    ]
+}

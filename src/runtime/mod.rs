@@ -1,0 +1,318 @@
+//! The CPU backend: streams, their workers, the issue path and eager happens-before tracking.
+//!
+//! Owns the process-wide stream registry (tag → stream, R2.1–R2.2), one worker thread per
+//! stream, the vector clocks of R3.4 (one per stream plus the host frontier `H`), each event's
+//! latest record (R1.7–R1.10), and the host waits (`to_vec_f32`, [`synchronize`]). It does not
+//! validate shapes (that is `ops::op`) and does not know about scopes (the caller passes the
+//! stream). See `README.md` beside this file for the worker/event protocol.
+//!
+//! # The happens-before tracker
+//! *Why this exists*: results must never depend on thread timing (R3.10), so whether a read is
+//! ordered after its producer is decided when the read is issued, not observed when it runs.
+//!
+//! *Strategy*: every issue happens under one lock (`Runtime::state`), so issue order is a total
+//! order, stream FIFO order agrees with it, and a refused call can return before it changes
+//! anything (R3.9). Issuing on stream `s` computes `V_s ⊔ H`, checks every input's producer
+//! position against it (R3.5), then ticks `V_s[s]` and pushes the entry.
+//!
+//! *Invariant*: an accepted entry's inputs are produced by entries that hb it, so when it runs
+//! they have executed: stream order, or a chain of waits each of which blocked until the
+//! producer's progress was published (release/acquire through [`Progress`]).
+//!
+//! *Fast path*: the lock is held for a clock join (a few words) and a queue push.
+
+pub(crate) mod clock;
+mod queue;
+mod signal;
+mod sync;
+pub(crate) mod worker;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use self::clock::VClock;
+use self::signal::Progress;
+use self::sync::{Mutex, lock};
+use self::worker::{CoreSplit, Entry, FailureSink, Task, WorkerShared};
+use crate::error::{Error, Result};
+use crate::ops::op::Op;
+use crate::tensor::storage::Buffer;
+
+/// Index of a stream in the registry. Streams are never removed, so ids are stable.
+pub(crate) type StreamId = usize;
+
+/// The main stream's id; its tag is [`MAIN_TAG`].
+pub(crate) const MAIN: StreamId = 0;
+
+/// The reserved tag of the main stream (R2.4).
+pub(crate) const MAIN_TAG: &str = "default";
+
+/// Where an entry sits and what it had seen when issued: `(stream, seq)` plus its clock.
+#[derive(Debug)]
+pub(crate) struct Position {
+    pub(crate) stream: StreamId,
+    pub(crate) seq: u64,
+    /// The op's name (`matmul`, `tagged_event_record`, ...), for error messages.
+    pub(crate) op: &'static str,
+    pub(crate) clock: VClock,
+}
+
+#[derive(Debug)]
+struct Stream {
+    clock: VClock,
+    shared: Arc<WorkerShared>,
+    started: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    streams: Vec<Stream>,
+    by_tag: HashMap<String, StreamId>,
+    host: VClock,
+    /// Latest record of each event, by event id.
+    latest_record: HashMap<u64, Arc<Position>>,
+}
+
+/// The process-wide CPU runtime.
+#[derive(Debug)]
+pub(crate) struct Runtime {
+    state: Mutex<State>,
+    split: CoreSplit,
+    failures: Mutex<Vec<Error>>,
+}
+
+/// The runtime, created on first use.
+pub(crate) fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        let mut state = State::default();
+        add_stream(&mut state, MAIN_TAG);
+        Runtime { state: Mutex::new(state), split: CoreSplit::new(), failures: Mutex::default() }
+    })
+}
+
+fn add_stream(state: &mut State, tag: &str) -> StreamId {
+    let id = state.streams.len();
+    let shared = Arc::new(WorkerShared {
+        tag: Arc::from(tag),
+        queue: Default::default(),
+        progress: Arc::new(Progress::default()),
+    });
+    state.streams.push(Stream { clock: VClock::default(), shared, started: false });
+    state.by_tag.insert(tag.to_string(), id);
+    id
+}
+
+impl FailureSink for Runtime {
+    fn report(&self, error: Error) {
+        lock(&self.failures).push(error);
+    }
+}
+
+impl State {
+    /// Starts the stream's worker thread if it is not running yet. Done before any state
+    /// changes, so a spawn failure leaves everything as it was (R3.9).
+    fn ensure_started(&mut self, s: StreamId) -> Result<()> {
+        let stream = &mut self.streams[s];
+        if stream.started {
+            return Ok(());
+        }
+        let shared = stream.shared.clone();
+        std::thread::Builder::new()
+            .name(format!("tagstream:{}", shared.tag))
+            .spawn(move || {
+                let rt = runtime();
+                worker::run(shared, &rt.split, rt);
+            })
+            .map_err(|e| Error::WorkerSpawn {
+                stream: stream.shared.tag.to_string(),
+                message: e.to_string(),
+            })?;
+        stream.started = true;
+        Ok(())
+    }
+
+    fn tag(&self, s: StreamId) -> String {
+        self.streams[s].shared.tag.to_string()
+    }
+
+    /// Commits the clock `clock` (already `V_s ⊔ H ⊔ ...`) as stream `s`'s, ticks it and pushes
+    /// the entry. Everything that can fail must have been checked before.
+    fn issue(&mut self, s: StreamId, mut clock: VClock, op: &'static str, task: Task) -> Arc<Position> {
+        let seq = clock.tick(s);
+        let stream = &mut self.streams[s];
+        stream.clock = clock.clone();
+        stream.shared.queue.push(Entry { seq, task });
+        Arc::new(Position { stream: s, seq, op, clock })
+    }
+
+    /// `V_s ⊔ H`: the point that an entry issued now on `s` starts from (R3.4).
+    fn start_point(&self, s: StreamId) -> VClock {
+        let mut c = self.streams[s].clock.clone();
+        c.join(&self.host);
+        c
+    }
+}
+
+impl Runtime {
+    /// The stream with `tag`, created (with its worker) on first use (R2.1).
+    pub(crate) fn stream_for_tag(&self, tag: &str) -> Result<StreamId> {
+        let mut st = lock(&self.state);
+        let id = match st.by_tag.get(tag) {
+            Some(&id) => id,
+            None => add_stream(&mut st, tag),
+        };
+        st.ensure_started(id)?;
+        Ok(id)
+    }
+
+    /// Issues `op` on stream `s`, reading `inputs` (their buffers and producers).
+    ///
+    /// # Errors
+    /// [`Error::DataRace`] if an input's producer does not happen-before `s`'s current point;
+    /// nothing is issued then.
+    pub(crate) fn launch(
+        &self,
+        s: StreamId,
+        op: Op,
+        inputs: &[(&Arc<Buffer>, Option<&Arc<Position>>)],
+    ) -> Result<(Arc<Buffer>, Arc<Position>)> {
+        let mut st = lock(&self.state);
+        st.ensure_started(s)?;
+        let start = st.start_point(s);
+        for (_, producer) in inputs {
+            if let Some(p) = producer {
+                if start.get(p.stream) < p.seq {
+                    return Err(Error::DataRace {
+                        reader: op.name().to_string(),
+                        reader_stream: st.tag(s),
+                        producer: p.op.to_string(),
+                        producer_stream: st.tag(p.stream),
+                    });
+                }
+            }
+        }
+        let name = op.name();
+        let output = Arc::new(Buffer::pending());
+        let task = Task::Op {
+            op,
+            inputs: inputs.iter().map(|(b, _)| Arc::clone(b)).collect(),
+            output: output.clone(),
+        };
+        let pos = st.issue(s, start, name, task);
+        Ok((output, pos))
+    }
+
+    /// Issues a record of event `event` on stream `s` (R1.7); waits issued later bind to it.
+    pub(crate) fn record(&self, s: StreamId, event: u64) -> Result<()> {
+        let mut st = lock(&self.state);
+        st.ensure_started(s)?;
+        let start = st.start_point(s);
+        let pos = st.issue(s, start, "tagged_event_record", Task::Record);
+        st.latest_record.insert(event, pos);
+        Ok(())
+    }
+
+    /// Issues a wait on stream `s`, bound to the latest record of `event` (R1.8), or a no-op
+    /// wait if it was never recorded (R1.9).
+    pub(crate) fn wait(&self, s: StreamId, event: u64) -> Result<()> {
+        let mut st = lock(&self.state);
+        st.ensure_started(s)?;
+        let mut start = st.start_point(s);
+        let bound = st.latest_record.get(&event).cloned();
+        let on = bound.map(|rec| {
+            start.join(&rec.clock);
+            (st.streams[rec.stream].shared.progress.clone(), rec.seq)
+        });
+        st.issue(s, start, "tagged_event_wait", Task::Wait { on });
+        Ok(())
+    }
+
+    /// Blocks until the entry at `pos` has executed, then adds what it had seen to the host
+    /// frontier (R3.6).
+    pub(crate) fn host_wait(&self, pos: &Position) {
+        let progress = lock(&self.state).streams[pos.stream].shared.progress.clone();
+        progress.wait_until(pos.seq);
+        lock(&self.state).host.join(&pos.clock);
+    }
+
+    /// See [`synchronize`].
+    fn synchronize(&self) -> Result<()> {
+        // (progress, entries issued so far, clock) of every started stream. A stream's own
+        // clock component counts the entries issued on it.
+        let targets: Vec<(Arc<Progress>, u64, VClock)> = {
+            let st = lock(&self.state);
+            st.streams
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.started)
+                .map(|(id, s)| (s.shared.progress.clone(), s.clock.get(id), s.clock.clone()))
+                .collect()
+        };
+        for (progress, issued, _) in &targets {
+            progress.wait_until(*issued);
+        }
+        {
+            let mut st = lock(&self.state);
+            for (_, _, clock) in &targets {
+                st.host.join(clock);
+            }
+        }
+        let mut failures = lock(&self.failures);
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let first = failures.remove(0);
+        failures.clear();
+        Err(first)
+    }
+}
+
+/// How much work one stream has been given, from [`stream_activity`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamActivity {
+    /// The stream's tag (`"default"` for the main stream).
+    pub tag: String,
+    /// Entries (ops, records, waits) issued on the stream so far.
+    pub issued: u64,
+    /// Entries the stream's worker has executed so far.
+    pub executed: u64,
+}
+
+/// Every stream created so far in this process, main stream first, with its entry counts.
+///
+/// ```
+/// let before = tagstream::stream_activity();
+/// assert_eq!(before[0].tag, "default");
+/// ```
+pub fn stream_activity() -> Vec<StreamActivity> {
+    let st = lock(&runtime().state);
+    st.streams
+        .iter()
+        .enumerate()
+        .map(|(id, s)| StreamActivity {
+            tag: s.shared.tag.to_string(),
+            issued: s.clock.get(id),
+            executed: s.shared.progress.done(),
+        })
+        .collect()
+}
+
+/// Blocks until every entry issued on any stream before the call has executed (R3.3).
+///
+/// Afterwards every stream treats that work as done (R3.6). Returns the first failure a
+/// worker reported since the last `synchronize`, if any.
+///
+/// # Errors
+/// A pending [`Error::UnbalancedStreamSwitch`] of this thread (R2.8); a worker failure.
+///
+/// ```
+/// let x = tagstream::Tensor::full(&[2, 2], 1.0, tagstream::DType::F32)?;
+/// let y = x.exp()?; // enqueued on the main stream, returns at once
+/// tagstream::synchronize()?; // y is computed now
+/// # Ok::<(), tagstream::Error>(())
+/// ```
+pub fn synchronize() -> Result<()> {
+    crate::scope::take_pending_error()?;
+    runtime().synchronize()
+}

@@ -1,0 +1,168 @@
+//! The stream worker: one thread per stream that runs the stream's entries in FIFO order.
+//!
+//! Owns [`Entry`], [`Task`] and the worker loop. A worker executes an entry, then publishes its
+//! position through the stream's [`Progress`]. It never decides ordering: waits were bound at
+//! issue time and arrive here as "block until stream `t` has executed `k` entries".
+//!
+//! Failures never leave a waiter blocked (style §7.7): a kernel panic is caught, turned into an
+//! [`Error::ExecutionFailed`] stored in the op's output buffer (and in the runtime's failure
+//! list, reported by the next `synchronize`), and the position is published as usual.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use super::queue::WorkQueue;
+use super::signal::Progress;
+use super::sync::Ordering;
+use crate::error::Error;
+use crate::ops::op::Op;
+use crate::tensor::storage::Buffer;
+
+/// What an entry does when its worker reaches it.
+#[derive(Debug)]
+pub(crate) enum Task {
+    /// Run a kernel. The entry holds its input and output buffers alive until it completes (R3.8).
+    Op { op: Op, inputs: Vec<Arc<Buffer>>, output: Arc<Buffer> },
+    /// A tagged-event record: completing it is what publishes the event.
+    Record,
+    /// A tagged-event wait bound to the record at position `until` of the stream whose progress is
+    /// `on`; `None` when the event had never been recorded (a no-op, R1.9).
+    Wait { on: Option<(Arc<Progress>, u64)> },
+}
+
+/// One item on a stream.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) seq: u64,
+    pub(crate) task: Task,
+}
+
+/// What a worker shares with the runtime.
+#[derive(Debug)]
+pub(crate) struct WorkerShared {
+    pub(crate) tag: Arc<str>,
+    pub(crate) queue: WorkQueue<Entry>,
+    pub(crate) progress: Arc<Progress>,
+}
+
+/// The core-split policy (design.md §3 "Threads per stream").
+///
+/// A stream is *busy* while it has an entry to run and is not blocked in a wait. A matmul may
+/// use `max(1, cores / busy)` threads, so streams that run at once share the machine instead of
+/// each spawning a full-width GEMM. The split is read when the matmul starts; it changes speed
+/// only, never bits (R6.4: the kernels parallelize over output elements only).
+#[derive(Debug)]
+pub(crate) struct CoreSplit {
+    busy: AtomicUsize,
+    cores: usize,
+}
+
+impl CoreSplit {
+    pub(crate) fn new() -> CoreSplit {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        CoreSplit { busy: AtomicUsize::new(0), cores }
+    }
+
+    pub(crate) fn threads_per_busy_stream(&self) -> usize {
+        let busy = self.busy.load(Ordering::Relaxed).max(1);
+        (self.cores / busy).max(1)
+    }
+
+    fn enter(&self) {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn leave(&self) {
+        self.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Where workers report failures that no caller is waiting for yet.
+pub(crate) trait FailureSink: Send + Sync {
+    fn report(&self, error: Error);
+}
+
+/// The worker loop. Returns when the queue is closed.
+pub(crate) fn run(shared: Arc<WorkerShared>, split: &CoreSplit, failures: &dyn FailureSink) {
+    let mut busy = false;
+    loop {
+        if busy && shared.queue.is_empty_hint() {
+            busy = false;
+            split.leave();
+        }
+        let Some(entry) = shared.queue.pop() else { break };
+        if !busy {
+            busy = true;
+            split.enter();
+        }
+        match entry.task {
+            Task::Op { op, inputs, output } => {
+                let result = execute(&shared.tag, &op, &inputs, split.threads_per_busy_stream());
+                if let Err(e) = &result {
+                    failures.report(e.clone());
+                }
+                if !output.fill(result) {
+                    failures.report(Error::ExecutionFailed {
+                        op: op.name().to_string(),
+                        stream: shared.tag.to_string(),
+                        message: "output buffer was already written (tensors are immutable)".into(),
+                    });
+                }
+                // Inputs and output are released here, after the kernel: R3.8.
+            }
+            Task::Record => {}
+            Task::Wait { on: Some((progress, until)) } => {
+                if progress.done() < until {
+                    split.leave();
+                    progress.wait_until(until);
+                    split.enter();
+                }
+            }
+            Task::Wait { on: None } => {}
+        }
+        shared.progress.publish(entry.seq);
+    }
+    if busy {
+        split.leave();
+    }
+}
+
+/// Runs one op, turning a missing input, a failed input or a kernel panic into an error value.
+fn execute(
+    stream: &str,
+    op: &Op,
+    inputs: &[Arc<Buffer>],
+    threads: usize,
+) -> Result<crate::tensor::storage::Data, Error> {
+    let fail = |message: String| Error::ExecutionFailed {
+        op: op.name().to_string(),
+        stream: stream.to_string(),
+        message,
+    };
+    let mut data = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        match input.get() {
+            Some(Ok(d)) => data.push(d),
+            // An input that failed makes this output fail with the same cause.
+            Some(Err(e)) => return Err(e.clone()),
+            None => {
+                return Err(fail(
+                    "an input was not produced yet: the happens-before invariant is broken".into(),
+                ));
+            }
+        }
+    }
+    match catch_unwind(AssertUnwindSafe(|| op.execute(&data, threads))) {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(msg)) => Err(fail(msg)),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "kernel panicked".into());
+            Err(fail(format!("kernel panicked: {msg}")))
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Element types: [`DType`], and the [`Element`] trait that lets one generic kernel serve
+//! `f32`, `f16` and `bf16`.
+//!
+//! Conversions follow semantics R6.1: to `F16`/`BF16` round to nearest with ties to even,
+//! overflow becomes ±inf, NaN stays NaN, subnormals are kept; to `F32` is exact. The `half` crate
+//! does the bit work (with F16C on x86 when the CPU has it).
+
+use std::fmt;
+use std::str::FromStr;
+
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+
+use crate::error::Error;
+
+/// The element type of a tensor.
+///
+/// ```
+/// use tagstream::DType;
+/// assert_eq!("bf16".parse::<DType>().unwrap(), DType::BF16);
+/// assert!("f64".parse::<DType>().is_err());
+/// assert_eq!(DType::F16.size_in_bytes(), 2);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// IEEE binary32.
+    F32,
+    /// IEEE binary16.
+    F16,
+    /// bfloat16 (8 exponent bits, 7 mantissa bits).
+    BF16,
+}
+
+impl DType {
+    /// All dtypes, in a fixed order.
+    pub const ALL: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+    /// The lower-case name (`f32`, `f16`, `bf16`), as accepted by [`str::parse`].
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+
+    /// Rounds an f32 value to this dtype and back (R6.1), e.g. to build reference values.
+    pub fn round_f32(self, x: f32) -> f32 {
+        match self {
+            DType::F32 => x,
+            DType::F16 => f16::from_f32(x).to_f32(),
+            DType::BF16 => bf16::from_f32(x).to_f32(),
+        }
+    }
+
+    /// Unit roundoff of this dtype as an output type (`u_out` of R6.7).
+    pub fn unit_roundoff(self) -> f64 {
+        match self {
+            DType::F32 => 0.0,
+            DType::F16 => 2f64.powi(-11),
+            DType::BF16 => 2f64.powi(-8),
+        }
+    }
+
+    /// Half the smallest positive subnormal (`η_out` of R6.7).
+    pub fn half_min_subnormal(self) -> f64 {
+        match self {
+            DType::F32 => 0.0,
+            DType::F16 => 2f64.powi(-25),
+            DType::BF16 => 2f64.powi(-134),
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for DType {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(DType::F32),
+            "f16" | "float16" | "half" => Ok(DType::F16),
+            "bf16" | "bfloat16" => Ok(DType::BF16),
+            _ => Err(Error::UnknownDType { name: s.to_string() }),
+        }
+    }
+}
+
+/// A storage element type. Kernels are generic over it and compute in f32 (R6.2).
+///
+/// Conversions go through whole slices so that `half` can use vector instructions.
+pub(crate) trait Element: Copy + Send + Sync + Default + fmt::Debug + 'static {
+    /// The matching [`DType`].
+    const DTYPE: DType;
+    /// Exact widening to f32.
+    fn to_f32(self) -> f32;
+    /// Rounding to nearest, ties to even (R6.1).
+    fn from_f32(x: f32) -> Self;
+    /// `dst[i] = src[i] as f32`, exact. Slices have equal length.
+    fn load_f32(src: &[Self], dst: &mut [f32]);
+    /// `dst[i] = round(src[i])`. Slices have equal length.
+    fn store_f32(src: &[f32], dst: &mut [Self]);
+}
+
+impl Element for f32 {
+    const DTYPE: DType = DType::F32;
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline]
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    #[inline]
+    fn load_f32(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    #[inline]
+    fn store_f32(src: &[f32], dst: &mut [Self]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl Element for f16 {
+    const DTYPE: DType = DType::F16;
+    #[inline]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[inline]
+    fn from_f32(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+    #[inline]
+    fn load_f32(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
+    #[inline]
+    fn store_f32(src: &[f32], dst: &mut [Self]) {
+        dst.convert_from_f32_slice(src);
+    }
+}
+
+impl Element for bf16 {
+    const DTYPE: DType = DType::BF16;
+    #[inline]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    #[inline]
+    fn from_f32(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+    #[inline]
+    fn load_f32(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
+    #[inline]
+    fn store_f32(src: &[f32], dst: &mut [Self]) {
+        dst.convert_from_f32_slice(src);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_names_and_reject_unknown() {
+        for d in DType::ALL {
+            assert_eq!(d.name().parse::<DType>().unwrap(), d);
+        }
+        let err = "int8".parse::<DType>().unwrap_err();
+        assert_eq!(err, Error::UnknownDType { name: "int8".into() });
+        let msg = err.to_string();
+        assert!(msg.contains("\"int8\"") && msg.contains("f32, f16, bf16"), "{msg}");
+    }
+
+    #[test]
+    fn conversions_follow_r6_1() {
+        // Overflow → inf, NaN stays NaN, subnormals kept, ties to even.
+        assert_eq!(DType::F16.round_f32(1e6), f32::INFINITY);
+        assert_eq!(DType::F16.round_f32(-1e6), f32::NEG_INFINITY);
+        assert!(DType::BF16.round_f32(f32::NAN).is_nan());
+        let sub = 2f32.powi(-24); // smallest f16 subnormal
+        assert_eq!(DType::F16.round_f32(sub), sub);
+        // 1 + 2^-11 is exactly between 1 and 1 + 2^-10 in f16: ties to even gives 1.
+        assert_eq!(DType::F16.round_f32(1.0 + 2f32.powi(-11)), 1.0);
+        assert_eq!(DType::BF16.round_f32(1.0 + 2f32.powi(-8)), 1.0);
+        // Slice conversions agree with scalar ones.
+        let src: Vec<f32> = (0..37).map(|i| (i as f32 - 18.3) * 0.731).collect();
+        let mut h = vec![f16::ZERO; src.len()];
+        f16::store_f32(&src, &mut h);
+        let mut back = vec![0.0; src.len()];
+        f16::load_f32(&h, &mut back);
+        for (x, y) in src.iter().zip(&back) {
+            assert_eq!(DType::F16.round_f32(*x), *y);
+        }
+    }
+}

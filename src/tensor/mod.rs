@@ -1,0 +1,321 @@
+//! Tensors: the user's handle to values computed on streams.
+//!
+//! Owns [`Tensor`] (shape, dtype, a write-once buffer and the position of the entry that
+//! produces it), its constructors, its op methods and the host read [`Tensor::to_vec_f32`].
+//! An op method goes validate (`ops::op`) → issue on the current stream (`runtime`) → kernel
+//! (on the worker); it never computes on the calling thread.
+
+pub(crate) mod dtype;
+pub(crate) mod storage;
+
+use std::fmt;
+use std::sync::Arc;
+
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+
+pub use self::dtype::DType;
+pub(crate) use self::dtype::Element;
+use self::storage::{Buffer, Data};
+use crate::error::{Error, Result};
+use crate::kernels::{BinaryOp, UnaryOp};
+use crate::ops::op::{Meta, Op};
+use crate::runtime::{Position, runtime};
+use crate::scope::{current_stream_id, take_pending_error};
+
+/// A cheap, immutable handle to an n-dimensional array on the streams.
+///
+/// Every op returns a new tensor at once (R3.1): the work is queued on the calling thread's
+/// current stream and runs asynchronously. Only [`to_vec_f32`](Tensor::to_vec_f32) and
+/// [`synchronize`](crate::synchronize) wait. Tensors are never written after they are produced
+/// (R3.7), so clones can be shared freely across threads.
+///
+/// ```
+/// use tagstream::{DType, Tensor};
+/// let a = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], &[2, 2], DType::F16)?;
+/// let b = Tensor::full(&[2, 2], 0.5, DType::F16)?;
+/// let c = a.matmul(&b)?.relu()?;
+/// assert_eq!(c.to_vec_f32()?, vec![1.5, 1.5, 3.5, 3.5]);
+/// # Ok::<(), tagstream::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Tensor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shape: Vec<usize>,
+    dtype: DType,
+    buffer: Arc<Buffer>,
+    /// The entry that writes `buffer`; `None` for host-built tensors, which are ready on every
+    /// stream (R3.6).
+    producer: Option<Arc<Position>>,
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Tensor");
+        d.field("shape", &self.inner.shape).field("dtype", &self.inner.dtype);
+        match &self.inner.producer {
+            None => d.field("producer", &"host"),
+            Some(p) => d.field("producer", &format_args!("{} (stream {}, #{})", p.op, p.stream, p.seq)),
+        };
+        d.finish()
+    }
+}
+
+/// Product of the dims, or `None` on overflow.
+fn checked_len(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
+impl Tensor {
+    fn host(shape: &[usize], data: Data) -> Tensor {
+        Tensor {
+            inner: Arc::new(Inner {
+                shape: shape.to_vec(),
+                dtype: data.dtype(),
+                buffer: Arc::new(Buffer::ready(data)),
+                producer: None,
+            }),
+        }
+    }
+
+    fn len_of(op: &'static str, shape: &[usize], data_len: Option<usize>) -> Result<usize> {
+        checked_len(shape).ok_or_else(|| Error::ShapeMismatch {
+            op,
+            lhs: shape.to_vec(),
+            rhs: data_len.map(|l| vec![l]).unwrap_or_default(),
+            reason: "the number of elements overflows usize".into(),
+        })
+    }
+
+    /// A tensor with `data` (row-major) converted to `dtype` (R6.1 rounding).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if `data.len()` is not the product of `shape`, or that product
+    /// overflows (E6).
+    pub fn from_vec(data: Vec<f32>, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        take_pending_error()?;
+        let len = Self::len_of("from_vec", shape, Some(data.len()))?;
+        if len != data.len() {
+            return Err(Error::ShapeMismatch {
+                op: "from_vec",
+                lhs: shape.to_vec(),
+                rhs: vec![data.len()],
+                reason: format!("the shape needs {len} elements but the data has {}", data.len()),
+            });
+        }
+        let data = match dtype {
+            DType::F32 => Data::F32(data),
+            _ => Data::from_f32(&data, dtype),
+        };
+        Ok(Tensor::host(shape, data))
+    }
+
+    /// A tensor of zeros.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if the number of elements overflows.
+    pub fn zeros(shape: &[usize], dtype: DType) -> Result<Tensor> {
+        take_pending_error()?;
+        let len = Self::len_of("zeros", shape, None)?;
+        Ok(Tensor::host(shape, Data::zeroed(dtype, len)))
+    }
+
+    /// A tensor filled with `value` (rounded to `dtype`).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if the number of elements overflows.
+    pub fn full(shape: &[usize], value: f32, dtype: DType) -> Result<Tensor> {
+        take_pending_error()?;
+        let len = Self::len_of("full", shape, None)?;
+        Ok(Tensor::host(shape, Data::from_f32(&vec![value; len], dtype)))
+    }
+
+    /// Standard-normal samples, deterministic for a given `seed` on every machine and thread
+    /// count (R6.1): a ChaCha8 stream drawn sequentially, rounded to `dtype`.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if the number of elements overflows.
+    pub fn randn(shape: &[usize], dtype: DType, seed: u64) -> Result<Tensor> {
+        take_pending_error()?;
+        let len = Self::len_of("randn", shape, None)?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let values: Vec<f32> = (0..len).map(|_| StandardNormal.sample(&mut rng)).collect();
+        Ok(Tensor::host(shape, Data::from_f32(&values, dtype)))
+    }
+
+    /// The shape. Never blocks.
+    pub fn shape(&self) -> &[usize] {
+        &self.inner.shape
+    }
+
+    /// The dtype. Never blocks.
+    pub fn dtype(&self) -> DType {
+        self.inner.dtype
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.inner.shape.iter().product()
+    }
+
+    /// Whether the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until the tensor is computed and returns its elements as f32 (exact, R6.1).
+    ///
+    /// Afterwards every stream may read this tensor and everything that happened before its
+    /// producer without an event (R3.6).
+    ///
+    /// # Errors
+    /// A pending [`Error::UnbalancedStreamSwitch`]; [`Error::ExecutionFailed`] if the producing
+    /// entry (or one it depended on) failed on its worker.
+    pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
+        take_pending_error()?;
+        if let Some(p) = &self.inner.producer {
+            runtime().host_wait(p);
+        }
+        match self.inner.buffer.get() {
+            Some(Ok(data)) => Ok(data.to_f32_vec()),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(Error::ExecutionFailed {
+                op: "to_vec_f32".into(),
+                stream: "host".into(),
+                message: "the producer completed without writing its output".into(),
+            }),
+        }
+    }
+
+    fn meta(&self) -> Meta<'_> {
+        (&self.inner.shape, self.inner.dtype)
+    }
+
+    fn operand(&self) -> (&Arc<Buffer>, Option<&Arc<Position>>) {
+        (&self.inner.buffer, self.inner.producer.as_ref())
+    }
+
+    /// Issues a validated op on the current stream.
+    fn launch(op: Op, inputs: &[&Tensor]) -> Result<Tensor> {
+        take_pending_error()?;
+        let shape = op.out_shape.clone();
+        let dtype = op.out_dtype;
+        let operands: Vec<_> = inputs.iter().map(|t| t.operand()).collect();
+        let (buffer, producer) = runtime().launch(current_stream_id(), op, &operands)?;
+        Ok(Tensor { inner: Arc::new(Inner { shape, dtype, buffer, producer: Some(producer) }) })
+    }
+
+    fn binary(&self, op: BinaryOp, rhs: &Tensor) -> Result<Tensor> {
+        take_pending_error()?;
+        Self::launch(Op::binary(op, self.meta(), rhs.meta())?, &[self, rhs])
+    }
+
+    fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        Self::launch(Op::unary(op, self.meta()), &[self])
+    }
+
+    /// Elementwise `self + rhs`; shapes and dtypes must match (no broadcasting).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`], [`Error::DTypeMismatch`], [`Error::DataRace`].
+    pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Add, rhs)
+    }
+
+    /// Elementwise `self - rhs`. Errors as [`add`](Tensor::add).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`], [`Error::DTypeMismatch`], [`Error::DataRace`].
+    pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Sub, rhs)
+    }
+
+    /// Elementwise `self * rhs`. Errors as [`add`](Tensor::add).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`], [`Error::DTypeMismatch`], [`Error::DataRace`].
+    pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Mul, rhs)
+    }
+
+    /// Elementwise `self / rhs`. Errors as [`add`](Tensor::add).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`], [`Error::DTypeMismatch`], [`Error::DataRace`].
+    pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Div, rhs)
+    }
+
+    /// Matrix product: `[m,k]×[k,n]`, `[b,m,k]×[b,k,n]` or `[b,m,k]×[k,n]`, accumulated in f32
+    /// and rounded once (R6.3).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] (rank, inner dimension or batch), [`Error::DTypeMismatch`],
+    /// [`Error::DataRace`].
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        take_pending_error()?;
+        Self::launch(Op::matmul(self.meta(), rhs.meta())?, &[self, rhs])
+    }
+
+    /// `max(x, 0)` elementwise (NaN stays NaN).
+    ///
+    /// # Errors
+    /// [`Error::DataRace`].
+    pub fn relu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Relu)
+    }
+
+    /// `x / (1 + exp(-x))` elementwise.
+    ///
+    /// # Errors
+    /// [`Error::DataRace`].
+    pub fn silu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Silu)
+    }
+
+    /// `0.5·x·(1 + erf(x/√2))` elementwise (the erf form, not the tanh approximation).
+    ///
+    /// # Errors
+    /// [`Error::DataRace`].
+    pub fn gelu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Gelu)
+    }
+
+    /// `exp(x)` elementwise.
+    ///
+    /// # Errors
+    /// [`Error::DataRace`].
+    pub fn exp(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Exp)
+    }
+
+    /// Softmax over the last dimension.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] for a rank-0 tensor; [`Error::DataRace`].
+    pub fn softmax(&self) -> Result<Tensor> {
+        take_pending_error()?;
+        Self::launch(Op::softmax(self.meta())?, &[self])
+    }
+
+    /// RMS normalisation over the last dimension: `x / sqrt(mean(x²) + eps) · weight`.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if the rank is 0 or `weight` is not `[last dim]`;
+    /// [`Error::DTypeMismatch`] if `weight` has another dtype; [`Error::DataRace`].
+    pub fn rms_norm(&self, weight: &Tensor, eps: f32) -> Result<Tensor> {
+        take_pending_error()?;
+        Self::launch(Op::rms_norm(self.meta(), weight.meta(), eps)?, &[self, weight])
+    }
+
+    /// Converts to `dtype` (R6.1: round to nearest even, overflow to ±inf).
+    ///
+    /// # Errors
+    /// [`Error::DataRace`].
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        Self::launch(Op::to_dtype(self.meta(), dtype), &[self])
+    }
+}

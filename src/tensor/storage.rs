@@ -1,0 +1,146 @@
+//! Element storage shared between the host and the stream workers.
+//!
+//! Owns [`Data`] (a typed, owned element array) and [`Buffer`] (a write-once cell holding the
+//! result of the entry that produces a tensor). Knows nothing of streams or ordering.
+//!
+//! # Why a write-once cell
+//! A tensor's buffer is written by exactly one entry on one stream worker and then read by
+//! entries on other workers and by the host. The runtime's happens-before check (R3.5) refuses
+//! every read that is not ordered after the write, so a reader should always find the value.
+//! Building the buffer on [`OnceLock`] means Rust's memory safety does not depend on that check:
+//! a reader that ran too early would see "not ready" (reported as an internal error), never a
+//! torn value. The cost is one acquire load per access. Tensors are immutable (R3.7), so a
+//! buffer is never written twice.
+
+use std::sync::OnceLock;
+
+use half::{bf16, f16};
+
+use crate::error::Error;
+use crate::tensor::DType;
+
+/// An owned array of elements of one dtype.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Data {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+impl Data {
+    /// A zero-filled array. Zero is all-zero bits in every dtype, so this maps to `calloc` and
+    /// costs nothing for pages the kernel overwrites anyway.
+    pub(crate) fn zeroed(dtype: DType, len: usize) -> Data {
+        match dtype {
+            DType::F32 => Data::F32(vec![0.0; len]),
+            DType::F16 => Data::F16(bytemuck::zeroed_vec(len)),
+            DType::BF16 => Data::BF16(bytemuck::zeroed_vec(len)),
+        }
+    }
+
+    /// Converts f32 values to `dtype` (R6.1 rounding).
+    pub(crate) fn from_f32(values: &[f32], dtype: DType) -> Data {
+        use crate::tensor::Element;
+        fn conv<T: Element>(values: &[f32]) -> Vec<T> {
+            let mut out = vec![T::default(); values.len()];
+            T::store_f32(values, &mut out);
+            out
+        }
+        match dtype {
+            DType::F32 => Data::F32(values.to_vec()),
+            DType::F16 => Data::F16(conv(values)),
+            DType::BF16 => Data::BF16(conv(values)),
+        }
+    }
+
+    /// Exact conversion to f32.
+    pub(crate) fn to_f32_vec(&self) -> Vec<f32> {
+        use crate::tensor::Element;
+        fn conv<T: Element>(values: &[T]) -> Vec<f32> {
+            let mut out = vec![0.0; values.len()];
+            T::load_f32(values, &mut out);
+            out
+        }
+        match self {
+            Data::F32(v) => v.clone(),
+            Data::F16(v) => conv(v),
+            Data::BF16(v) => conv(v),
+        }
+    }
+
+    pub(crate) fn dtype(&self) -> DType {
+        match self {
+            Data::F32(_) => DType::F32,
+            Data::F16(_) => DType::F16,
+            Data::BF16(_) => DType::BF16,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Data::F32(v) => v.len(),
+            Data::F16(v) => v.len(),
+            Data::BF16(v) => v.len(),
+        }
+    }
+}
+
+/// The write-once home of one tensor's elements.
+///
+/// *Invariant*: set at most once, by the entry that produces the tensor (or at construction for
+/// host-built tensors); after that, shared read-only by every holder.
+#[derive(Debug, Default)]
+pub(crate) struct Buffer {
+    cell: OnceLock<Result<Data, Error>>,
+}
+
+impl Buffer {
+    /// A pending buffer, to be filled by the entry that produces it.
+    pub(crate) fn pending() -> Buffer {
+        Buffer { cell: OnceLock::new() }
+    }
+
+    /// A buffer that is ready from the start (host-built tensors, R3.6).
+    pub(crate) fn ready(data: Data) -> Buffer {
+        let cell = OnceLock::new();
+        // A fresh cell is empty, so this set cannot fail.
+        let _ = cell.set(Ok(data));
+        Buffer { cell }
+    }
+
+    /// Publishes the producing entry's result (with release ordering, through `OnceLock`).
+    /// Returns `false` if the buffer had already been set, which would be a runtime bug.
+    pub(crate) fn fill(&self, result: Result<Data, Error>) -> bool {
+        self.cell.set(result).is_ok()
+    }
+
+    /// The produced value, or `None` when the producer has not run yet.
+    pub(crate) fn get(&self) -> Option<&Result<Data, Error>> {
+        self.cell.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffer_is_write_once() {
+        let b = Buffer::pending();
+        assert!(b.get().is_none());
+        assert!(b.fill(Ok(Data::zeroed(DType::F16, 3))));
+        assert!(!b.fill(Ok(Data::zeroed(DType::F32, 1))), "second fill must be refused");
+        assert_eq!(b.get().unwrap().as_ref().unwrap().dtype(), DType::F16);
+    }
+
+    #[test]
+    fn zeroed_and_conversions() {
+        for d in DType::ALL {
+            let z = Data::zeroed(d, 5);
+            assert_eq!((z.dtype(), z.len()), (d, 5));
+            assert_eq!(z.to_f32_vec(), vec![0.0; 5]);
+            let v = Data::from_f32(&[1.5, -2.0, 65504.0], d);
+            assert_eq!(v.to_f32_vec()[..2], [1.5, -2.0]);
+        }
+    }
+}
