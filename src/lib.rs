@@ -53,3 +53,8 @@ pub mod tensor;
 pub use error::{Error, Result};
 pub use runtime::{StreamActivity, stream_activity, synchronize};
 pub use tensor::{DType, Tensor};
+
+/// The README's Rust example, compiled and run as a doctest so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

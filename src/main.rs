@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tagstream::{DType, Result, Tensor, models, ops, stream_activity, synchronize};
 
 #[derive(Debug, Parser)]
-#[command(name = "tagstream", version, about = "Multi-stream tensor runtime with tagged events")]
+#[command(
+    name = "tagstream",
+    version,
+    about = "Multi-stream tensor runtime with tagged events"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -46,7 +50,12 @@ struct RunArgs {
 
 impl Default for RunArgs {
     fn default() -> Self {
-        RunArgs { dtype: DType::F16, size: 1000, mode: ModeArg::Eager, runs: 10 }
+        RunArgs {
+            dtype: DType::F16,
+            size: 1000,
+            mode: ModeArg::Eager,
+            runs: 10,
+        }
     }
 }
 
@@ -88,24 +97,34 @@ fn run_seed(args: &RunArgs) -> Result<bool> {
     }
     let activity_after = stream_activity();
 
-    let host_inputs: Vec<Vec<f32>> = inputs.iter().map(Tensor::to_vec_f32).collect::<Result<_>>()?;
-    let host_outputs: Vec<Vec<f32>> = outputs.iter().map(Tensor::to_vec_f32).collect::<Result<_>>()?;
+    let host_inputs: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(Tensor::to_vec_f32)
+        .collect::<Result<_>>()?;
+    let host_outputs: Vec<Vec<f32>> = outputs
+        .iter()
+        .map(Tensor::to_vec_f32)
+        .collect::<Result<_>>()?;
     let checks = models::check_seed(&host_inputs, &host_outputs, size, args.dtype);
 
     println!(
         "tagstream seed model: 4 inputs [{size}, {size}] {}, mode {:?}, {} timed runs",
-        args.dtype,
-        args.mode,
-        args.runs
+        args.dtype, args.mode, args.runs
     );
     println!();
-    println!("{:<6} {:<18} {:>12}  {}", "output", "check", "max |err|", "status");
+    println!(
+        "{:<6} {:<18} {:>12}  status",
+        "output", "check", "max |err|"
+    );
     for c in &checks {
         let status = match &c.failure {
             None => "ok".to_string(),
             Some(why) => format!("FAIL: {why}"),
         };
-        println!("{:<6} {:<18} {:>12.3e}  {}", c.name, c.rule, c.max_abs_err, status);
+        println!(
+            "{:<6} {:<18} {:>12.3e}  {}",
+            c.name, c.rule, c.max_abs_err, status
+        );
     }
     times.sort();
     let median = times[times.len() / 2];
@@ -120,11 +139,17 @@ fn run_seed(args: &RunArgs) -> Result<bool> {
     let used: Vec<String> = activity_after
         .iter()
         .filter(|a| {
-            let before = activity_before.iter().find(|b| b.tag == a.tag).map_or(0, |b| b.issued);
+            let before = activity_before
+                .iter()
+                .find(|b| b.tag == a.tag)
+                .map_or(0, |b| b.issued);
             a.issued > before
         })
         .map(|a| {
-            let before = activity_before.iter().find(|b| b.tag == a.tag).map_or(0, |b| b.issued);
+            let before = activity_before
+                .iter()
+                .find(|b| b.tag == a.tag)
+                .map_or(0, |b| b.issued);
             format!("\"{}\" ({} entries)", a.tag, a.issued - before)
         })
         .collect();

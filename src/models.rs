@@ -52,7 +52,9 @@ pub fn seed_model(
 /// # Errors
 /// Only if `size * size` overflows.
 pub fn seed_inputs(size: usize, dtype: DType) -> Result<Vec<Tensor>> {
-    (0..4).map(|i| Tensor::randn(&[size, size], dtype, i)).collect()
+    (0..4)
+        .map(|i| Tensor::randn(&[size, size], dtype, i))
+        .collect()
 }
 
 /// How one output compares with the serial reference.
@@ -70,23 +72,57 @@ pub struct OutputCheck {
 
 /// Checks the seed model's outputs (as f32) against the single-stream serial reference computed
 /// from the same inputs (as f32): elementwise outputs bit for bit (R6.6), matmuls within R6.9.
-pub fn check_seed(inputs: &[Vec<f32>], outputs: &[Vec<f32>], size: usize, dtype: DType) -> Vec<OutputCheck> {
-    let dims = MatmulDims { batch: 1, m: size, k: size, n: size, rhs_batched: false };
+pub fn check_seed(
+    inputs: &[Vec<f32>],
+    outputs: &[Vec<f32>],
+    size: usize,
+    dtype: DType,
+) -> Vec<OutputCheck> {
+    let dims = MatmulDims {
+        batch: 1,
+        m: size,
+        k: size,
+        n: size,
+        rhs_batched: false,
+    };
     let add_ref = reference::binary(BinaryOp::Add, &inputs[0], &inputs[1], dtype);
     let add2_ref = reference::binary(BinaryOp::Add, &inputs[2], &inputs[3], dtype);
     let exact = |name: &'static str, got: &[f32], want: &[f32]| {
         let max_abs_err = got
             .iter()
             .zip(want)
-            .map(|(a, b)| if a.is_nan() && b.is_nan() { 0.0 } else { (f64::from(*a) - f64::from(*b)).abs() })
+            .map(|(a, b)| {
+                if a.is_nan() && b.is_nan() {
+                    0.0
+                } else {
+                    (f64::from(*a) - f64::from(*b)).abs()
+                }
+            })
             .fold(0.0, f64::max);
         let failure = reference::first_mismatch(got, want)
             .map(|i| format!("element {i}: got {} expected {}", got[i], want[i]));
-        OutputCheck { name, rule: "bit-exact (R6.6)", max_abs_err, failure }
+        OutputCheck {
+            name,
+            rule: "bit-exact (R6.6)",
+            max_abs_err,
+            failure,
+        }
     };
-    let matmul = |name: &'static str, got: &[f32]| match reference::check_matmul(&inputs[2], &inputs[3], got, dims, dtype) {
-        Ok(err) => OutputCheck { name, rule: "bound (R6.9)", max_abs_err: err, failure: None },
-        Err(msg) => OutputCheck { name, rule: "bound (R6.9)", max_abs_err: f64::NAN, failure: Some(msg) },
+    let matmul = |name: &'static str, got: &[f32]| match reference::check_matmul(
+        &inputs[2], &inputs[3], got, dims, dtype,
+    ) {
+        Ok(err) => OutputCheck {
+            name,
+            rule: "bound (R6.9)",
+            max_abs_err: err,
+            failure: None,
+        },
+        Err(msg) => OutputCheck {
+            name,
+            rule: "bound (R6.9)",
+            max_abs_err: f64::NAN,
+            failure: Some(msg),
+        },
     };
     vec![
         exact("add", &outputs[0], &add_ref),

@@ -1,20 +1,220 @@
-//! TEMPORARY serial reference; replaced by the full reference module.
-#![allow(missing_docs)]
+//! The serial reference of semantics R6.5, and the tolerance checks of R6.6–R6.9.
+//!
+//! Single-threaded and single-stream: each function evaluates its formula one element at a time
+//! in f32 (the matmul bound in f64), using the same scalar `exp`/`erfc` as the kernels, and
+//! rounds the result to the output dtype. Inputs are host values already representable in that
+//! dtype (e.g. from [`Tensor::to_vec_f32`](crate::Tensor::to_vec_f32)). Tests, the CLI and users
+//! compare runtime outputs against it.
+//!
+//! ```
+//! use tagstream::reference::{self, BinaryOp};
+//! use tagstream::DType;
+//! let y = reference::binary(BinaryOp::Add, &[1.0, 65504.0], &[2.0, 65504.0], DType::F16);
+//! assert_eq!(y, vec![3.0, f32::INFINITY]); // rounded to f16: overflow becomes inf (R6.1)
+//! ```
+
+use crate::kernels::scalar;
 pub use crate::kernels::{BinaryOp, MatmulDims, UnaryOp};
 use crate::tensor::DType;
+
+/// `a op b` elementwise, rounded to `dtype`.
 pub fn binary(op: BinaryOp, a: &[f32], b: &[f32], dtype: DType) -> Vec<f32> {
-    a.iter().zip(b).map(|(x, y)| dtype.round_f32(match op { BinaryOp::Add => x + y, BinaryOp::Sub => x - y, BinaryOp::Mul => x * y, BinaryOp::Div => x / y })).collect()
+    let f = |x: f32, y: f32| match op {
+        BinaryOp::Add => x + y,
+        BinaryOp::Sub => x - y,
+        BinaryOp::Mul => x * y,
+        BinaryOp::Div => x / y,
+    };
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| dtype.round_f32(f(x, y)))
+        .collect()
 }
+
+/// `op(a)` elementwise, rounded to `dtype`.
+pub fn unary(op: UnaryOp, a: &[f32], dtype: DType) -> Vec<f32> {
+    let f = match op {
+        UnaryOp::Relu => scalar::relu,
+        UnaryOp::Silu => scalar::silu,
+        UnaryOp::Gelu => scalar::gelu,
+        UnaryOp::Exp => scalar::exp,
+    };
+    a.iter().map(|&x| dtype.round_f32(f(x))).collect()
+}
+
+/// Softmax over rows of length `n` with plain left-to-right sums, rounded to `dtype`.
+pub fn softmax(a: &[f32], n: usize, dtype: DType) -> Vec<f32> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(a.len());
+    for row in a.chunks_exact(n) {
+        let m = row.iter().fold(
+            f32::NEG_INFINITY,
+            |m, &x| if x > m || x.is_nan() { x } else { m },
+        );
+        let mut s = 0f32;
+        for &x in row {
+            s += scalar::exp(x - m);
+        }
+        out.extend(row.iter().map(|&x| dtype.round_f32(scalar::exp(x - m) / s)));
+    }
+    out
+}
+
+/// RMS norm over rows of length `n` with plain left-to-right sums, rounded to `dtype`.
+pub fn rms_norm(a: &[f32], w: &[f32], eps: f32, n: usize, dtype: DType) -> Vec<f32> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(a.len());
+    for row in a.chunks_exact(n) {
+        let mut s = 0f32;
+        for &x in row {
+            s += x * x;
+        }
+        let d = (s / n as f32 + eps).sqrt();
+        out.extend(
+            row.iter()
+                .zip(w)
+                .map(|(&x, &wi)| dtype.round_f32(x / d * wi)),
+        );
+    }
+    out
+}
+
+/// The exact product `c*` (f64) and `|A|·|B|` for output element `(b, i, j)`.
+fn exact_entry(a: &[f32], b: &[f32], d: MatmulDims, bt: usize, i: usize, j: usize) -> (f64, f64) {
+    let a_off = bt * d.m * d.k + i * d.k;
+    let b_off = if d.rhs_batched { bt * d.k * d.n } else { 0 };
+    let (mut s, mut abs) = (0f64, 0f64);
+    for p in 0..d.k {
+        let x = f64::from(a[a_off + p]) * f64::from(b[b_off + p * d.n + j]);
+        s += x;
+        abs += x.abs();
+    }
+    (s, abs)
+}
+
+/// R6.9 check of `c` (kernel output as f32) against the exact f64 product of `a` and `b`.
+///
+/// Each element must satisfy `|c − c*| ≤ (1 + u_out)·γ_k·(|A|·|B|)_ij + u_out·|c*_ij| + η_out`
+/// with `γ_k = k·u / (1 − k·u)`; elements whose `c*` is beyond the dtype's finite range are
+/// skipped. Returns the largest `|c − c*|`.
+///
+/// # Errors
+/// A description of the first element that breaks the bound.
+pub fn check_matmul(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    dims: MatmulDims,
+    dtype: DType,
+) -> Result<f64, String> {
+    let u = 2f64.powi(-24);
+    let k = dims.k as f64;
+    let gamma = k * u / (1.0 - k * u);
+    let (u_out, eta) = (dtype.unit_roundoff(), dtype.half_min_subnormal());
+    let max_finite = f64::from(dtype.round_f32(f32::MAX).min(match dtype {
+        DType::F32 => f32::MAX,
+        DType::F16 => 65504.0,
+        DType::BF16 => f32::MAX,
+    }));
+    let mut worst = 0f64;
+    for bt in 0..dims.batch {
+        for i in 0..dims.m {
+            for j in 0..dims.n {
+                let (exact, abs) = exact_entry(a, b, dims, bt, i, j);
+                if exact.abs() > max_finite {
+                    continue;
+                }
+                let got = f64::from(c[bt * dims.m * dims.n + i * dims.n + j]);
+                let err = (got - exact).abs();
+                let bound = (1.0 + u_out) * gamma * abs + u_out * exact.abs() + eta;
+                if err > bound || err.is_nan() {
+                    return Err(format!(
+                        "element [{bt}, {i}, {j}]: got {got}, exact {exact}, |err| {err:e} > bound {bound:e}"
+                    ));
+                }
+                worst = worst.max(err);
+            }
+        }
+    }
+    Ok(worst)
+}
+
+/// R6.8 check of a softmax/rms_norm output `y` against the reference `y_ref` (rows of `n`):
+/// for f32, `|y − y_ref| ≤ 2·n·u·|y_ref|`; for f16/bf16, `y` is `y_ref` or one of its two
+/// neighbours in the dtype. Returns the largest `|y − y_ref|`.
+///
+/// # Errors
+/// A description of the first element out of tolerance.
+pub fn check_reduction(y: &[f32], y_ref: &[f32], n: usize, dtype: DType) -> Result<f64, String> {
+    if y.len() != y_ref.len() {
+        return Err(format!("length {} vs reference {}", y.len(), y_ref.len()));
+    }
+    let mut worst = 0f64;
+    for (i, (&got, &want)) in y.iter().zip(y_ref).enumerate() {
+        if got.is_nan() && want.is_nan() || got == want {
+            continue;
+        }
+        let err = (f64::from(got) - f64::from(want)).abs();
+        let ok = match dtype {
+            DType::F32 => err <= 2.0 * n as f64 * 2f64.powi(-24) * f64::from(want).abs(),
+            _ => neighbours(want, dtype).contains(&got),
+        };
+        if !ok {
+            return Err(format!("element {i}: got {got}, reference {want}"));
+        }
+        worst = worst.max(err);
+    }
+    Ok(worst)
+}
+
+/// The values adjacent to `x` in `dtype` (below, above).
+fn neighbours(x: f32, dtype: DType) -> [f32; 2] {
+    match dtype {
+        DType::F32 => [x.next_down(), x.next_up()],
+        DType::F16 => {
+            let b = half::f16::from_f32(x).to_bits();
+            [
+                half::f16::from_bits(step16(b, false)).to_f32(),
+                half::f16::from_bits(step16(b, true)).to_f32(),
+            ]
+        }
+        DType::BF16 => {
+            let b = half::bf16::from_f32(x).to_bits();
+            [
+                half::bf16::from_bits(step16(b, false)).to_f32(),
+                half::bf16::from_bits(step16(b, true)).to_f32(),
+            ]
+        }
+    }
+}
+
+/// The next 16-bit float (sign-magnitude encoding) up or down from `bits`, for finite values.
+fn step16(bits: u16, up: bool) -> u16 {
+    let negative = bits & 0x8000 != 0;
+    let magnitude = bits & 0x7fff;
+    match (negative, up) {
+        (false, true) => bits + 1,
+        (false, false) if magnitude == 0 => 0x8001,
+        (false, false) => bits - 1,
+        (true, true) if magnitude == 0 => 0x0001,
+        (true, true) => bits - 1,
+        (true, false) => bits + 1,
+    }
+}
+
+/// Bitwise comparison where any NaN equals any NaN (and `+0 ≠ −0`): the index of the first
+/// difference, or of the end of the shorter slice if the lengths differ.
 pub fn first_mismatch(a: &[f32], b: &[f32]) -> Option<usize> {
-    if a.len() != b.len() { return Some(a.len().min(b.len())); }
-    a.iter().zip(b).position(|(x, y)| !(x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan())))
-}
-pub fn check_matmul(a: &[f32], b: &[f32], c: &[f32], d: MatmulDims, dtype: DType) -> Result<f64, String> {
-    let u = 2f64.powi(-24); let k = d.k as f64; let g = k * u / (1.0 - k * u);
-    let mut maxe: f64 = 0.0;
-    for i in 0..d.m { for j in 0..d.n { let (mut s, mut sa) = (0f64, 0f64); for p in 0..d.k { let x = a[i*d.k+p] as f64 * b[p*d.n+j] as f64; s += x; sa += x.abs(); }
-        let e = (c[i*d.n+j] as f64 - s).abs(); maxe = maxe.max(e);
-        let bound = (1.0 + dtype.unit_roundoff()) * g * sa + dtype.unit_roundoff() * s.abs() + dtype.half_min_subnormal();
-        if e > bound { return Err(format!("({i},{j}): {} vs {s}", c[i*d.n+j])); } } }
-    Ok(maxe)
+    if let Some(i) = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x.to_bits() != y.to_bits() && !(x.is_nan() && y.is_nan()))
+    {
+        return Some(i);
+    }
+    (a.len() != b.len()).then(|| a.len().min(b.len()))
 }

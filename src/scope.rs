@@ -85,20 +85,39 @@ pub struct StreamGuard {
 pub fn stream_switch(tag: &str) -> Result<StreamGuard> {
     take_pending_error()?;
     if tag.is_empty() {
-        return Err(Error::InvalidTag { call: "stream_switch" });
+        return Err(Error::InvalidTag {
+            call: "stream_switch",
+        });
     }
-    let stream = if tag == MAIN_TAG { MAIN } else { runtime().stream_for_tag(tag)? };
+    let stream = if tag == MAIN_TAG {
+        MAIN
+    } else {
+        runtime().stream_for_tag(tag)?
+    };
     Ok(SCOPES.with_borrow_mut(|st| {
         let id = st.next_id;
         st.next_id += 1;
-        st.frames.push(Frame { id, tag: tag.to_string(), stream });
-        StreamGuard { id, epoch: st.epoch, tag: tag.to_string(), _not_send: PhantomData }
+        st.frames.push(Frame {
+            id,
+            tag: tag.to_string(),
+            stream,
+        });
+        StreamGuard {
+            id,
+            epoch: st.epoch,
+            tag: tag.to_string(),
+            _not_send: PhantomData,
+        }
     }))
 }
 
 /// The tag of the calling thread's current stream: the innermost live scope's, or `"default"`.
 pub fn current_stream() -> String {
-    SCOPES.with_borrow(|st| st.frames.last().map_or_else(|| MAIN_TAG.to_string(), |f| f.tag.clone()))
+    SCOPES.with_borrow(|st| {
+        st.frames
+            .last()
+            .map_or_else(|| MAIN_TAG.to_string(), |f| f.tag.clone())
+    })
 }
 
 /// The calling thread's current stream id.

@@ -62,9 +62,15 @@ fn the_same_without_the_event_is_a_data_race_every_time_r3_5_e9() {
         // R3.9: a refused call issues nothing.
         let after = stream_activity();
         let issued = |a: &[tagstream::StreamActivity]| {
-            a.iter().find(|s| s.tag == "xs-nr-consumer").map_or(0, |s| s.issued)
+            a.iter()
+                .find(|s| s.tag == "xs-nr-consumer")
+                .map_or(0, |s| s.issued)
         };
-        assert_eq!(issued(&before), issued(&after), "a refused op must not be issued");
+        assert_eq!(
+            issued(&before),
+            issued(&after),
+            "a refused op must not be issued"
+        );
         if i == 0 {
             let msg = err.to_string();
             for needle in ["mul", "\"xs-nr-consumer\"", "exp", "\"xs-nr-producer\""] {
@@ -104,7 +110,10 @@ fn a_wait_binds_to_the_latest_earlier_record_sc16_r1_8_r1_10() {
         tagged_event_wait(&e).unwrap();
         assert!(a.add(&a).is_ok(), "a was produced before the record");
         let err = b.add(&b).unwrap_err();
-        assert!(matches!(err, Error::DataRace { ref producer, .. } if producer == "relu"), "{err}");
+        assert!(
+            matches!(err, Error::DataRace { ref producer, .. } if producer == "relu"),
+            "{err}"
+        );
     }
     tagged_event_record(&e).unwrap(); // re-arm after b
     let _s = stream_switch("xs-latest-side").unwrap();
@@ -128,7 +137,10 @@ fn records_issued_after_a_wait_do_not_affect_it_r1_8() {
         v
     };
     // The wait was bound before `late` existed, so `late` is not ordered.
-    assert!(matches!(late.add(&late).unwrap_err(), Error::DataRace { .. }));
+    assert!(matches!(
+        late.add(&late).unwrap_err(),
+        Error::DataRace { .. }
+    ));
 }
 
 #[test]
@@ -217,14 +229,20 @@ fn host_reads_order_everything_they_waited_for_r3_6() {
         x.exp().unwrap()
     };
     let _ = y.to_vec_f32().unwrap(); // H := H ⊔ clock(exp)
-    assert!(y.add(&y).is_ok(), "after to_vec_f32 every stream may read y");
+    assert!(
+        y.add(&y).is_ok(),
+        "after to_vec_f32 every stream may read y"
+    );
     let z = {
         let _s = stream_switch("xs-host-b").unwrap();
         x.relu().unwrap()
     };
     synchronize().unwrap(); // H := H ⊔ V_s for every s
     let _s = stream_switch("xs-host-a").unwrap();
-    assert!(z.mul(&z).is_ok(), "after synchronize every stream may read z");
+    assert!(
+        z.mul(&z).is_ok(),
+        "after synchronize every stream may read z"
+    );
 }
 
 #[test]
@@ -239,7 +257,9 @@ fn host_built_tensors_are_ready_on_every_stream_r3_6() {
 #[test]
 fn a_thread_spawned_inside_a_scope_starts_on_default_sc38_r2_3() {
     let _s = stream_switch("xs-spawner").unwrap();
-    let tag = std::thread::spawn(tagstream::scope::current_stream).join().unwrap();
+    let tag = std::thread::spawn(tagstream::scope::current_stream)
+        .join()
+        .unwrap();
     assert_eq!(tag, "default");
 }
 

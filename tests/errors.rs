@@ -14,16 +14,26 @@ fn main_issued() -> u64 {
 fn assert_mentions(err: &Error, needles: &[&str]) {
     let msg = err.to_string();
     for n in needles {
-        assert!(msg.contains(n), "message of {err:?} should contain {n:?}: {msg}");
+        assert!(
+            msg.contains(n),
+            "message of {err:?} should contain {n:?}: {msg}"
+        );
     }
 }
 
 #[test]
 fn elementwise_shape_mismatch_e3() {
     let (a, b) = (t(&[2, 3], DType::F32), t(&[3, 2], DType::F32));
-    for (name, r) in [("add", a.add(&b)), ("sub", a.sub(&b)), ("mul", a.mul(&b)), ("div", a.div(&b))] {
+    for (name, r) in [
+        ("add", a.add(&b)),
+        ("sub", a.sub(&b)),
+        ("mul", a.mul(&b)),
+        ("div", a.div(&b)),
+    ] {
         let e = r.unwrap_err();
-        assert!(matches!(&e, Error::ShapeMismatch { op, lhs, rhs, .. } if *op == name && lhs == &[2, 3] && rhs == &[3, 2]));
+        assert!(
+            matches!(&e, Error::ShapeMismatch { op, lhs, rhs, .. } if *op == name && lhs == &[2, 3] && rhs == &[3, 2])
+        );
         assert_mentions(&e, &[name, "[2, 3]", "[3, 2]"]);
     }
 }
@@ -40,7 +50,10 @@ fn matmul_shape_mismatch_e4_sc40() {
     for (l, r, why) in cases {
         let before = main_issued();
         let e = t(l, DType::F16).matmul(&t(r, DType::F16)).unwrap_err();
-        assert!(matches!(&e, Error::ShapeMismatch { op: "matmul", .. }), "{e:?}");
+        assert!(
+            matches!(&e, Error::ShapeMismatch { op: "matmul", .. }),
+            "{e:?}"
+        );
         assert_mentions(&e, &["matmul", &format!("{l:?}"), &format!("{r:?}"), why]);
         assert_eq!(main_issued(), before, "R3.9: nothing issued");
     }
@@ -54,8 +67,12 @@ fn reduction_shape_errors_e5() {
     assert_mentions(&e, &["softmax", "rank"]);
     let e = scalar.rms_norm(&t(&[1], DType::F32), 1e-6).unwrap_err();
     assert_mentions(&e, &["rms_norm", "rank"]);
-    let e = t(&[2, 8], DType::F32).rms_norm(&t(&[4], DType::F32), 1e-6).unwrap_err();
-    assert!(matches!(&e, Error::ShapeMismatch { op: "rms_norm", lhs, rhs, .. } if lhs == &[2, 8] && rhs == &[4]));
+    let e = t(&[2, 8], DType::F32)
+        .rms_norm(&t(&[4], DType::F32), 1e-6)
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::ShapeMismatch { op: "rms_norm", lhs, rhs, .. } if lhs == &[2, 8] && rhs == &[4])
+    );
     assert_mentions(&e, &["rms_norm", "[2, 8]", "[4]", "[8]"]);
 }
 
@@ -82,20 +99,46 @@ fn from_vec_length_and_overflow_e6() {
 fn dtype_mismatch_e7_sc40() {
     let (h, f) = (t(&[2, 2], DType::F16), t(&[2, 2], DType::F32));
     let e = h.add(&f).unwrap_err();
-    assert_eq!(e, Error::DTypeMismatch { op: "add", lhs: DType::F16, rhs: DType::F32 });
+    assert_eq!(
+        e,
+        Error::DTypeMismatch {
+            op: "add",
+            lhs: DType::F16,
+            rhs: DType::F32
+        }
+    );
     assert_mentions(&e, &["add", "F16", "F32", "to_dtype"]);
     // Fixed by to_dtype.
     assert!(h.add(&f.to_dtype(DType::F16).unwrap()).is_ok());
     let e = h.matmul(&t(&[2, 2], DType::BF16)).unwrap_err();
-    assert_eq!(e, Error::DTypeMismatch { op: "matmul", lhs: DType::F16, rhs: DType::BF16 });
+    assert_eq!(
+        e,
+        Error::DTypeMismatch {
+            op: "matmul",
+            lhs: DType::F16,
+            rhs: DType::BF16
+        }
+    );
     let e = h.rms_norm(&t(&[2], DType::F32), 1e-6).unwrap_err();
-    assert_eq!(e, Error::DTypeMismatch { op: "rms_norm", lhs: DType::F16, rhs: DType::F32 });
+    assert_eq!(
+        e,
+        Error::DTypeMismatch {
+            op: "rms_norm",
+            lhs: DType::F16,
+            rhs: DType::F32
+        }
+    );
 }
 
 #[test]
 fn unknown_dtype_e8() {
     let e = "float64".parse::<DType>().unwrap_err();
-    assert_eq!(e, Error::UnknownDType { name: "float64".into() });
+    assert_eq!(
+        e,
+        Error::UnknownDType {
+            name: "float64".into()
+        }
+    );
     assert_mentions(&e, &["\"float64\"", "f32", "f16", "bf16"]);
 }
 
@@ -103,8 +146,17 @@ fn unknown_dtype_e8() {
 fn zero_sized_dimensions_give_empty_results_r6_11() {
     let a = t(&[0, 3], DType::F32);
     assert_eq!(a.exp().unwrap().to_vec_f32().unwrap(), Vec::<f32>::new());
-    let m = t(&[2, 0], DType::F16).matmul(&t(&[0, 3], DType::F16)).unwrap();
+    let m = t(&[2, 0], DType::F16)
+        .matmul(&t(&[0, 3], DType::F16))
+        .unwrap();
     assert_eq!(m.shape(), &[2, 3]);
     assert_eq!(m.to_vec_f32().unwrap(), vec![0.0; 6], "k = 0 gives zeros");
-    assert_eq!(t(&[3, 0], DType::BF16).softmax().unwrap().to_vec_f32().unwrap(), Vec::<f32>::new());
+    assert_eq!(
+        t(&[3, 0], DType::BF16)
+            .softmax()
+            .unwrap()
+            .to_vec_f32()
+            .unwrap(),
+        Vec::<f32>::new()
+    );
 }

@@ -5,7 +5,10 @@ use tagstream::scope::{current_stream, stream_switch};
 use tagstream::{DType, Tensor, stream_activity, synchronize};
 
 fn issued(tag: &str) -> u64 {
-    stream_activity().iter().find(|s| s.tag == tag).map_or(0, |s| s.issued)
+    stream_activity()
+        .iter()
+        .find(|s| s.tag == tag)
+        .map_or(0, |s| s.issued)
 }
 
 #[test]
@@ -76,7 +79,10 @@ fn out_of_order_drop_sc30_r2_8_e13() {
         }
     );
     let msg = err.to_string();
-    assert!(msg.contains("\"1\"") && msg.contains("\"2\""), "message names both tags: {msg}");
+    assert!(
+        msg.contains("\"1\"") && msg.contains("\"2\""),
+        "message names both tags: {msg}"
+    );
     drop(g2); // inert
     assert_eq!(current_stream(), "default");
     // The error was reported once; later ops run on main.
@@ -91,7 +97,10 @@ fn the_pending_error_is_returned_by_any_next_call_r2_8() {
     let g1 = stream_switch("sc-p1").unwrap();
     let _g2 = stream_switch("sc-p2").unwrap();
     drop(g1);
-    assert!(matches!(synchronize().unwrap_err(), Error::UnbalancedStreamSwitch { .. }));
+    assert!(matches!(
+        synchronize().unwrap_err(),
+        Error::UnbalancedStreamSwitch { .. }
+    ));
     synchronize().unwrap();
     let g1 = stream_switch("sc-p1").unwrap();
     let _g2 = stream_switch("sc-p2").unwrap();

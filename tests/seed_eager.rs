@@ -16,19 +16,34 @@ fn run_and_check(size: usize, dtype: DType, event_tag: &str, side: &str) {
         assert_eq!((o.shape(), o.dtype()), (&[size, size][..], dtype));
     }
     let host_in: Vec<Vec<f32>> = inputs.iter().map(|t| t.to_vec_f32().unwrap()).collect();
-    let host_out: Vec<Vec<f32>> = outputs.iter().map(Tensor::to_vec_f32).collect::<Result<_, _>>().unwrap();
+    let host_out: Vec<Vec<f32>> = outputs
+        .iter()
+        .map(Tensor::to_vec_f32)
+        .collect::<Result<_, _>>()
+        .unwrap();
     for check in check_seed(&host_in, &host_out, size, dtype) {
-        assert!(check.failure.is_none(), "{dtype} {size}: {} failed: {:?}", check.name, check.failure);
+        assert!(
+            check.failure.is_none(),
+            "{dtype} {size}: {} failed: {:?}",
+            check.name,
+            check.failure
+        );
         if check.rule.starts_with("bit-exact") {
             assert_eq!(check.max_abs_err, 0.0);
         }
     }
     // mm and mm1 are the same product computed on two streams: identical bits (R6.4).
-    assert_eq!(host_out[1], host_out[2], "matmul bits must not depend on the stream");
+    assert_eq!(
+        host_out[1], host_out[2],
+        "matmul bits must not depend on the stream"
+    );
     // SC3: the side stream got exactly wait("66") and matmul; no closure entries in plain eager.
     let after = stream_activity();
     let side_issued = after.iter().find(|s| s.tag == side).map_or(0, |s| s.issued)
-        - before.iter().find(|s| s.tag == side).map_or(0, |s| s.issued);
+        - before
+            .iter()
+            .find(|s| s.tag == side)
+            .map_or(0, |s| s.issued);
     assert_eq!(side_issued, 2, "side stream holds wait + matmul");
     assert_eq!(SEED_OUTPUTS, ["add", "mm", "mm1", "add2"]);
 }

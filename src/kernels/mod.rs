@@ -1,24 +1,94 @@
-//! TEMPORARY scalar kernels; replaced by the tuned kernels module.
-#![allow(missing_docs)]
-use crate::tensor::Element;
+//! The compute kernels: pure functions on slices.
+//!
+//! Owns elementwise ops, dtype conversion, softmax and rms_norm, and matmul (through the `gemm`
+//! crate). Every function writes into an `out` slice passed in and allocates at most bounded
+//! scratch. Kernels know nothing of streams, tensors or errors: operands were validated before
+//! the op was issued, so a length mismatch here is a tagstream bug and panics with a message
+//! (the stream worker turns a panic into `Error::ExecutionFailed`).
+//!
+//! Numerics (semantics §6): f16/bf16 inputs are widened to f32 exactly, computed in f32 and
+//! rounded once (R6.2, R6.3). Elementwise kernels run exactly the scalar functions of
+//! [`scalar`], so they equal the serial reference bit for bit (R6.6). Reductions use a fixed
+//! number of partial sums combined in a fixed order, and matmul splits only output elements
+//! across threads, so bits depend on shapes only (R6.4).
 
+mod elementwise;
+mod matmul;
+mod reduce;
+pub(crate) mod scalar;
+
+pub(crate) use elementwise::{binary, convert, unary};
+pub(crate) use matmul::matmul;
+pub(crate) use reduce::{rms_norm, softmax};
+
+/// An elementwise op of two tensors of equal shape and dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BinaryOp { Add, Sub, Mul, Div }
-impl BinaryOp { pub(crate) fn name(self) -> &'static str { match self { BinaryOp::Add => "add", BinaryOp::Sub => "sub", BinaryOp::Mul => "mul", BinaryOp::Div => "div" } } }
+pub enum BinaryOp {
+    /// `a + b`
+    Add,
+    /// `a - b`
+    Sub,
+    /// `a * b`
+    Mul,
+    /// `a / b`
+    Div,
+}
+
+impl BinaryOp {
+    /// The op's name as it appears in errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+        }
+    }
+}
+
+/// An elementwise op of one tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum UnaryOp { Relu, Silu, Gelu, Exp }
-impl UnaryOp { pub(crate) fn name(self) -> &'static str { match self { UnaryOp::Relu => "relu", UnaryOp::Silu => "silu", UnaryOp::Gelu => "gelu", UnaryOp::Exp => "exp" } } }
+pub enum UnaryOp {
+    /// `max(x, 0)`, NaN stays NaN.
+    Relu,
+    /// `x / (1 + exp(-x))`
+    Silu,
+    /// `0.5·x·(1 + erf(x/√2))`
+    Gelu,
+    /// `exp(x)`
+    Exp,
+}
+
+impl UnaryOp {
+    /// The op's name as it appears in errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Relu => "relu",
+            UnaryOp::Silu => "silu",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::Exp => "exp",
+        }
+    }
+}
+
+/// The dimensions of a (batched) matrix product: `[batch, m, k] × [batch?, k, n]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MatmulDims { pub batch: usize, pub m: usize, pub k: usize, pub n: usize, pub rhs_batched: bool }
-pub(crate) fn binary<T: Element>(op: BinaryOp, a: &[T], b: &[T], out: &mut [T]) {
-    for i in 0..out.len() { let (x, y) = (a[i].to_f32(), b[i].to_f32()); out[i] = T::from_f32(match op { BinaryOp::Add => x + y, BinaryOp::Sub => x - y, BinaryOp::Mul => x * y, BinaryOp::Div => x / y }); }
+pub struct MatmulDims {
+    /// Number of products (1 for a plain 2-D matmul).
+    pub batch: usize,
+    /// Rows of the left operand and of the output.
+    pub m: usize,
+    /// The reduced dimension.
+    pub k: usize,
+    /// Columns of the right operand and of the output.
+    pub n: usize,
+    /// Whether the right operand has its own batch dimension (`[b,k,n]`) or is shared (`[k,n]`).
+    pub rhs_batched: bool,
 }
-pub(crate) fn unary<T: Element>(op: UnaryOp, a: &[T], out: &mut [T]) {
-    for i in 0..out.len() { let x = a[i].to_f32(); out[i] = T::from_f32(match op { UnaryOp::Relu => if x > 0.0 || x.is_nan() { x } else { 0.0 }, UnaryOp::Silu => x / (1.0 + (-x).exp()), UnaryOp::Gelu => 0.5 * x * libm::erfcf(-x * std::f32::consts::FRAC_1_SQRT_2), UnaryOp::Exp => x.exp() }); }
-}
-pub(crate) fn convert<S: Element, D: Element>(a: &[S], out: &mut [D]) { for i in 0..out.len() { out[i] = D::from_f32(a[i].to_f32()); } }
-pub(crate) fn softmax<T: Element>(a: &[T], out: &mut [T], n: usize) { if n == 0 { return; } for (r, o) in a.chunks(n).zip(out.chunks_mut(n)) { let m = r.iter().map(|x| x.to_f32()).fold(f32::NEG_INFINITY, f32::max); let s: f32 = r.iter().map(|x| (x.to_f32() - m).exp()).sum(); for (x, y) in r.iter().zip(o) { *y = T::from_f32((x.to_f32() - m).exp() / s); } } }
-pub(crate) fn rms_norm<T: Element>(a: &[T], w: &[T], eps: f32, out: &mut [T], n: usize) { if n == 0 { return; } for (r, o) in a.chunks(n).zip(out.chunks_mut(n)) { let s: f32 = r.iter().map(|x| x.to_f32() * x.to_f32()).sum(); let d = (s / n as f32 + eps).sqrt(); for i in 0..n { o[i] = T::from_f32(r[i].to_f32() / d * w[i].to_f32()); } } }
-pub(crate) fn matmul<T: Element>(a: &[T], b: &[T], out: &mut [T], d: MatmulDims, _threads: usize) {
-    for bt in 0..d.batch { for i in 0..d.m { for j in 0..d.n { let mut s = 0f32; for p in 0..d.k { let bb = if d.rhs_batched { bt * d.k * d.n } else { 0 }; s += a[bt * d.m * d.k + i * d.k + p].to_f32() * b[bb + p * d.n + j].to_f32(); } out[bt * d.m * d.n + i * d.n + j] = T::from_f32(s); } } }
-}
+
+/// Elements per conversion chunk: 4 KiB of f32 per buffer, so a chunk's inputs and output stay
+/// in L1 while f16/bf16 go through f32.
+pub(crate) const CHUNK: usize = 1024;
+
+#[cfg(test)]
+mod tests;

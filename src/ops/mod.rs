@@ -59,7 +59,9 @@ impl TaggedEvent {
 
 impl fmt::Debug for TaggedEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TaggedEvent").field("tag", &self.inner.tag).finish()
+        f.debug_struct("TaggedEvent")
+            .field("tag", &self.inner.tag)
+            .finish()
     }
 }
 
@@ -86,15 +88,24 @@ fn registry() -> &'static Mutex<HashSet<String>> {
 pub fn create_tagged_event(tag: &str) -> Result<TaggedEvent> {
     take_pending_error()?;
     if tag.is_empty() {
-        return Err(Error::InvalidTag { call: "create_tagged_event" });
+        return Err(Error::InvalidTag {
+            call: "create_tagged_event",
+        });
     }
     let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
     if !reg.insert(tag.to_string()) {
-        return Err(Error::TagInUse { tag: tag.to_string() });
+        return Err(Error::TagInUse {
+            tag: tag.to_string(),
+        });
     }
     static NEXT_ID: AtomicU64 = AtomicU64::new(0);
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    Ok(TaggedEvent { inner: Arc::new(EventInner { tag: tag.to_string(), id }) })
+    Ok(TaggedEvent {
+        inner: Arc::new(EventInner {
+            tag: tag.to_string(),
+            id,
+        }),
+    })
 }
 
 /// Records `ev` on the calling thread's current stream (R1.7): waits issued later bind to this
@@ -130,7 +141,9 @@ pub fn tagged_event_wait(ev: &TaggedEvent) -> Result<()> {
 pub fn record_tagged_stream(tensor: &Tensor, tag: &str) -> Result<()> {
     take_pending_error()?;
     if tag.is_empty() {
-        return Err(Error::InvalidTag { call: "record_tagged_stream" });
+        return Err(Error::InvalidTag {
+            call: "record_tagged_stream",
+        });
     }
     let _ = tensor;
     Ok(())

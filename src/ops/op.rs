@@ -86,15 +86,27 @@ impl Op {
             });
         }
         same_dtype(name, a.1, b.1)?;
-        Ok(Op { kind: OpKind::Binary(op), out_shape: a.0.to_vec(), out_dtype: a.1 })
+        Ok(Op {
+            kind: OpKind::Binary(op),
+            out_shape: a.0.to_vec(),
+            out_dtype: a.1,
+        })
     }
 
     pub(crate) fn unary(op: UnaryOp, a: Meta<'_>) -> Op {
-        Op { kind: OpKind::Unary(op), out_shape: a.0.to_vec(), out_dtype: a.1 }
+        Op {
+            kind: OpKind::Unary(op),
+            out_shape: a.0.to_vec(),
+            out_dtype: a.1,
+        }
     }
 
     pub(crate) fn to_dtype(a: Meta<'_>, dtype: DType) -> Op {
-        Op { kind: OpKind::ToDType(dtype), out_shape: a.0.to_vec(), out_dtype: dtype }
+        Op {
+            kind: OpKind::ToDType(dtype),
+            out_shape: a.0.to_vec(),
+            out_dtype: dtype,
+        }
     }
 
     pub(crate) fn softmax(a: Meta<'_>) -> Result<Op> {
@@ -106,7 +118,11 @@ impl Op {
                 reason: "softmax needs rank >= 1 (it reduces over the last dimension)".into(),
             });
         }
-        Ok(Op { kind: OpKind::Softmax, out_shape: a.0.to_vec(), out_dtype: a.1 })
+        Ok(Op {
+            kind: OpKind::Softmax,
+            out_shape: a.0.to_vec(),
+            out_dtype: a.1,
+        })
     }
 
     pub(crate) fn rms_norm(a: Meta<'_>, w: Meta<'_>, eps: f32) -> Result<Op> {
@@ -127,7 +143,11 @@ impl Op {
             });
         }
         same_dtype("rms_norm", a.1, w.1)?;
-        Ok(Op { kind: OpKind::RmsNorm { eps }, out_shape: a.0.to_vec(), out_dtype: a.1 })
+        Ok(Op {
+            kind: OpKind::RmsNorm { eps },
+            out_shape: a.0.to_vec(),
+            out_dtype: a.1,
+        })
     }
 
     /// `[m,k]×[k,n]`, `[b,m,k]×[b,k,n]` or `[b,m,k]×[k,n]` (R6.11).
@@ -157,9 +177,23 @@ impl Op {
             return Err(mismatch(format!("inner dimensions differ ({k} vs {kb})")));
         }
         same_dtype("matmul", a.1, b.1)?;
-        let out_shape = if a.0.len() == 3 { vec![batch, m, n] } else { vec![m, n] };
-        let dims = MatmulDims { batch, m, k, n, rhs_batched };
-        Ok(Op { kind: OpKind::Matmul(dims), out_shape, out_dtype: a.1 })
+        let out_shape = if a.0.len() == 3 {
+            vec![batch, m, n]
+        } else {
+            vec![m, n]
+        };
+        let dims = MatmulDims {
+            batch,
+            m,
+            k,
+            n,
+            rhs_batched,
+        };
+        Ok(Op {
+            kind: OpKind::Matmul(dims),
+            out_shape,
+            out_dtype: a.1,
+        })
     }
 
     /// Runs the kernel on validated operands and returns the output.
@@ -183,7 +217,9 @@ impl Op {
                 typed2!(a, w, &mut out, |a, w, o| kernels::rms_norm(a, w, eps, o, n))
             }
             (OpKind::Matmul(dims), [a, b]) => {
-                typed2!(a, b, &mut out, |a, b, o| kernels::matmul(a, b, o, dims, threads))
+                typed2!(a, b, &mut out, |a, b, o| kernels::matmul(
+                    a, b, o, dims, threads
+                ))
             }
             (OpKind::ToDType(_), [a]) => convert(a, &mut out),
             _ => return Err(format!("{} got {} operands", self.name(), inputs.len())),
@@ -206,7 +242,11 @@ impl OpKind {
 }
 
 fn same_dtype(op: &'static str, lhs: DType, rhs: DType) -> Result<()> {
-    if lhs == rhs { Ok(()) } else { Err(Error::DTypeMismatch { op, lhs, rhs }) }
+    if lhs == rhs {
+        Ok(())
+    } else {
+        Err(Error::DTypeMismatch { op, lhs, rhs })
+    }
 }
 
 fn convert(a: &Data, out: &mut Data) {

@@ -87,7 +87,11 @@ pub(crate) fn runtime() -> &'static Runtime {
     RUNTIME.get_or_init(|| {
         let mut state = State::default();
         add_stream(&mut state, MAIN_TAG);
-        Runtime { state: Mutex::new(state), split: CoreSplit::new(), failures: Mutex::default() }
+        Runtime {
+            state: Mutex::new(state),
+            split: CoreSplit::new(),
+            failures: Mutex::default(),
+        }
     })
 }
 
@@ -98,7 +102,11 @@ fn add_stream(state: &mut State, tag: &str) -> StreamId {
         queue: Default::default(),
         progress: Arc::new(Progress::default()),
     });
-    state.streams.push(Stream { clock: VClock::default(), shared, started: false });
+    state.streams.push(Stream {
+        clock: VClock::default(),
+        shared,
+        started: false,
+    });
     state.by_tag.insert(tag.to_string(), id);
     id
 }
@@ -138,12 +146,23 @@ impl State {
 
     /// Commits the clock `clock` (already `V_s ⊔ H ⊔ ...`) as stream `s`'s, ticks it and pushes
     /// the entry. Everything that can fail must have been checked before.
-    fn issue(&mut self, s: StreamId, mut clock: VClock, op: &'static str, task: Task) -> Arc<Position> {
+    fn issue(
+        &mut self,
+        s: StreamId,
+        mut clock: VClock,
+        op: &'static str,
+        task: Task,
+    ) -> Arc<Position> {
         let seq = clock.tick(s);
         let stream = &mut self.streams[s];
         stream.clock = clock.clone();
         stream.shared.queue.push(Entry { seq, task });
-        Arc::new(Position { stream: s, seq, op, clock })
+        Arc::new(Position {
+            stream: s,
+            seq,
+            op,
+            clock,
+        })
     }
 
     /// `V_s ⊔ H`: the point that an entry issued now on `s` starts from (R3.4).
@@ -180,16 +199,14 @@ impl Runtime {
         let mut st = lock(&self.state);
         st.ensure_started(s)?;
         let start = st.start_point(s);
-        for (_, producer) in inputs {
-            if let Some(p) = producer {
-                if start.get(p.stream) < p.seq {
-                    return Err(Error::DataRace {
-                        reader: op.name().to_string(),
-                        reader_stream: st.tag(s),
-                        producer: p.op.to_string(),
-                        producer_stream: st.tag(p.stream),
-                    });
-                }
+        for p in inputs.iter().filter_map(|(_, producer)| *producer) {
+            if start.get(p.stream) < p.seq {
+                return Err(Error::DataRace {
+                    reader: op.name().to_string(),
+                    reader_stream: st.tag(s),
+                    producer: p.op.to_string(),
+                    producer_stream: st.tag(p.stream),
+                });
             }
         }
         let name = op.name();
@@ -231,7 +248,10 @@ impl Runtime {
     /// Blocks until the entry at `pos` has executed, then adds what it had seen to the host
     /// frontier (R3.6).
     pub(crate) fn host_wait(&self, pos: &Position) {
-        let progress = lock(&self.state).streams[pos.stream].shared.progress.clone();
+        let progress = lock(&self.state).streams[pos.stream]
+            .shared
+            .progress
+            .clone();
         progress.wait_until(pos.seq);
         lock(&self.state).host.join(&pos.clock);
     }

@@ -33,7 +33,11 @@ pub(crate) struct WorkQueue<T> {
 impl<T> Default for WorkQueue<T> {
     fn default() -> Self {
         WorkQueue {
-            state: Mutex::new(State { items: VecDeque::new(), parked: false, closed: false }),
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                parked: false,
+                closed: false,
+            }),
             len_hint: AtomicUsize::new(0),
             cv: Condvar::new(),
         }

@@ -35,7 +35,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Waits on `cv`, ignoring poisoning (see [`lock`]).
 #[inline]
 pub(crate) fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
-    cv.wait(guard).unwrap_or_else(|poisoned| poisoned.into_inner())
+    cv.wait(guard)
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Staged back-off for the spin phase of a wait: pause hints that double up to a small cap,

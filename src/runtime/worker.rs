@@ -23,7 +23,11 @@ use crate::tensor::storage::Buffer;
 #[derive(Debug)]
 pub(crate) enum Task {
     /// Run a kernel. The entry holds its input and output buffers alive until it completes (R3.8).
-    Op { op: Op, inputs: Vec<Arc<Buffer>>, output: Arc<Buffer> },
+    Op {
+        op: Op,
+        inputs: Vec<Arc<Buffer>>,
+        output: Arc<Buffer>,
+    },
     /// A tagged-event record: completing it is what publishes the event.
     Record,
     /// A tagged-event wait bound to the record at position `until` of the stream whose progress is
@@ -60,8 +64,13 @@ pub(crate) struct CoreSplit {
 
 impl CoreSplit {
     pub(crate) fn new() -> CoreSplit {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        CoreSplit { busy: AtomicUsize::new(0), cores }
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        CoreSplit {
+            busy: AtomicUsize::new(0),
+            cores,
+        }
     }
 
     pub(crate) fn threads_per_busy_stream(&self) -> usize {
@@ -91,7 +100,9 @@ pub(crate) fn run(shared: Arc<WorkerShared>, split: &CoreSplit, failures: &dyn F
             busy = false;
             split.leave();
         }
-        let Some(entry) = shared.queue.pop() else { break };
+        let Some(entry) = shared.queue.pop() else {
+            break;
+        };
         if !busy {
             busy = true;
             split.enter();
@@ -112,7 +123,9 @@ pub(crate) fn run(shared: Arc<WorkerShared>, split: &CoreSplit, failures: &dyn F
                 // Inputs and output are released here, after the kernel: R3.8.
             }
             Task::Record => {}
-            Task::Wait { on: Some((progress, until)) } => {
+            Task::Wait {
+                on: Some((progress, until)),
+            } => {
                 if progress.done() < until {
                     split.leave();
                     progress.wait_until(until);

@@ -94,7 +94,9 @@ impl FromStr for DType {
             "f32" | "float32" => Ok(DType::F32),
             "f16" | "float16" | "half" => Ok(DType::F16),
             "bf16" | "bfloat16" => Ok(DType::BF16),
-            _ => Err(Error::UnknownDType { name: s.to_string() }),
+            _ => Err(Error::UnknownDType {
+                name: s.to_string(),
+            }),
         }
     }
 }
@@ -103,24 +105,25 @@ impl FromStr for DType {
 ///
 /// Conversions go through whole slices so that `half` can use vector instructions.
 pub(crate) trait Element: Copy + Send + Sync + Default + fmt::Debug + 'static {
-    /// The matching [`DType`].
-    const DTYPE: DType;
-    /// Exact widening to f32.
-    fn to_f32(self) -> f32;
     /// Rounding to nearest, ties to even (R6.1).
     fn from_f32(x: f32) -> Self;
     /// `dst[i] = src[i] as f32`, exact. Slices have equal length.
     fn load_f32(src: &[Self], dst: &mut [f32]);
     /// `dst[i] = round(src[i])`. Slices have equal length.
     fn store_f32(src: &[f32], dst: &mut [Self]);
+    /// The slice itself when `Self` is `f32`, so kernels can skip the conversion round trip.
+    #[inline]
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    /// Mutable counterpart of [`as_f32`](Element::as_f32).
+    #[inline]
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
 }
 
 impl Element for f32 {
-    const DTYPE: DType = DType::F32;
-    #[inline]
-    fn to_f32(self) -> f32 {
-        self
-    }
     #[inline]
     fn from_f32(x: f32) -> Self {
         x
@@ -133,14 +136,17 @@ impl Element for f32 {
     fn store_f32(src: &[f32], dst: &mut [Self]) {
         dst.copy_from_slice(src);
     }
+    #[inline]
+    fn as_f32(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
+    }
+    #[inline]
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+        Some(s)
+    }
 }
 
 impl Element for f16 {
-    const DTYPE: DType = DType::F16;
-    #[inline]
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
     #[inline]
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
@@ -156,11 +162,6 @@ impl Element for f16 {
 }
 
 impl Element for bf16 {
-    const DTYPE: DType = DType::BF16;
-    #[inline]
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
     #[inline]
     fn from_f32(x: f32) -> Self {
         bf16::from_f32(x)
@@ -185,9 +186,17 @@ mod tests {
             assert_eq!(d.name().parse::<DType>().unwrap(), d);
         }
         let err = "int8".parse::<DType>().unwrap_err();
-        assert_eq!(err, Error::UnknownDType { name: "int8".into() });
+        assert_eq!(
+            err,
+            Error::UnknownDType {
+                name: "int8".into()
+            }
+        );
         let msg = err.to_string();
-        assert!(msg.contains("\"int8\"") && msg.contains("f32, f16, bf16"), "{msg}");
+        assert!(
+            msg.contains("\"int8\"") && msg.contains("f32, f16, bf16"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -55,10 +55,14 @@ struct Inner {
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Tensor");
-        d.field("shape", &self.inner.shape).field("dtype", &self.inner.dtype);
+        d.field("shape", &self.inner.shape)
+            .field("dtype", &self.inner.dtype);
         match &self.inner.producer {
             None => d.field("producer", &"host"),
-            Some(p) => d.field("producer", &format_args!("{} (stream {}, #{})", p.op, p.stream, p.seq)),
+            Some(p) => d.field(
+                "producer",
+                &format_args!("{} (stream {}, #{})", p.op, p.stream, p.seq),
+            ),
         };
         d.finish()
     }
@@ -103,7 +107,10 @@ impl Tensor {
                 op: "from_vec",
                 lhs: shape.to_vec(),
                 rhs: vec![data.len()],
-                reason: format!("the shape needs {len} elements but the data has {}", data.len()),
+                reason: format!(
+                    "the shape needs {len} elements but the data has {}",
+                    data.len()
+                ),
             });
         }
         let data = match dtype {
@@ -130,7 +137,10 @@ impl Tensor {
     pub fn full(shape: &[usize], value: f32, dtype: DType) -> Result<Tensor> {
         take_pending_error()?;
         let len = Self::len_of("full", shape, None)?;
-        Ok(Tensor::host(shape, Data::from_f32(&vec![value; len], dtype)))
+        Ok(Tensor::host(
+            shape,
+            Data::from_f32(&vec![value; len], dtype),
+        ))
     }
 
     /// Standard-normal samples, deterministic for a given `seed` on every machine and thread
@@ -205,7 +215,14 @@ impl Tensor {
         let dtype = op.out_dtype;
         let operands: Vec<_> = inputs.iter().map(|t| t.operand()).collect();
         let (buffer, producer) = runtime().launch(current_stream_id(), op, &operands)?;
-        Ok(Tensor { inner: Arc::new(Inner { shape, dtype, buffer, producer: Some(producer) }) })
+        Ok(Tensor {
+            inner: Arc::new(Inner {
+                shape,
+                dtype,
+                buffer,
+                producer: Some(producer),
+            }),
+        })
     }
 
     fn binary(&self, op: BinaryOp, rhs: &Tensor) -> Result<Tensor> {
@@ -308,7 +325,10 @@ impl Tensor {
     /// [`Error::DTypeMismatch`] if `weight` has another dtype; [`Error::DataRace`].
     pub fn rms_norm(&self, weight: &Tensor, eps: f32) -> Result<Tensor> {
         take_pending_error()?;
-        Self::launch(Op::rms_norm(self.meta(), weight.meta(), eps)?, &[self, weight])
+        Self::launch(
+            Op::rms_norm(self.meta(), weight.meta(), eps)?,
+            &[self, weight],
+        )
     }
 
     /// Converts to `dtype` (R6.1: round to nearest even, overflow to ±inf).

@@ -1,0 +1,367 @@
+//! Kernel correctness against the serial reference (bit-exact where R6.6 demands it) and against
+//! plain f64 computations, for every op and dtype, including odd sizes and special values.
+
+use half::{bf16, f16};
+use proptest::prelude::*;
+use rand::{RngExt, SeedableRng};
+
+use super::*;
+use crate::reference;
+use crate::tensor::{DType, Element};
+
+const SIZES: [usize; 6] = [0, 1, 7, 1023, 1024, 4097];
+
+/// Deterministic values in `[-scale, scale]`, representable in `dtype`, plus special values.
+fn values(n: usize, seed: u64, scale: f32, dtype: DType) -> Vec<f32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| dtype.round_f32(rng.random_range(-scale..=scale)))
+        .collect()
+}
+
+fn specials(dtype: DType) -> Vec<f32> {
+    let mut v = vec![
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        1e-40,             // f32 subnormal
+        -2.0f32.powi(-24), // smallest f16 subnormal
+        6.0e-5,            // near the f16 normal limit
+        65504.0,           // f16 max
+        -65520.0,          // rounds to -inf in f16
+        3.0e38,
+        88.7,   // exp overflow boundary
+        -103.9, // exp underflow into subnormals
+        -20.0,
+        20.0,
+        1.0,
+        -1.0,
+    ];
+    v.iter_mut().for_each(|x| *x = dtype.round_f32(*x));
+    v
+}
+
+fn to_f32<T: Element>(v: &[T]) -> Vec<f32> {
+    let mut o = vec![0.0; v.len()];
+    T::load_f32(v, &mut o);
+    o
+}
+
+macro_rules! run_typed {
+    ($dtype:expr, |$t:ident| $body:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            DType::F16 => {
+                type $t = f16;
+                $body
+            }
+            DType::BF16 => {
+                type $t = bf16;
+                $body
+            }
+        }
+    };
+}
+
+fn typed<T: Element>(v: &[f32]) -> Vec<T> {
+    let mut o = vec![T::default(); v.len()];
+    T::store_f32(v, &mut o);
+    o
+}
+
+fn kernel_binary(op: BinaryOp, a: &[f32], b: &[f32], dtype: DType) -> Vec<f32> {
+    run_typed!(dtype, |T| {
+        let mut o = vec![T::default(); a.len()];
+        binary::<T>(op, &typed(a), &typed(b), &mut o);
+        to_f32(&o)
+    })
+}
+
+fn kernel_unary(op: UnaryOp, a: &[f32], dtype: DType) -> Vec<f32> {
+    run_typed!(dtype, |T| {
+        let mut o = vec![T::default(); a.len()];
+        unary::<T>(op, &typed(a), &mut o);
+        to_f32(&o)
+    })
+}
+
+fn kernel_matmul(a: &[f32], b: &[f32], d: MatmulDims, dtype: DType, threads: usize) -> Vec<f32> {
+    run_typed!(dtype, |T| {
+        let mut o = vec![T::default(); d.batch * d.m * d.n];
+        matmul::<T>(&typed(a), &typed(b), &mut o, d, threads);
+        to_f32(&o)
+    })
+}
+
+fn assert_bits(got: &[f32], want: &[f32], what: &str) {
+    if let Some(i) = reference::first_mismatch(got, want) {
+        panic!(
+            "{what}: element {i}: got {:?}, reference {:?}",
+            got.get(i),
+            want.get(i)
+        );
+    }
+}
+
+#[test]
+fn elementwise_binary_is_bit_exact_for_every_dtype_and_size_r6_6() {
+    for dtype in DType::ALL {
+        for (i, &n) in SIZES.iter().enumerate() {
+            let mut a = values(n, i as u64, 10.0, dtype);
+            let mut b = values(n, 100 + i as u64, 10.0, dtype);
+            if n > 20 {
+                let s = specials(dtype);
+                a[..s.len()].copy_from_slice(&s);
+                b[3..3 + s.len()].copy_from_slice(&s);
+            }
+            for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+                let got = kernel_binary(op, &a, &b, dtype);
+                assert_bits(
+                    &got,
+                    &reference::binary(op, &a, &b, dtype),
+                    &format!("{op:?} {dtype} n={n}"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn elementwise_unary_is_bit_exact_for_every_dtype_and_size_r6_6() {
+    for dtype in DType::ALL {
+        for (i, &n) in SIZES.iter().enumerate() {
+            let mut a = values(n, 7 + i as u64, 12.0, dtype);
+            if n > 20 {
+                let s = specials(dtype);
+                a[..s.len()].copy_from_slice(&s);
+            }
+            for op in [UnaryOp::Relu, UnaryOp::Silu, UnaryOp::Gelu, UnaryOp::Exp] {
+                let got = kernel_unary(op, &a, dtype);
+                assert_bits(
+                    &got,
+                    &reference::unary(op, &a, dtype),
+                    &format!("{op:?} {dtype} n={n}"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn relu_keeps_nan_and_maps_negative_zero_to_positive_zero() {
+    let got = kernel_unary(UnaryOp::Relu, &[f32::NAN, -0.0, -3.0, 2.5], DType::F32);
+    assert!(got[0].is_nan());
+    assert_eq!(got[1].to_bits(), 0.0f32.to_bits());
+    assert_eq!(&got[2..], &[0.0, 2.5]);
+}
+
+#[test]
+fn conversions_between_all_dtype_pairs_are_exact_r6_1() {
+    let mut a = values(4097, 3, 70000.0, DType::F32);
+    let s = specials(DType::F32);
+    a[..s.len()].copy_from_slice(&s);
+    for from in DType::ALL {
+        let src: Vec<f32> = a.iter().map(|&x| from.round_f32(x)).collect();
+        for to in DType::ALL {
+            let got = run_typed!(from, |S| {
+                let s_vals: Vec<S> = typed(&src);
+                run_typed!(to, |D| {
+                    let mut o = vec![D::default(); src.len()];
+                    convert::<S, D>(&s_vals, &mut o);
+                    to_f32(&o)
+                })
+            });
+            let want: Vec<f32> = src.iter().map(|&x| to.round_f32(x)).collect();
+            assert_bits(&got, &want, &format!("{from} -> {to}"));
+        }
+    }
+}
+
+/// f64 truth for the accuracy rules of R6.10.
+fn gelu_f64(x: f64) -> f64 {
+    0.5 * x * libm::erfc(-x / std::f64::consts::SQRT_2)
+}
+
+#[test]
+fn scalar_functions_meet_r6_10() {
+    let mut xs: Vec<f32> = (0..100_000)
+        .map(|i| -20.0 + 40.0 * i as f32 / 100_000.0)
+        .collect();
+    xs.extend([0.0, -0.0, 1e-30, -1e-30, 80.0, -80.0, 1e-8]);
+    for &x in &xs {
+        let xd = f64::from(x);
+        let e = f64::from(scalar::exp(x));
+        let e_true = xd.exp();
+        assert!(
+            (e - e_true).abs() <= 2f64.powi(-21) * e_true.abs(),
+            "exp({x}) = {e}, true {e_true}"
+        );
+        let s = f64::from(scalar::silu(x));
+        let s_true = xd / (1.0 + (-xd).exp());
+        assert!(
+            (s - s_true).abs() <= 2f64.powi(-20) * s_true.abs() + 2f64.powi(-22),
+            "silu({x})"
+        );
+        let g = f64::from(scalar::gelu(x));
+        let g_true = gelu_f64(xd);
+        assert!(
+            (g - g_true).abs() <= 2f64.powi(-20) * g_true.abs() + 2f64.powi(-22),
+            "gelu({x}) = {g}, true {g_true}"
+        );
+    }
+}
+
+#[test]
+fn softmax_and_rms_norm_meet_r6_8_against_reference_and_f64() {
+    for dtype in DType::ALL {
+        for (rows, n) in [(1, 1), (3, 7), (2, 1023), (4, 9)] {
+            let a = values(rows * n, (rows * n) as u64, 8.0, dtype);
+            let w = values(n, 5, 2.0, dtype);
+            let (sm, rn) = run_typed!(dtype, |T| {
+                let mut o = vec![T::default(); a.len()];
+                softmax::<T>(&typed(&a), &mut o, n);
+                let sm = to_f32(&o);
+                rms_norm::<T>(&typed(&a), &typed(&w), 1e-6, &mut o, n);
+                (sm, to_f32(&o))
+            });
+            let what = format!("{dtype} {rows}x{n}");
+            reference::check_reduction(&sm, &reference::softmax(&a, n, dtype), n, dtype)
+                .unwrap_or_else(|e| panic!("softmax {what}: {e}"));
+            reference::check_reduction(&rn, &reference::rms_norm(&a, &w, 1e-6, n, dtype), n, dtype)
+                .unwrap_or_else(|e| panic!("rms_norm {what}: {e}"));
+            // Against f64 truth: f32 evaluation error plus up to two output ulps (R6.8 allows a
+            // neighbour of the rounded reference), and an absolute term for subnormal outputs.
+            let tol = 4.0 * n as f64 * 2f64.powi(-24) + 4.0 * dtype.unit_roundoff();
+            let abs_tol = 4.0 * dtype.half_min_subnormal() + 1e-30;
+            for (r, row) in a.chunks(n).enumerate() {
+                let m = row
+                    .iter()
+                    .map(|&x| f64::from(x))
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let s: f64 = row.iter().map(|&x| (f64::from(x) - m).exp()).sum();
+                let ss: f64 = row.iter().map(|&x| f64::from(x).powi(2)).sum();
+                let d = (ss / n as f64 + 1e-6).sqrt();
+                for j in 0..n {
+                    let x = f64::from(row[j]);
+                    let sm_true = (x - m).exp() / s;
+                    let rn_true = x / d * f64::from(w[j]);
+                    assert!(
+                        (f64::from(sm[r * n + j]) - sm_true).abs() <= tol * sm_true.abs() + abs_tol,
+                        "softmax {what}"
+                    );
+                    assert!(
+                        (f64::from(rn[r * n + j]) - rn_true).abs() <= tol * rn_true.abs() + abs_tol,
+                        "rms_norm {what}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_meets_r6_9_for_every_dtype_and_shape() {
+    let shapes = [
+        (1, 1, 1),
+        (7, 5, 3),
+        (3, 1023, 2),
+        (64, 64, 64),
+        (130, 257, 67),
+    ];
+    for dtype in DType::ALL {
+        for &(m, k, n) in &shapes {
+            for (batch, rhs_batched) in [(1, false), (3, true), (2, false)] {
+                let d = MatmulDims {
+                    batch,
+                    m,
+                    k,
+                    n,
+                    rhs_batched,
+                };
+                let a = values(batch * m * k, (m * k) as u64, 2.0, dtype);
+                let b = values(
+                    if rhs_batched { batch } else { 1 } * k * n,
+                    (k * n + 1) as u64,
+                    2.0,
+                    dtype,
+                );
+                let c = kernel_matmul(&a, &b, d, dtype, 1);
+                reference::check_matmul(&a, &b, &c, d, dtype)
+                    .unwrap_or_else(|e| panic!("{dtype} {d:?}: {e}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_edge_shapes() {
+    let d = MatmulDims {
+        batch: 1,
+        m: 2,
+        k: 0,
+        n: 3,
+        rhs_batched: false,
+    };
+    let mut o = vec![7.0f32; 6];
+    matmul::<f32>(&[], &[], &mut o, d, 1);
+    assert_eq!(o, vec![0.0; 6], "k = 0 gives zeros");
+    let d = MatmulDims {
+        batch: 1,
+        m: 0,
+        k: 4,
+        n: 3,
+        rhs_batched: false,
+    };
+    matmul::<f32>(&[], &[0.0; 12], &mut [], d, 2);
+}
+
+#[test]
+fn matmul_bits_do_not_depend_on_thread_count_r6_4() {
+    for (dtype, (m, k, n)) in [
+        (DType::F32, (256, 512, 384)),
+        (DType::F16, (1000, 1000, 1000)),
+    ] {
+        let d = MatmulDims {
+            batch: 1,
+            m,
+            k,
+            n,
+            rhs_batched: false,
+        };
+        let a = values(m * k, 11, 1.0, dtype);
+        let b = values(k * n, 12, 1.0, dtype);
+        let one = kernel_matmul(&a, &b, d, dtype, 1);
+        for threads in [2, 4] {
+            assert_bits(
+                &kernel_matmul(&a, &b, d, dtype, threads),
+                &one,
+                &format!("{dtype} threads={threads}"),
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn f32_roundtrips_through_half_types(bits in any::<u32>()) {
+        let x = f32::from_bits(bits);
+        for dtype in [DType::F16, DType::BF16] {
+            let once = dtype.round_f32(x);
+            // Rounding is idempotent, and the slice conversion agrees with the scalar one.
+            let twice = dtype.round_f32(once);
+            prop_assert!(once.to_bits() == twice.to_bits() || (once.is_nan() && twice.is_nan()));
+            let got = kernel_unary(UnaryOp::Relu, &[once], dtype)[0];
+            let want = reference::unary(UnaryOp::Relu, &[once], dtype)[0];
+            prop_assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()));
+            let c = run_typed!(dtype, |T| { let mut o = vec![T::default(); 1]; convert::<f32, T>(&[x], &mut o); to_f32(&o)[0] });
+            prop_assert!(c.to_bits() == once.to_bits() || (c.is_nan() && once.is_nan()));
+        }
+    }
+}
