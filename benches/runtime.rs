@@ -24,7 +24,8 @@ struct Events {
 /// One gated ping-pong of `round_trips` round trips (2 hand-offs each). Returns the time from
 /// the gate's completion (seen by the host through `to_vec_f32`, after everything is queued) to
 /// the end of `synchronize`: the hand-offs alone, plus one host wake-up.
-fn gated_ping_pong(gate_input: &Tensor, ev: &Events, round_trips: usize) -> Duration {
+fn gated_ping_pong(gate_input: &Tensor, ev: &Events, round_trips: usize) -> (Duration, Duration) {
+    let issue_start = Instant::now();
     let g = gate_input.matmul(gate_input).expect("gate matmul");
     tagged_event_record(&ev.gate).expect("record gate");
     {
@@ -46,10 +47,11 @@ fn gated_ping_pong(gate_input: &Tensor, ev: &Events, round_trips: usize) -> Dura
             tagged_event_wait(&ev.b_to_a).expect("wait b->a");
         }
     }
+    let issued = issue_start.elapsed();
     black_box(g.to_vec_f32().expect("gate result"));
     let start = Instant::now();
     synchronize().expect("synchronize");
-    start.elapsed()
+    (start.elapsed(), issued)
 }
 
 fn handoff_report() {
@@ -58,15 +60,26 @@ fn handoff_report() {
         a_to_b: create_tagged_event("bench-a2b").expect("event"),
         b_to_a: create_tagged_event("bench-b2a").expect("event"),
     };
-    // The gate must outlast issuing the ping-pong; a 1000^3 matmul takes tens of ms.
-    let gate_input = Tensor::randn(&[1000, 1000], DType::F32, 7).expect("input");
-    let round_trips = 2000u32;
+    // The gate must outlast issuing the ping-pong (checked below), and the ping-pong must last
+    // far longer than one host wake-up, which the measured window includes.
+    let gate_input = Tensor::randn(&[2000, 2000], DType::F32, 7).expect("input");
+    let round_trips = 20_000u32;
     gated_ping_pong(&gate_input, &ev, 10); // warm-up: starts both workers
-    let reps = 25;
+    let reps = 15;
     let mut per: Vec<Duration> = (0..reps)
-        .map(|_| gated_ping_pong(&gate_input, &ev, round_trips as usize) / (2 * round_trips))
+        .map(|_| {
+            let (t, issued) = gated_ping_pong(&gate_input, &ev, round_trips as usize);
+            let _ = issued;
+            t / (2 * round_trips)
+        })
         .collect();
     per.sort();
+    let (_, issued) = gated_ping_pong(&gate_input, &ev, round_trips as usize);
+    println!(
+        "  (issuing {} entries took {:.1} ms)",
+        4 * round_trips,
+        issued.as_secs_f64() * 1e3
+    );
     println!(
         "event hand-off (ping-pong between two streams, {} hand-offs per run, {reps} runs): \
          median {} ns per hand-off (min {} ns, p25 {} ns, p75 {} ns)",

@@ -32,6 +32,14 @@ enum ModeArg {
     Eager,
 }
 
+impl ModeArg {
+    fn name(self) -> &'static str {
+        match self {
+            ModeArg::Eager => "eager",
+        }
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
 struct RunArgs {
     /// Element type of the inputs: f32, f16 or bf16.
@@ -108,8 +116,10 @@ fn run_seed(args: &RunArgs) -> Result<bool> {
     let checks = models::check_seed(&host_inputs, &host_outputs, size, args.dtype);
 
     println!(
-        "tagstream seed model: 4 inputs [{size}, {size}] {}, mode {:?}, {} timed runs",
-        args.dtype, args.mode, args.runs
+        "tagstream seed model: 4 inputs [{size}, {size}] {}, mode {}, {} timed runs",
+        args.dtype,
+        args.mode.name(),
+        args.runs
     );
     println!();
     println!(
