@@ -336,3 +336,46 @@ pub fn synchronize() -> Result<()> {
     crate::scope::take_pending_error()?;
     runtime().synchronize()
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::kernels::BinaryOp;
+    use crate::tensor::DType;
+    use crate::tensor::storage::Data;
+
+    /// A worker that hits a failing entry reports it, publishes its position anyway (no waiter
+    /// hangs), propagates the failure to dependent ops, and keeps serving later entries.
+    #[test]
+    fn worker_failure_surfaces_and_nothing_hangs() {
+        let rt = runtime();
+        let s = rt.stream_for_tag("runtime-test-failure").unwrap();
+        // An op validated for f32 but handed f16 data: execute() refuses it.
+        let op = Op::binary(BinaryOp::Add, (&[2], DType::F32), (&[2], DType::F32)).unwrap();
+        let bad = Arc::new(Buffer::ready(Data::zeroed(DType::F16, 2)));
+        let (out, pos) = rt
+            .launch(s, op.clone(), &[(&bad, None), (&bad, None)])
+            .unwrap();
+        // A dependent op on the same stream fails with the same cause.
+        let (dep, dep_pos) = rt
+            .launch(s, op.clone(), &[(&out, Some(&pos)), (&out, Some(&pos))])
+            .unwrap();
+        rt.host_wait(&dep_pos);
+        let first = out.get().unwrap().clone().unwrap_err();
+        assert!(
+            matches!(&first, Error::ExecutionFailed { op, stream, .. } if op == "add" && stream == "runtime-test-failure"),
+            "{first}"
+        );
+        assert_eq!(dep.get().unwrap().clone().unwrap_err(), first);
+        assert!(synchronize().is_err(), "synchronize reports the failure");
+        synchronize().unwrap(); // ... once
+        // The stream still works.
+        let good = Arc::new(Buffer::ready(Data::from_f32(&[1.0, 2.0], DType::F32)));
+        let (ok, ok_pos) = rt.launch(s, op, &[(&good, None), (&good, None)]).unwrap();
+        rt.host_wait(&ok_pos);
+        assert_eq!(
+            ok.get().unwrap().as_ref().unwrap().to_f32_vec(),
+            vec![2.0, 4.0]
+        );
+    }
+}

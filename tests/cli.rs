@@ -1,0 +1,58 @@
+//! The `tagstream` binary: the seed run prints its table and exits 0; bad flags are refused
+//! with a message (E8 for dtype names).
+
+use std::process::Command;
+
+fn tagstream(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tagstream"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn run_prints_the_table_and_passes() {
+    for dtype in ["f32", "f16", "bf16"] {
+        let out = tagstream(&["run", "--size", "64", "--runs", "2", "--dtype", dtype]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{dtype}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for needle in [
+            "add ",
+            "mm ",
+            "mm1",
+            "add2",
+            "wall time per run: median",
+            "streams used: \"default\"",
+            "\"1\"",
+        ] {
+            assert!(
+                stdout.contains(needle),
+                "{dtype}: missing {needle:?} in\n{stdout}"
+            );
+        }
+        assert_eq!(stdout.matches(" ok").count(), 4, "{stdout}");
+    }
+}
+
+#[test]
+fn unknown_dtype_is_refused_e8() {
+    let out = tagstream(&["run", "--dtype", "f64"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown dtype \"f64\"") && stderr.contains("f32, f16, bf16"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_sizes_are_refused() {
+    for size in ["0", "-3", "abc", "100000"] {
+        let out = tagstream(&["run", "--size", size]);
+        assert!(!out.status.success(), "--size {size} must be refused");
+    }
+}
