@@ -3,6 +3,7 @@
 
 use tagstream::Error;
 use tagstream::ops::{create_tagged_event, tagged_event_record, tagged_event_wait};
+use tagstream::reference::{self, BinaryOp, UnaryOp};
 use tagstream::scope::stream_switch;
 use tagstream::{DType, Tensor, stream_activity, synchronize};
 
@@ -180,13 +181,9 @@ fn nesting_gives_no_ordering_but_an_event_does_sc6_r2_7() {
         tagged_event_wait(&e).unwrap();
         a.add(&x1).unwrap()
     };
-    let want: Vec<f32> = x0
-        .to_vec_f32()
-        .unwrap()
-        .iter()
-        .zip(x1.to_vec_f32().unwrap())
-        .map(|(a, b)| a.exp() + b)
-        .collect();
+    // Serial reference (R6.5): exp, then add, rounded to f32.
+    let e = reference::unary(UnaryOp::Exp, &x0.to_vec_f32().unwrap(), DType::F32);
+    let want = reference::binary(BinaryOp::Add, &e, &x1.to_vec_f32().unwrap(), DType::F32);
     assert_eq!(b.to_vec_f32().unwrap(), want);
 }
 

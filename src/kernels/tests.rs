@@ -217,6 +217,33 @@ fn scalar_functions_meet_r6_10() {
 }
 
 #[test]
+fn exp_edge_cases() {
+    assert_eq!(scalar::exp(0.0), 1.0);
+    assert_eq!(scalar::exp(-0.0), 1.0);
+    assert_eq!(scalar::exp(f32::INFINITY), f32::INFINITY);
+    assert_eq!(scalar::exp(89.0), f32::INFINITY);
+    assert_eq!(scalar::exp(88.8), f32::INFINITY);
+    assert!(scalar::exp(88.72).is_finite());
+    assert_eq!(scalar::exp(f32::NEG_INFINITY).to_bits(), 0.0f32.to_bits());
+    assert_eq!(scalar::exp(-104.0).to_bits(), 0.0f32.to_bits());
+    assert!(scalar::exp(f32::NAN).is_nan());
+    // Subnormal results: within one subnormal step of the truth, never flushed to zero.
+    for x in [-88.0f32, -95.0, -100.0, -103.0] {
+        let got = f64::from(scalar::exp(x));
+        let truth = f64::from(x).exp();
+        assert!(
+            got > 0.0 && (got - truth).abs() <= 2f64.powi(-149),
+            "exp({x}) = {got:e}, true {truth:e}"
+        );
+    }
+    // Monotone across a reduction boundary.
+    let c = 10.0 * std::f32::consts::LN_2;
+    assert!(
+        scalar::exp(c.next_down()) <= scalar::exp(c) && scalar::exp(c) <= scalar::exp(c.next_up())
+    );
+}
+
+#[test]
 fn softmax_and_rms_norm_meet_r6_8_against_reference_and_f64() {
     for dtype in DType::ALL {
         for (rows, n) in [(1, 1), (3, 7), (2, 1023), (4, 9)] {

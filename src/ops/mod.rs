@@ -19,7 +19,8 @@
 //!     tagged_event_wait(&ev)?;            // side stream waits for the record
 //!     y.mul(&y)?                          // so it may read `y`
 //! };
-//! assert_eq!(z.to_vec_f32()?[0], 2f32.exp() * 2f32.exp());
+//! let y0 = y.to_vec_f32()?[0];
+//! assert_eq!(z.to_vec_f32()?[0], y0 * y0);
 //! # Ok::<(), tagstream::Error>(())
 //! ```
 
