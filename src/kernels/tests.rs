@@ -152,6 +152,69 @@ fn elementwise_unary_is_bit_exact_for_every_dtype_and_size_r6_6() {
     }
 }
 
+/// Largest difference allowed between a kernel result and the f64 truth rounded to `dtype`:
+/// the f32 evaluation (R6.2) plus one rounding to the output dtype.
+fn close_to_f64(got: f32, truth: f64, dtype: DType, rel: f64, abs: f64) -> bool {
+    if truth.is_nan() {
+        return got.is_nan();
+    }
+    let rounded = f64::from(dtype.round_f32(truth as f32));
+    if rounded.is_infinite() || got.is_infinite() {
+        return f64::from(got) == rounded || (truth.abs() > 6.0e4 && dtype == DType::F16);
+    }
+    let ulp = 2.0 * dtype.unit_roundoff().max(2f64.powi(-24));
+    (f64::from(got) - truth).abs()
+        <= (ulp + rel) * truth.abs() + abs + 2.0 * dtype.half_min_subnormal() + 1e-37
+}
+
+#[test]
+fn elementwise_kernels_agree_with_plain_f64() {
+    for dtype in DType::ALL {
+        for (i, &n) in SIZES.iter().enumerate() {
+            let a = values(n, 50 + i as u64, 30.0, dtype);
+            let b: Vec<f32> = values(n, 60 + i as u64, 30.0, dtype)
+                .iter()
+                .map(|&x| if x == 0.0 { 1.0 } else { x })
+                .collect();
+            for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+                let got = kernel_binary(op, &a, &b, dtype);
+                for j in 0..n {
+                    let (x, y) = (f64::from(a[j]), f64::from(b[j]));
+                    let truth = match op {
+                        BinaryOp::Add => x + y,
+                        BinaryOp::Sub => x - y,
+                        BinaryOp::Mul => x * y,
+                        BinaryOp::Div => x / y,
+                    };
+                    assert!(
+                        close_to_f64(got[j], truth, dtype, 0.0, 0.0),
+                        "{op:?} {dtype}: {x} {y} -> {} vs {truth}",
+                        got[j]
+                    );
+                }
+            }
+            for op in [UnaryOp::Relu, UnaryOp::Exp, UnaryOp::Silu, UnaryOp::Gelu] {
+                let got = kernel_unary(op, &a, dtype);
+                for j in 0..n {
+                    let x = f64::from(a[j]);
+                    let truth = match op {
+                        UnaryOp::Relu => x.max(0.0),
+                        UnaryOp::Exp => x.exp(),
+                        UnaryOp::Silu => x / (1.0 + (-x).exp()),
+                        UnaryOp::Gelu => gelu_f64(x),
+                    };
+                    // R6.10's relative bounds, plus output rounding.
+                    assert!(
+                        close_to_f64(got[j], truth, dtype, 2f64.powi(-20), 2f64.powi(-22)),
+                        "{op:?} {dtype}: {x} -> {} vs {truth}",
+                        got[j]
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn relu_keeps_nan_and_maps_negative_zero_to_positive_zero() {
     let got = kernel_unary(UnaryOp::Relu, &[f32::NAN, -0.0, -3.0, 2.5], DType::F32);
