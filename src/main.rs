@@ -148,19 +148,12 @@ fn run_seed(args: &RunArgs) -> Result<bool> {
     );
     let used: Vec<String> = activity_after
         .iter()
-        .filter(|a| {
+        .filter_map(|a| {
             let before = activity_before
                 .iter()
                 .find(|b| b.tag == a.tag)
                 .map_or(0, |b| b.issued);
-            a.issued > before
-        })
-        .map(|a| {
-            let before = activity_before
-                .iter()
-                .find(|b| b.tag == a.tag)
-                .map_or(0, |b| b.issued);
-            format!("\"{}\" ({} entries)", a.tag, a.issued - before)
+            (a.issued > before).then(|| format!("\"{}\" ({} entries)", a.tag, a.issued - before))
         })
         .collect();
     println!("streams used: {}", used.join(", "));

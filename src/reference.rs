@@ -115,11 +115,7 @@ pub fn check_matmul(
     let k = dims.k as f64;
     let gamma = k * u / (1.0 - k * u);
     let (u_out, eta) = (dtype.unit_roundoff(), dtype.half_min_subnormal());
-    let max_finite = f64::from(dtype.round_f32(f32::MAX).min(match dtype {
-        DType::F32 => f32::MAX,
-        DType::F16 => 65504.0,
-        DType::BF16 => f32::MAX,
-    }));
+    let max_finite = f64::from(dtype.max_finite());
     let mut worst = 0f64;
     for bt in 0..dims.batch {
         for i in 0..dims.m {

@@ -89,11 +89,7 @@ pub fn stream_switch(tag: &str) -> Result<StreamGuard> {
             call: "stream_switch",
         });
     }
-    let stream = if tag == MAIN_TAG {
-        MAIN
-    } else {
-        runtime().stream_for_tag(tag)?
-    };
+    let stream = runtime().stream_for_tag(tag)?; // "default" is registered as the main stream
     Ok(SCOPES.with_borrow_mut(|st| {
         let id = st.next_id;
         st.next_id += 1;

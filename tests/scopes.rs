@@ -125,3 +125,24 @@ fn guard_drop_during_unwinding_restores_the_scope() {
     assert!(r.is_err());
     assert_eq!(current_stream(), "default");
 }
+
+#[test]
+fn a_pending_scope_error_comes_before_validation_errors_r2_8() {
+    let (a, b) = (
+        Tensor::zeros(&[2], DType::F32).unwrap(),
+        Tensor::zeros(&[3], DType::F16).unwrap(),
+    );
+    let g1 = stream_switch("sc-v1").unwrap();
+    let _g2 = stream_switch("sc-v2").unwrap();
+    drop(g1);
+    // The add is invalid (shape and dtype), but the pending error is reported first...
+    assert!(matches!(
+        a.add(&b).unwrap_err(),
+        Error::UnbalancedStreamSwitch { .. }
+    ));
+    // ...and then the add's own error.
+    assert!(matches!(
+        a.add(&b).unwrap_err(),
+        Error::ShapeMismatch { op: "add", .. }
+    ));
+}

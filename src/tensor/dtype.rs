@@ -61,6 +61,15 @@ impl DType {
         }
     }
 
+    /// The largest finite value.
+    pub fn max_finite(self) -> f32 {
+        match self {
+            DType::F32 => f32::MAX,
+            DType::F16 => f16::MAX.to_f32(),
+            DType::BF16 => bf16::MAX.to_f32(),
+        }
+    }
+
     /// Unit roundoff of this dtype as an output type (`u_out` of R6.7).
     pub fn unit_roundoff(self) -> f64 {
         match self {

@@ -208,9 +208,11 @@ impl Tensor {
         (&self.inner.buffer, self.inner.producer.as_ref())
     }
 
-    /// Issues a validated op on the current stream.
-    fn launch(op: Op, inputs: &[&Tensor]) -> Result<Tensor> {
+    /// Validates an op and issues it on the current stream. A pending scope error of this thread
+    /// (R2.8) comes first, before any validation error.
+    fn launch(validate: impl FnOnce() -> Result<Op>, inputs: &[&Tensor]) -> Result<Tensor> {
         take_pending_error()?;
+        let op = validate()?;
         let shape = op.out_shape.clone();
         let dtype = op.out_dtype;
         let operands: Vec<_> = inputs.iter().map(|t| t.operand()).collect();
@@ -226,12 +228,11 @@ impl Tensor {
     }
 
     fn binary(&self, op: BinaryOp, rhs: &Tensor) -> Result<Tensor> {
-        take_pending_error()?;
-        Self::launch(Op::binary(op, self.meta(), rhs.meta())?, &[self, rhs])
+        Self::launch(|| Op::binary(op, self.meta(), rhs.meta()), &[self, rhs])
     }
 
     fn unary(&self, op: UnaryOp) -> Result<Tensor> {
-        Self::launch(Op::unary(op, self.meta()), &[self])
+        Self::launch(|| Ok(Op::unary(op, self.meta())), &[self])
     }
 
     /// Elementwise `self + rhs`; shapes and dtypes must match (no broadcasting).
@@ -273,8 +274,7 @@ impl Tensor {
     /// [`Error::ShapeMismatch`] (rank, inner dimension or batch), [`Error::DTypeMismatch`],
     /// [`Error::DataRace`].
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
-        take_pending_error()?;
-        Self::launch(Op::matmul(self.meta(), rhs.meta())?, &[self, rhs])
+        Self::launch(|| Op::matmul(self.meta(), rhs.meta()), &[self, rhs])
     }
 
     /// `max(x, 0)` elementwise (NaN stays NaN).
@@ -314,8 +314,7 @@ impl Tensor {
     /// # Errors
     /// [`Error::ShapeMismatch`] for a rank-0 tensor; [`Error::DataRace`].
     pub fn softmax(&self) -> Result<Tensor> {
-        take_pending_error()?;
-        Self::launch(Op::softmax(self.meta())?, &[self])
+        Self::launch(|| Op::softmax(self.meta()), &[self])
     }
 
     /// RMS normalisation over the last dimension: `x / sqrt(mean(x²) + eps) · weight`.
@@ -324,9 +323,8 @@ impl Tensor {
     /// [`Error::ShapeMismatch`] if the rank is 0 or `weight` is not `[last dim]`;
     /// [`Error::DTypeMismatch`] if `weight` has another dtype; [`Error::DataRace`].
     pub fn rms_norm(&self, weight: &Tensor, eps: f32) -> Result<Tensor> {
-        take_pending_error()?;
         Self::launch(
-            Op::rms_norm(self.meta(), weight.meta(), eps)?,
+            || Op::rms_norm(self.meta(), weight.meta(), eps),
             &[self, weight],
         )
     }
@@ -336,6 +334,6 @@ impl Tensor {
     /// # Errors
     /// [`Error::DataRace`].
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
-        Self::launch(Op::to_dtype(self.meta(), dtype), &[self])
+        Self::launch(|| Ok(Op::to_dtype(self.meta(), dtype)), &[self])
     }
 }
