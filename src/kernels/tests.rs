@@ -92,7 +92,8 @@ fn kernel_unary(op: UnaryOp, a: &[f32], dtype: DType) -> Vec<f32> {
 
 fn kernel_matmul(a: &[f32], b: &[f32], d: MatmulDims, dtype: DType, threads: usize) -> Vec<f32> {
     run_typed!(dtype, |T| {
-        let mut o = vec![T::default(); d.batch * d.m * d.n];
+        // NaN-filled output: any element the kernel read instead of overwriting shows up.
+        let mut o = vec![T::from_f32(f32::NAN); d.batch * d.m * d.n];
         matmul::<T>(&typed(a), &typed(b), &mut o, d, threads);
         to_f32(&o)
     })
@@ -397,7 +398,7 @@ fn matmul_edge_shapes() {
         n: 3,
         rhs_batched: false,
     };
-    let mut o = vec![7.0f32; 6];
+    let mut o = vec![f32::NAN; 6];
     matmul::<f32>(&[], &[], &mut o, d, 1);
     assert_eq!(o, vec![0.0; 6], "k = 0 gives zeros");
     let d = MatmulDims {
