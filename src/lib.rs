@@ -41,7 +41,9 @@
 //! The rules are in `docs/semantics.md` (shared with the team as `shared/docs/semantics.md`);
 //! rule ids such as R3.5 in these docs refer to it. `docs/architecture.md` maps the modules.
 
+pub mod compile;
 pub mod error;
+pub(crate) mod graph;
 pub(crate) mod kernels;
 pub mod models;
 pub mod ops;
@@ -50,6 +52,7 @@ pub(crate) mod runtime;
 pub mod scope;
 pub mod tensor;
 
+pub use compile::{CompileConfig, CompileStats, Compiled, MemoryStats, Mode, compile};
 pub use error::{Error, Result};
 pub use runtime::{StreamActivity, stream_activity, synchronize};
 pub use tensor::{DType, Tensor};
