@@ -28,6 +28,9 @@ struct ScopeStack {
     frames: Vec<Frame>,
     /// Bumped when an out-of-order drop clears the stack; guards of an older epoch are inert.
     epoch: u64,
+    /// The highest epoch handed out on this thread, so a stack set aside by a compiled call
+    /// (R5.1) and the fresh one that replaces it never share an epoch.
+    epoch_counter: u64,
     next_id: u64,
     pending: Option<Error>,
 }
@@ -90,6 +93,10 @@ pub fn stream_switch(tag: &str) -> Result<StreamGuard> {
         });
     }
     let stream = runtime().stream_for_tag(tag)?; // "default" is registered as the main stream
+    if stream != MAIN {
+        // The fork wait of a compiled run's event closure (R4.4 b, R3.11), if one is running.
+        crate::graph::on_scope_enter(stream)?;
+    }
     Ok(SCOPES.with_borrow_mut(|st| {
         let id = st.next_id;
         st.next_id += 1;
@@ -133,28 +140,66 @@ pub(crate) fn take_pending_error() -> Result<()> {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         // `try_with`: a guard may be dropped while the thread's locals are being destroyed.
-        let _ = SCOPES.try_with(|st| {
+        let closed = SCOPES.try_with(|st| {
             let mut st = st.borrow_mut();
             if st.epoch != self.epoch {
-                return; // made inert by an earlier out-of-order drop
+                return None; // made inert by an earlier out-of-order drop
             }
             match st.frames.last() {
-                Some(top) if top.id == self.id => {
-                    st.frames.pop();
-                }
+                Some(top) if top.id == self.id => st.frames.pop().map(|f| f.stream),
                 top => {
                     let innermost = top.map(|f| f.tag.clone());
                     st.frames.clear();
-                    st.epoch += 1;
+                    st.epoch_counter = st.epoch_counter.max(st.epoch) + 1;
+                    st.epoch = st.epoch_counter;
                     st.pending = Some(Error::UnbalancedStreamSwitch {
                         dropped: Some(self.tag.clone()),
                         innermost,
                         open: Vec::new(),
                     });
+                    None
                 }
             }
         });
+        if let Ok(Some(stream)) = closed
+            && stream != MAIN
+        {
+            // The join record of a compiled run's event closure (R4.4 c), if one is running.
+            crate::graph::on_scope_exit(stream);
+        }
     }
+}
+
+/// A thread's scope stack, set aside for the length of a compiled call (R5.1).
+#[derive(Debug)]
+pub(crate) struct SavedScopes {
+    frames: Vec<Frame>,
+    epoch: u64,
+}
+
+/// Sets the calling thread's scopes aside: until [`restore_scopes`], the thread is on
+/// `"default"` with no open scope (R5.1). Guards made meanwhile belong to a fresh epoch, so one
+/// that outlives the call is inert.
+pub(crate) fn set_aside_scopes() -> SavedScopes {
+    SCOPES.with_borrow_mut(|st| {
+        st.epoch_counter += 1;
+        let fresh = st.epoch_counter.max(st.epoch + 1);
+        st.epoch_counter = fresh;
+        SavedScopes {
+            frames: std::mem::take(&mut st.frames),
+            epoch: std::mem::replace(&mut st.epoch, fresh),
+        }
+    })
+}
+
+/// Puts back the scopes of [`set_aside_scopes`] and returns the tags of the scopes that were
+/// still open on the set-aside stack's replacement, outermost first (R4.11).
+pub(crate) fn restore_scopes(saved: SavedScopes) -> Vec<String> {
+    SCOPES.with_borrow_mut(|st| {
+        let open = std::mem::replace(&mut st.frames, saved.frames);
+        st.epoch = saved.epoch;
+        open.into_iter().map(|f| f.tag).collect()
+    })
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! f32 operands go straight to `gemm::gemm::<f32>`. f16/bf16 operands are widened to f32
 //! scratch, multiplied in f32 and rounded once: gemm-f16 0.19 rounds its f16 destination after
 //! every k-block, which would round more than once (R6.3). Widening costs O(mk + kn) against the
-//! product's O(mkn).
+//! product's O(mkn). The f32 scratch is per thread and reused, so steady-state replays
+//! allocate nothing.
 //!
 //! Threads: `1` runs on the calling thread (`Parallelism::None`); more uses that many rayon
 //! threads. gemm splits output tiles across threads and keeps its k-blocking a function of the
@@ -47,15 +48,36 @@ pub(crate) fn matmul<T: Element>(
             batched_f32(a32, b32, o32, dims, threads);
         }
         _ => {
-            let mut a32 = vec![0f32; a.len()];
-            let mut b32 = vec![0f32; b.len()];
-            let mut o32 = vec![0f32; out.len()];
-            T::load_f32(a, &mut a32);
-            T::load_f32(b, &mut b32);
-            batched_f32(&a32, &b32, &mut o32, dims, threads);
-            T::store_f32(&o32, out);
+            with_scratch(a.len() + b.len() + out.len(), |scratch| {
+                let (a32, rest) = scratch.split_at_mut(a.len());
+                let (b32, o32) = rest.split_at_mut(b.len());
+                T::load_f32(a, a32);
+                T::load_f32(b, b32);
+                batched_f32(a32, b32, o32, dims, threads);
+                T::store_f32(o32, out);
+            });
         }
     }
+}
+
+/// Runs `f` on `len` f32 of this thread's scratch. The scratch only grows, so a stream worker
+/// that replays the same graph allocates nothing after the first run (its contents are
+/// overwritten by `load_f32` before they are read).
+fn with_scratch(len: usize, f: impl FnOnce(&mut [f32])) {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            if scratch.len() < len {
+                scratch.resize(len, 0.0);
+            }
+            f(&mut scratch[..len]);
+        }
+        // Re-entered (a kernel never calls matmul from inside matmul, but stay safe): fall
+        // back to a one-off buffer.
+        Err(_) => f(&mut vec![0.0; len]),
+    });
 }
 
 fn batched_f32(a: &[f32], b: &[f32], out: &mut [f32], dims: MatmulDims, threads: usize) {

@@ -116,6 +116,9 @@ pub fn create_tagged_event(tag: &str) -> Result<TaggedEvent> {
 /// A pending [`Error::UnbalancedStreamSwitch`] of this thread.
 pub fn tagged_event_record(ev: &TaggedEvent) -> Result<()> {
     take_pending_error()?;
+    if let Some(traced) = crate::graph::trace_record(ev.inner.id, &ev.inner.tag) {
+        return traced;
+    }
     runtime().record(current_stream_id(), ev.inner.id)
 }
 
@@ -125,17 +128,24 @@ pub fn tagged_event_record(ev: &TaggedEvent) -> Result<()> {
 /// read every tensor produced before it. A wait on a never-recorded event is a no-op (R1.9).
 ///
 /// # Errors
-/// A pending [`Error::UnbalancedStreamSwitch`] of this thread.
+/// A pending [`Error::UnbalancedStreamSwitch`] of this thread. In a capture, a wait with no
+/// earlier record of `ev` in the graph makes the capture fail with
+/// [`Error::WaitWithoutRecord`] when the closure returns (R4.6).
 pub fn tagged_event_wait(ev: &TaggedEvent) -> Result<()> {
     take_pending_error()?;
+    if let Some(traced) = crate::graph::trace_wait(ev.inner.id, &ev.inner.tag) {
+        return traced;
+    }
     runtime().wait(current_stream_id(), ev.inner.id)
 }
 
 /// Declares that stream `tag` uses `tensor` (torchair's `npu_record_tagged_stream`).
 ///
-/// Accepted for compatibility and never needed: in eager code a buffer already lives until the
-/// last handle is dropped and the last entry using it has run (R3.8, R4.10), so this is a no-op
-/// and creates no stream (SC23).
+/// Accepted for compatibility and never needed. In eager code a buffer already lives until the
+/// last handle is dropped and the last entry using it has run (R3.8), so this is a no-op and
+/// creates no stream (SC23). In a capture it keeps the value's memory from being shared until
+/// the end of `tag`'s work in the graph (R4.10); `"default"` is the main stream, and a tag
+/// with no work in the graph makes it a no-op.
 ///
 /// # Errors
 /// [`Error::InvalidTag`] for an empty tag; a pending [`Error::UnbalancedStreamSwitch`].
@@ -146,6 +156,8 @@ pub fn record_tagged_stream(tensor: &Tensor, tag: &str) -> Result<()> {
             call: "record_tagged_stream",
         });
     }
-    let _ = tensor;
+    if let Some(traced) = crate::graph::trace_record_stream(tensor, tag) {
+        return traced;
+    }
     Ok(())
 }

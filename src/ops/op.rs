@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::{self, BinaryOp, MatmulDims, UnaryOp};
-use crate::tensor::storage::Data;
+use crate::tensor::storage::{Data, DataMut, DataRef};
 use crate::tensor::{DType, Element};
 
 /// What an op computes.
@@ -37,9 +37,9 @@ pub(crate) type Meta<'a> = (&'a [usize], DType);
 macro_rules! typed1 {
     ($a:expr, $out:expr, |$x:ident, $o:ident| $body:expr) => {
         match ($a, $out) {
-            (Data::F32($x), Data::F32($o)) => $body,
-            (Data::F16($x), Data::F16($o)) => $body,
-            (Data::BF16($x), Data::BF16($o)) => $body,
+            (DataRef::F32($x), DataMut::F32($o)) => $body,
+            (DataRef::F16($x), DataMut::F16($o)) => $body,
+            (DataRef::BF16($x), DataMut::BF16($o)) => $body,
             (a, o) => return Err(format!("operand {} vs output {}", a.dtype(), o.dtype())),
         }
     };
@@ -49,9 +49,9 @@ macro_rules! typed1 {
 macro_rules! typed2 {
     ($a:expr, $b:expr, $out:expr, |$x:ident, $y:ident, $o:ident| $body:expr) => {
         match ($a, $b, $out) {
-            (Data::F32($x), Data::F32($y), Data::F32($o)) => $body,
-            (Data::F16($x), Data::F16($y), Data::F16($o)) => $body,
-            (Data::BF16($x), Data::BF16($y), Data::BF16($o)) => $body,
+            (DataRef::F32($x), DataRef::F32($y), DataMut::F32($o)) => $body,
+            (DataRef::F16($x), DataRef::F16($y), DataMut::F16($o)) => $body,
+            (DataRef::BF16($x), DataRef::BF16($y), DataMut::BF16($o)) => $body,
             (a, b, o) => {
                 return Err(format!(
                     "operands {}, {} vs output {}",
@@ -196,35 +196,64 @@ impl Op {
         })
     }
 
-    /// Runs the kernel on validated operands and returns the output.
+    /// Runs the kernel on validated operands and returns a freshly allocated output (eager).
     ///
     /// `threads` is the number of cores a matmul may use (the runtime's core split).
     /// Returns `Err` with a description only if an operand does not match the validated op,
     /// which would be a tagstream bug.
-    pub(crate) fn execute(&self, inputs: &[&Data], threads: usize) -> Result<Data, String> {
+    pub(crate) fn execute(&self, inputs: &[DataRef<'_>], threads: usize) -> Result<Data, String> {
         let mut out = Data::zeroed(self.out_dtype, self.out_len());
+        self.execute_into(inputs, out.view_mut(), threads)?;
+        Ok(out)
+    }
+
+    /// Runs the kernel on validated operands, writing every element of `out` (its previous
+    /// contents are never read, so a reused replay buffer needs no clearing). Allocates nothing
+    /// once the calling thread's scratch has grown to the op's size.
+    ///
+    /// # Errors
+    /// A description if an operand or the output does not match the validated op (a bug).
+    pub(crate) fn execute_into(
+        &self,
+        inputs: &[DataRef<'_>],
+        out: DataMut<'_>,
+        threads: usize,
+    ) -> Result<(), String> {
+        if out.dtype() != self.out_dtype || out.len() != self.out_len() {
+            return Err(format!(
+                "{}: output is {} x{}, the op writes {} x{}",
+                self.name(),
+                out.dtype(),
+                out.len(),
+                self.out_dtype,
+                self.out_len()
+            ));
+        }
+        let mut out = out;
         match (self.kind, inputs) {
             (OpKind::Binary(op), [a, b]) => {
-                typed2!(a, b, &mut out, |a, b, o| kernels::binary(op, a, b, o))
+                typed2!(*a, *b, &mut out, |a, b, o| kernels::binary(op, a, b, o))
             }
-            (OpKind::Unary(op), [a]) => typed1!(a, &mut out, |a, o| kernels::unary(op, a, o)),
+            (OpKind::Unary(op), [a]) => typed1!(*a, &mut out, |a, o| kernels::unary(op, a, o)),
             (OpKind::Softmax, [a]) => {
                 let n = self.out_shape.last().copied().unwrap_or(0);
-                typed1!(a, &mut out, |a, o| kernels::softmax(a, o, n))
+                typed1!(*a, &mut out, |a, o| kernels::softmax(a, o, n))
             }
             (OpKind::RmsNorm { eps }, [a, w]) => {
                 let n = self.out_shape.last().copied().unwrap_or(0);
-                typed2!(a, w, &mut out, |a, w, o| kernels::rms_norm(a, w, eps, o, n))
+                typed2!(*a, *w, &mut out, |a, w, o| kernels::rms_norm(
+                    a, w, eps, o, n
+                ))
             }
             (OpKind::Matmul(dims), [a, b]) => {
-                typed2!(a, b, &mut out, |a, b, o| kernels::matmul(
+                typed2!(*a, *b, &mut out, |a, b, o| kernels::matmul(
                     a, b, o, dims, threads
                 ))
             }
-            (OpKind::ToDType(_), [a]) => convert(a, &mut out),
+            (OpKind::ToDType(_), [a]) => convert(*a, out),
             _ => return Err(format!("{} got {} operands", self.name(), inputs.len())),
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -249,17 +278,17 @@ fn same_dtype(op: &'static str, lhs: DType, rhs: DType) -> Result<()> {
     }
 }
 
-fn convert(a: &Data, out: &mut Data) {
-    fn go<S: Element>(a: &[S], out: &mut Data) {
+fn convert(a: DataRef<'_>, out: DataMut<'_>) {
+    fn go<S: Element>(a: &[S], out: DataMut<'_>) {
         match out {
-            Data::F32(o) => kernels::convert(a, o),
-            Data::F16(o) => kernels::convert(a, o),
-            Data::BF16(o) => kernels::convert(a, o),
+            DataMut::F32(o) => kernels::convert(a, o),
+            DataMut::F16(o) => kernels::convert(a, o),
+            DataMut::BF16(o) => kernels::convert(a, o),
         }
     }
     match a {
-        Data::F32(a) => go(a, out),
-        Data::F16(a) => go(a, out),
-        Data::BF16(a) => go(a, out),
+        DataRef::F32(a) => go(a, out),
+        DataRef::F16(a) => go(a, out),
+        DataRef::BF16(a) => go(a, out),
     }
 }

@@ -25,6 +25,14 @@ impl VClock {
         }
     }
 
+    /// Raises component `s` to at least `v`.
+    pub(crate) fn raise(&mut self, s: usize, v: u64) {
+        if self.0.len() <= s {
+            self.0.resize(s + 1, 0);
+        }
+        self.0[s] = self.0[s].max(v);
+    }
+
     /// Increments component `s` and returns its new value.
     pub(crate) fn tick(&mut self, s: usize) -> u64 {
         if self.0.len() <= s {

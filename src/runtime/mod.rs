@@ -27,11 +27,13 @@ mod signal;
 mod sync;
 pub(crate) mod worker;
 
+pub(crate) use self::worker::{SegmentCtx, SegmentJob};
+
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use self::clock::VClock;
-use self::signal::Progress;
+pub(crate) use self::signal::Progress;
 use self::sync::{Mutex, lock};
 use self::worker::{CoreSplit, Entry, FailureSink, Task, WorkerShared};
 use crate::error::{Error, Result};
@@ -165,6 +167,40 @@ impl State {
         })
     }
 
+    fn issue_record(&mut self, s: StreamId) -> Result<Arc<Position>> {
+        self.ensure_started(s)?;
+        let start = self.start_point(s);
+        Ok(self.issue(s, start, "tagged_event_record", Task::Record))
+    }
+
+    fn issue_wait(&mut self, s: StreamId, bound: Option<&Position>) -> Result<()> {
+        self.ensure_started(s)?;
+        let mut start = self.start_point(s);
+        let on = bound.map(|rec| {
+            start.join(&rec.clock);
+            (self.streams[rec.stream].shared.progress.clone(), rec.seq)
+        });
+        self.issue(s, start, "tagged_event_wait", Task::Wait { on });
+        Ok(())
+    }
+
+    fn check_inputs(&self, producers: &[Option<&Arc<Position>>]) -> Result<()> {
+        let main = self.start_point(MAIN);
+        for (i, p) in producers.iter().enumerate() {
+            if let Some(p) = p
+                && main.get(p.stream) < p.seq
+            {
+                return Err(Error::DataRace {
+                    reader: "Compiled::run (input copy-in)".into(),
+                    reader_stream: MAIN_TAG.into(),
+                    producer: format!("input {i} (produced by {})", p.op),
+                    producer_stream: self.tag(p.stream),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// `V_s ⊔ H`: the point that an entry issued now on `s` starts from (R3.4).
     fn start_point(&self, s: StreamId) -> VClock {
         let mut c = self.streams[s].clock.clone();
@@ -223,28 +259,147 @@ impl Runtime {
     /// Issues a record of event `event` on stream `s` (R1.7); waits issued later bind to it.
     pub(crate) fn record(&self, s: StreamId, event: u64) -> Result<()> {
         let mut st = lock(&self.state);
-        st.ensure_started(s)?;
-        let start = st.start_point(s);
-        let pos = st.issue(s, start, "tagged_event_record", Task::Record);
+        let pos = st.issue_record(s)?;
         st.latest_record.insert(event, pos);
         Ok(())
+    }
+
+    /// Issues a record on stream `s` that belongs to no tagged event (the join of an eager
+    /// compiled run's scope, R3.11) and returns its position for [`Runtime::wait_on`].
+    pub(crate) fn record_internal(&self, s: StreamId) -> Result<Arc<Position>> {
+        lock(&self.state).issue_record(s)
+    }
+
+    /// The main stream's current point as a position that a wait can bind to: waiting on it
+    /// orders exactly what a record issued now on the main stream would (the fork of an eager
+    /// compiled run, R3.11), without issuing an entry.
+    pub(crate) fn main_point(&self) -> Arc<Position> {
+        let st = lock(&self.state);
+        let clock = st.start_point(MAIN);
+        Arc::new(Position {
+            stream: MAIN,
+            seq: clock.get(MAIN),
+            op: "fork",
+            clock,
+        })
     }
 
     /// Issues a wait on stream `s`, bound to the latest record of `event` (R1.8), or a no-op
     /// wait if it was never recorded (R1.9).
     pub(crate) fn wait(&self, s: StreamId, event: u64) -> Result<()> {
         let mut st = lock(&self.state);
-        st.ensure_started(s)?;
-        let mut start = st.start_point(s);
         let bound = st.latest_record.get(&event).cloned();
-        let on = bound.map(|rec| {
-            start.join(&rec.clock);
-            (st.streams[rec.stream].shared.progress.clone(), rec.seq)
-        });
-        st.issue(s, start, "tagged_event_wait", Task::Wait { on });
-        Ok(())
+        st.issue_wait(s, bound.as_deref())
     }
 
+    /// Issues a wait on stream `s` bound to the entry at `on` (internal closure events).
+    pub(crate) fn wait_on(&self, s: StreamId, on: &Position) -> Result<()> {
+        lock(&self.state).issue_wait(s, Some(on))
+    }
+
+    /// R5.2: every input of a compiled call must be ready or produced by an entry that
+    /// happens-before the main stream's current point.
+    ///
+    /// # Errors
+    /// [`Error::DataRace`] naming the input index and its producer.
+    pub(crate) fn check_inputs(&self, producers: &[Option<&Arc<Position>>]) -> Result<()> {
+        lock(&self.state).check_inputs(producers)
+    }
+
+    /// Whether the entry at `p` happens-before the current point of the main stream or of
+    /// stream `s` (used by capture for tensors made outside the graph, R4.8).
+    pub(crate) fn visible_from(&self, p: &Position, s: StreamId) -> bool {
+        let st = lock(&self.state);
+        st.start_point(MAIN).get(p.stream) >= p.seq || st.start_point(s).get(p.stream) >= p.seq
+    }
+
+    /// The stream with `tag` if it exists; never creates one (R4.10, SC23).
+    pub(crate) fn lookup_stream(&self, tag: &str) -> Option<StreamId> {
+        lock(&self.state).by_tag.get(tag).copied()
+    }
+
+    /// The tag of stream `s`.
+    pub(crate) fn stream_tag(&self, s: StreamId) -> String {
+        lock(&self.state).tag(s)
+    }
+
+    /// The progress counter of stream `s`, which replays wait on directly.
+    pub(crate) fn progress_of(&self, s: StreamId) -> Arc<Progress> {
+        lock(&self.state).streams[s].shared.progress.clone()
+    }
+
+    /// Issues one replay of a captured graph: one segment entry per stream of `batch`, all
+    /// under the runtime lock, so the replay takes effect at one point of the issue order.
+    ///
+    /// Afterwards the clocks, the latest record of every event recorded in the graph and the
+    /// returned output positions are what issuing the graph's entries one by one would have
+    /// produced (R5.8). `make_job` receives each stream's base (entries issued on it before
+    /// the replay) so the job can translate graph positions into stream positions.
+    ///
+    /// # Errors
+    /// [`Error::DataRace`] if an input is not ordered before the main stream (R5.2);
+    /// [`Error::WorkerSpawn`]. Nothing is issued then.
+    pub(crate) fn issue_batch(
+        &self,
+        batch: &Batch<'_>,
+        make_job: impl FnOnce(&[u64]) -> Arc<dyn SegmentJob>,
+    ) -> Result<Vec<Arc<Position>>> {
+        let mut st = lock(&self.state);
+        for bs in batch.streams {
+            st.ensure_started(bs.stream)?;
+        }
+        st.check_inputs(batch.input_producers)?;
+        let before: Vec<VClock> = batch
+            .streams
+            .iter()
+            .map(|b| st.start_point(b.stream))
+            .collect();
+        let bases: Vec<u64> = batch
+            .streams
+            .iter()
+            .map(|b| st.streams[b.stream].clock.get(b.stream))
+            .collect();
+        let translate = |local: &[u64]| -> VClock {
+            let mut c = VClock::default();
+            for (t, &l) in local.iter().enumerate() {
+                if l > 0 {
+                    c.join(&before[t]);
+                }
+            }
+            for (t, &l) in local.iter().enumerate() {
+                if l > 0 {
+                    c.raise(batch.streams[t].stream, bases[t] + l);
+                }
+            }
+            c
+        };
+        let job = make_job(&bases);
+        for (j, bs) in batch.streams.iter().enumerate() {
+            let clock = translate(bs.last_clock);
+            let stream = &mut st.streams[bs.stream];
+            stream.clock = clock;
+            stream.shared.queue.push(Entry {
+                seq: bases[j] + bs.entries,
+                task: Task::Segment {
+                    job: job.clone(),
+                    index: j,
+                },
+            });
+        }
+        let position = |at: &BatchPoint<'_>| {
+            Arc::new(Position {
+                stream: batch.streams[at.stream].stream,
+                seq: bases[at.stream] + at.pos,
+                op: at.op,
+                clock: translate(at.clock),
+            })
+        };
+        for (event, at) in batch.records {
+            let pos = position(at);
+            st.latest_record.insert(*event, pos);
+        }
+        Ok(batch.outputs.iter().map(position).collect())
+    }
     /// Blocks until the entry at `pos` has executed, then adds what it had seen to the host
     /// frontier (R3.6).
     pub(crate) fn host_wait(&self, pos: &Position) {
@@ -288,6 +443,37 @@ impl Runtime {
     }
 }
 
+/// One stream's part of a [`Runtime::issue_batch`].
+#[derive(Debug)]
+pub(crate) struct BatchStream<'a> {
+    pub(crate) stream: StreamId,
+    /// Entries of the graph on this stream (its segment counts as that many positions).
+    pub(crate) entries: u64,
+    /// Graph-local clock of the segment's last entry, indexed like `Batch::streams`.
+    pub(crate) last_clock: &'a [u64],
+}
+
+/// An entry of a batch whose eager position is wanted: `pos` is 1-based on batch stream
+/// `stream`, `clock` is its graph-local clock.
+#[derive(Debug)]
+pub(crate) struct BatchPoint<'a> {
+    pub(crate) stream: usize,
+    pub(crate) pos: u64,
+    pub(crate) clock: &'a [u64],
+    pub(crate) op: &'static str,
+}
+
+/// What [`Runtime::issue_batch`] issues and reports.
+#[derive(Debug)]
+pub(crate) struct Batch<'a> {
+    pub(crate) streams: &'a [BatchStream<'a>],
+    pub(crate) input_producers: &'a [Option<&'a Arc<Position>>],
+    /// The last record of each tagged event recorded in the graph: `(event id, entry)`.
+    pub(crate) records: &'a [(u64, BatchPoint<'a>)],
+    /// Entries whose positions are returned (the producers of the outputs).
+    pub(crate) outputs: &'a [BatchPoint<'a>],
+}
+
 /// How much work one stream has been given, from [`stream_activity`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamActivity {
@@ -324,7 +510,8 @@ pub fn stream_activity() -> Vec<StreamActivity> {
 /// worker reported since the last `synchronize`, if any.
 ///
 /// # Errors
-/// A pending [`Error::UnbalancedStreamSwitch`] of this thread (R2.8); a worker failure.
+/// A pending [`Error::UnbalancedStreamSwitch`] of this thread (R2.8); a worker failure;
+/// [`Error::HostSyncInCapture`] on a thread that is capturing a graph (R4.3).
 ///
 /// ```
 /// let x = tagstream::Tensor::full(&[2, 2], 1.0, tagstream::DType::F32)?;
@@ -334,6 +521,7 @@ pub fn stream_activity() -> Vec<StreamActivity> {
 /// ```
 pub fn synchronize() -> Result<()> {
     crate::scope::take_pending_error()?;
+    crate::graph::refuse_in_capture("synchronize", None)?;
     runtime().synchronize()
 }
 

@@ -33,6 +33,36 @@ pub(crate) enum Task {
     /// A tagged-event wait bound to the record at position `until` of the stream whose progress is
     /// `on`; `None` when the event had never been recorded (a no-op, R1.9).
     Wait { on: Option<(Arc<Progress>, u64)> },
+    /// This stream's part of one replay of a captured graph: a list of instructions that counts
+    /// as several positions of the stream (`Entry::seq` is the last of them).
+    Segment {
+        job: Arc<dyn SegmentJob>,
+        index: usize,
+    },
+}
+
+/// What a worker lends a replay segment while it runs.
+#[derive(Debug)]
+pub(crate) struct SegmentCtx<'a> {
+    /// The running stream's tag.
+    pub(crate) tag: &'a str,
+    /// The running stream's progress: a segment publishes its records through it.
+    pub(crate) progress: &'a Progress,
+    pub(crate) split: &'a CoreSplit,
+    pub(crate) failures: &'a dyn FailureSink,
+}
+
+impl std::fmt::Debug for dyn FailureSink + '_ {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FailureSink")
+    }
+}
+
+/// One replay of a graph, seen from the workers: each stream of the batch runs segment `index`.
+pub(crate) trait SegmentJob: Send + Sync + std::fmt::Debug {
+    /// Runs this stream's instructions. Must not panic and must not leave a waiter blocked:
+    /// every record of the segment is published even when an instruction fails.
+    fn run_segment(&self, index: usize, ctx: &SegmentCtx<'_>);
 }
 
 /// One item on a stream.
@@ -78,11 +108,11 @@ impl CoreSplit {
         (self.cores / busy).max(1)
     }
 
-    fn enter(&self) {
+    pub(crate) fn enter(&self) {
         self.busy.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn leave(&self) {
+    pub(crate) fn leave(&self) {
         self.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -133,6 +163,17 @@ pub(crate) fn run(shared: Arc<WorkerShared>, split: &CoreSplit, failures: &dyn F
                 }
             }
             Task::Wait { on: None } => {}
+            Task::Segment { job, index } => {
+                let ctx = SegmentCtx {
+                    tag: &shared.tag,
+                    progress: &shared.progress,
+                    split,
+                    failures,
+                };
+                job.run_segment(index, &ctx);
+                // The job (and the plan and buffers it holds) is released here, after the
+                // segment: R3.8, R5.12.
+            }
         }
         shared.progress.publish(entry.seq);
     }
@@ -156,7 +197,7 @@ fn execute(
     let mut data = Vec::with_capacity(inputs.len());
     for input in inputs {
         match input.get() {
-            Some(Ok(d)) => data.push(d),
+            Some(Ok(d)) => data.push(d.view()),
             // An input that failed makes this output fail with the same cause.
             Some(Err(e)) => return Err(e.clone()),
             None => {

@@ -46,10 +46,29 @@ pub struct Tensor {
 struct Inner {
     shape: Vec<usize>,
     dtype: DType,
-    buffer: Arc<Buffer>,
-    /// The entry that writes `buffer`; `None` for host-built tensors, which are ready on every
-    /// stream (R3.6).
-    producer: Option<Arc<Position>>,
+    kind: Kind,
+}
+
+/// Where a tensor's elements are.
+///
+/// A tensor made while a graph is being captured is only a name for a value of that graph
+/// (R4.1): it has no elements, and using it outside its capture is
+/// [`Error::ForeignGraphValue`]. Everything else holds a real buffer.
+pub(crate) enum Kind {
+    Eager {
+        buffer: Arc<Buffer>,
+        /// The entry that writes `buffer`; `None` for host-built tensors, which are ready on
+        /// every stream (R3.6).
+        producer: Option<Arc<Position>>,
+    },
+    Graph {
+        /// The capture that made it.
+        graph: u64,
+        /// The value's index in that graph.
+        value: usize,
+        /// The name of the entry that writes it, for error messages.
+        op: &'static str,
+    },
 }
 
 impl fmt::Debug for Tensor {
@@ -57,11 +76,17 @@ impl fmt::Debug for Tensor {
         let mut d = f.debug_struct("Tensor");
         d.field("shape", &self.inner.shape)
             .field("dtype", &self.inner.dtype);
-        match &self.inner.producer {
-            None => d.field("producer", &"host"),
-            Some(p) => d.field(
+        match &self.inner.kind {
+            Kind::Eager { producer: None, .. } => d.field("producer", &"host"),
+            Kind::Eager {
+                producer: Some(p), ..
+            } => d.field(
                 "producer",
                 &format_args!("{} (stream {}, #{})", p.op, p.stream, p.seq),
+            ),
+            Kind::Graph { graph, value, op } => d.field(
+                "producer",
+                &format_args!("{op} (value {value} of graph #{graph})"),
             ),
         };
         d.finish()
@@ -79,8 +104,10 @@ impl Tensor {
             inner: Arc::new(Inner {
                 shape: shape.to_vec(),
                 dtype: data.dtype(),
-                buffer: Arc::new(Buffer::ready(data)),
-                producer: None,
+                kind: Kind::Eager {
+                    buffer: Arc::new(Buffer::ready(data)),
+                    producer: None,
+                },
             }),
         }
     }
@@ -186,10 +213,28 @@ impl Tensor {
     /// entry (or one it depended on) failed on its worker.
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
         take_pending_error()?;
-        if let Some(p) = &self.inner.producer {
+        let (buffer, producer) = match &self.inner.kind {
+            Kind::Eager { buffer, producer } => (buffer, producer),
+            Kind::Graph { graph, op, .. } => {
+                crate::graph::refuse_in_capture("to_vec_f32", Some(op.to_string()))?;
+                return Err(Error::ForeignGraphValue {
+                    op: "to_vec_f32",
+                    graph: format!("#{graph} (produced by {op})"),
+                });
+            }
+        };
+        crate::graph::refuse_in_capture(
+            "to_vec_f32",
+            Some(
+                producer
+                    .as_ref()
+                    .map_or("host data".to_string(), |p| p.op.to_string()),
+            ),
+        )?;
+        if let Some(p) = producer {
             runtime().host_wait(p);
         }
-        match self.inner.buffer.get() {
+        match buffer.get() {
             Some(Ok(data)) => Ok(data.to_f32_vec()),
             Some(Err(e)) => Err(e.clone()),
             None => Err(Error::ExecutionFailed {
@@ -204,27 +249,76 @@ impl Tensor {
         (&self.inner.shape, self.inner.dtype)
     }
 
-    fn operand(&self) -> (&Arc<Buffer>, Option<&Arc<Position>>) {
-        (&self.inner.buffer, self.inner.producer.as_ref())
+    /// Where the elements are (a buffer, or a value of a graph being captured).
+    pub(crate) fn kind(&self) -> &Kind {
+        &self.inner.kind
     }
 
-    /// Validates an op and issues it on the current stream. A pending scope error of this thread
-    /// (R2.8) comes first, before any validation error.
-    fn launch(validate: impl FnOnce() -> Result<Op>, inputs: &[&Tensor]) -> Result<Tensor> {
-        take_pending_error()?;
-        let op = validate()?;
-        let shape = op.out_shape.clone();
-        let dtype = op.out_dtype;
-        let operands: Vec<_> = inputs.iter().map(|t| t.operand()).collect();
-        let (buffer, producer) = runtime().launch(current_stream_id(), op, &operands)?;
-        Ok(Tensor {
+    /// A tensor with a ready buffer or one that `producer` fills.
+    pub(crate) fn from_buffer(
+        shape: Vec<usize>,
+        dtype: DType,
+        buffer: Arc<Buffer>,
+        producer: Option<Arc<Position>>,
+    ) -> Tensor {
+        Tensor {
             inner: Arc::new(Inner {
                 shape,
                 dtype,
-                buffer,
-                producer: Some(producer),
+                kind: Kind::Eager { buffer, producer },
             }),
-        })
+        }
+    }
+
+    /// A name for value `value` of the graph being captured (R4.1).
+    pub(crate) fn graph_value(
+        shape: Vec<usize>,
+        dtype: DType,
+        graph: u64,
+        value: usize,
+        op: &'static str,
+    ) -> Tensor {
+        Tensor {
+            inner: Arc::new(Inner {
+                shape,
+                dtype,
+                kind: Kind::Graph { graph, value, op },
+            }),
+        }
+    }
+
+    /// Whether two handles denote the same tensor.
+    pub(crate) fn same(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Validates an op and issues it on the current stream, or records it in the graph being
+    /// captured on this thread. A pending scope error of this thread (R2.8) comes first, before
+    /// any validation error.
+    fn launch(validate: impl FnOnce() -> Result<Op>, inputs: &[&Tensor]) -> Result<Tensor> {
+        take_pending_error()?;
+        let op = validate()?;
+        if let Some(traced) = crate::graph::trace_op(&op, inputs) {
+            return traced;
+        }
+        let mut operands = Vec::with_capacity(inputs.len());
+        for t in inputs {
+            match &t.inner.kind {
+                Kind::Eager { buffer, producer } => operands.push((buffer, producer.as_ref())),
+                Kind::Graph {
+                    graph, op: made_by, ..
+                } => {
+                    return Err(Error::ForeignGraphValue {
+                        op: op.name(),
+                        graph: format!("#{graph} (produced by {made_by})"),
+                    });
+                }
+            }
+        }
+        let shape = op.out_shape.clone();
+        let dtype = op.out_dtype;
+        let (buffer, producer) = runtime().launch(current_stream_id(), op, &operands)?;
+        Ok(Tensor::from_buffer(shape, dtype, buffer, Some(producer)))
     }
 
     fn binary(&self, op: BinaryOp, rhs: &Tensor) -> Result<Tensor> {

@@ -68,12 +68,99 @@ impl Data {
         }
     }
 
+    /// A borrowed view of the elements.
+    pub(crate) fn view(&self) -> DataRef<'_> {
+        match self {
+            Data::F32(v) => DataRef::F32(v),
+            Data::F16(v) => DataRef::F16(v),
+            Data::BF16(v) => DataRef::BF16(v),
+        }
+    }
+
+    /// A mutable view of the elements.
+    pub(crate) fn view_mut(&mut self) -> DataMut<'_> {
+        match self {
+            Data::F32(v) => DataMut::F32(v),
+            Data::F16(v) => DataMut::F16(v),
+            Data::BF16(v) => DataMut::BF16(v),
+        }
+    }
+
+    /// Number of elements.
+    pub(crate) fn len(&self) -> usize {
+        self.view().len()
+    }
+
     pub(crate) fn dtype(&self) -> DType {
         match self {
             Data::F32(_) => DType::F32,
             Data::F16(_) => DType::F16,
             Data::BF16(_) => DType::BF16,
         }
+    }
+}
+
+/// A borrowed, typed view of elements: an operand as a kernel sees it, whether it lives in an
+/// eager tensor's [`Data`] or in a replay arena.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum DataRef<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    BF16(&'a [bf16]),
+}
+
+/// A mutable typed view: where a kernel writes its output.
+#[derive(Debug)]
+pub(crate) enum DataMut<'a> {
+    F32(&'a mut [f32]),
+    F16(&'a mut [f16]),
+    BF16(&'a mut [bf16]),
+}
+
+impl DataRef<'_> {
+    pub(crate) fn dtype(&self) -> DType {
+        match self {
+            DataRef::F32(_) => DType::F32,
+            DataRef::F16(_) => DType::F16,
+            DataRef::BF16(_) => DType::BF16,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            DataRef::F32(v) => v.len(),
+            DataRef::F16(v) => v.len(),
+            DataRef::BF16(v) => v.len(),
+        }
+    }
+}
+
+impl DataMut<'_> {
+    pub(crate) fn dtype(&self) -> DType {
+        match self {
+            DataMut::F32(_) => DType::F32,
+            DataMut::F16(_) => DType::F16,
+            DataMut::BF16(_) => DType::BF16,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            DataMut::F32(v) => v.len(),
+            DataMut::F16(v) => v.len(),
+            DataMut::BF16(v) => v.len(),
+        }
+    }
+
+    /// Copies `src` (same dtype and length) into this view; `false` if they do not match.
+    pub(crate) fn copy_from(&mut self, src: DataRef<'_>) -> bool {
+        match (self, src) {
+            (DataMut::F32(d), DataRef::F32(s)) if d.len() == s.len() => d.copy_from_slice(s),
+            (DataMut::F16(d), DataRef::F16(s)) if d.len() == s.len() => d.copy_from_slice(s),
+            (DataMut::BF16(d), DataRef::BF16(s)) if d.len() == s.len() => d.copy_from_slice(s),
+            _ => return false,
+        }
+        true
     }
 }
 
@@ -106,6 +193,13 @@ impl Buffer {
     /// Returns `false` if the buffer had already been set, which would be a runtime bug.
     pub(crate) fn fill(&self, result: Result<Data, Error>) -> bool {
         self.cell.set(result).is_ok()
+    }
+
+    /// Empties the buffer so its storage can be refilled by a later replay (R5.5). Needs
+    /// `&mut`, i.e. no other holder: a replay recycles an output buffer only through
+    /// `Arc::get_mut`, which proves the caller has dropped every handle to it.
+    pub(crate) fn take(&mut self) -> Option<Result<Data, Error>> {
+        self.cell.take()
     }
 
     /// The produced value, or `None` when the producer has not run yet.

@@ -1,0 +1,140 @@
+//! Whole-graph checks run after tracing and before planning (R4.7).
+//!
+//! Owns the acyclicity proof of a finished [`Graph`]: tracing already refuses every wait
+//! without an earlier record, so all edges point forward in issue order, but the plan is
+//! verified independently so that a bug in tracing can never produce a plan that hangs.
+//! Races are checked during tracing (`trace`), where the offending call can still be named.
+
+use super::ir::{EntryKind, EntryRef, Graph};
+use crate::error::{Error, Result};
+
+/// Proves the graph's "must run after" relation acyclic with Kahn's algorithm over stream
+/// order and wait → record edges.
+///
+/// # Errors
+/// [`Error::Deadlock`] naming the entries (and their streams) that can never run because
+/// they are on, or wait behind, a cycle.
+pub(crate) fn acyclic(graph: &Graph) -> Result<()> {
+    // Node index: offset of the stream + pos - 1.
+    let mut offset = Vec::with_capacity(graph.streams.len());
+    let mut total = 0usize;
+    for s in &graph.streams {
+        offset.push(total);
+        total += s.entries.len();
+    }
+    let node = |r: EntryRef| offset[r.stream] + (r.pos - 1) as usize;
+    let mut indegree = vec![0usize; total];
+    let mut after: Vec<Vec<usize>> = vec![Vec::new(); total];
+    for (r, e) in graph.entries() {
+        if r.pos > 1 {
+            let prev = EntryRef {
+                stream: r.stream,
+                pos: r.pos - 1,
+            };
+            after[node(prev)].push(node(r));
+            indegree[node(r)] += 1;
+        }
+        if let EntryKind::Wait { bound: Some(b), .. } = e {
+            after[node(*b)].push(node(r));
+            indegree[node(r)] += 1;
+        }
+    }
+    let mut ready: Vec<usize> = (0..total).filter(|&n| indegree[n] == 0).collect();
+    let mut done = 0;
+    while let Some(n) = ready.pop() {
+        done += 1;
+        for &m in &after[n] {
+            indegree[m] -= 1;
+            if indegree[m] == 0 {
+                ready.push(m);
+            }
+        }
+    }
+    if done == total {
+        return Ok(());
+    }
+    let stuck: Vec<String> = graph
+        .entries()
+        .filter(|(r, _)| indegree[node(*r)] > 0)
+        .map(|(r, _)| graph.describe(r))
+        .collect();
+    Err(Error::Deadlock {
+        entries: stuck.join(", "),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::ir::{EventName, GraphStream};
+    use crate::runtime::MAIN;
+
+    fn graph(streams: Vec<Vec<EntryKind>>) -> Graph {
+        let n = streams.len();
+        Graph {
+            streams: streams
+                .into_iter()
+                .enumerate()
+                .map(|(i, entries)| GraphStream {
+                    id: MAIN + i,
+                    tag: format!("s{i}"),
+                    entries,
+                })
+                .collect(),
+            clocks: vec![Vec::new(); n],
+            values: Vec::new(),
+            consts: Vec::new(),
+            outputs: Vec::new(),
+            n_inputs: 0,
+            last_records: Vec::new(),
+        }
+    }
+
+    fn user(tag: &str) -> EventName {
+        EventName::User {
+            id: 0,
+            tag: tag.into(),
+        }
+    }
+
+    /// R4.7 / E11: a plan whose waits form a cycle is refused, naming the entries and streams.
+    #[test]
+    fn a_cycle_is_a_deadlock_e11() {
+        // s0: wait(b) bound to s1's record; record(a).  s1: wait(a) bound to s0's record; record(b).
+        let g = graph(vec![
+            vec![
+                EntryKind::Wait {
+                    event: user("b"),
+                    bound: Some(EntryRef { stream: 1, pos: 2 }),
+                },
+                EntryKind::Record { event: user("a") },
+            ],
+            vec![
+                EntryKind::Wait {
+                    event: user("a"),
+                    bound: Some(EntryRef { stream: 0, pos: 2 }),
+                },
+                EntryKind::Record { event: user("b") },
+            ],
+        ]);
+        let err = acyclic(&g).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "deadlock: the plan has a cycle through tagged_event_wait at position 1 of \"s0\", \
+             tagged_event_record at position 2 of \"s0\", tagged_event_wait at position 1 of \
+             \"s1\", tagged_event_record at position 2 of \"s1\""
+        );
+    }
+
+    #[test]
+    fn forward_edges_are_acyclic() {
+        let g = graph(vec![
+            vec![EntryKind::Record { event: user("a") }],
+            vec![EntryKind::Wait {
+                event: user("a"),
+                bound: Some(EntryRef { stream: 0, pos: 1 }),
+            }],
+        ]);
+        acyclic(&g).unwrap();
+    }
+}

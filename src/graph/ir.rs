@@ -1,0 +1,200 @@
+//! The multi-stream graph IR that tracing builds and every later pass reads.
+//!
+//! Owns [`Graph`] and its parts: per-stream entry lists (closure entries included), values,
+//! constants, outputs and each entry's graph-local vector clock. It holds no buffers and runs
+//! nothing; tracing (`trace`) builds it, `check` verifies it, `memory` places its values, `plan`
+//! turns it into instructions and `dump` prints it.
+//!
+//! # Positions and clocks
+//! Graph stream 0 is always the main stream. An entry is named by [`EntryRef`] `(stream, pos)`
+//! with `pos` counted from 1 on its graph stream. `clocks[s][pos - 1][t]` is the highest
+//! position on graph stream `t` that happens-before-or-equals entry `(s, pos)` in the graph's
+//! hb relation (stream order, bound waits and closure events; R4.4, R4.7).
+
+use std::sync::Arc;
+
+pub(crate) use super::memory::EntryRef;
+use crate::ops::op::Op;
+use crate::runtime::StreamId;
+use crate::tensor::{DType, Tensor};
+
+/// A value of the graph: the output of a copy-in or an op.
+pub(crate) type ValueId = usize;
+
+/// Which event a record or wait names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EventName {
+    /// The closure's fork event, recorded on main at graph start (R4.4 a).
+    Fork,
+    /// The join event of the n-th side-stream scope exit, counted from 1 (R4.4 c).
+    Join(usize),
+    /// A user's tagged event.
+    User { id: u64, tag: Arc<str> },
+}
+
+/// What an op reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Operand {
+    Value(ValueId),
+    /// Index into [`Graph::consts`]: a tensor made outside the graph (R4.8).
+    Const(usize),
+}
+
+/// One entry of a graph stream.
+#[derive(Debug, Clone)]
+pub(crate) enum EntryKind {
+    /// Copies call input `input` into the graph's static buffer for `value` (R5.2).
+    CopyIn {
+        input: usize,
+        value: ValueId,
+    },
+    /// Runs `op` on `inputs`, writing `output`.
+    Op {
+        op: Op,
+        inputs: Vec<Operand>,
+        output: ValueId,
+    },
+    Record {
+        event: EventName,
+    },
+    /// A wait bound to the record at `bound` (`None` only while tracing, for a wait with no
+    /// earlier record; such a graph never leaves `trace`, R4.6).
+    Wait {
+        event: EventName,
+        bound: Option<EntryRef>,
+    },
+}
+
+impl EntryKind {
+    /// The entry's short name, as `graph_dump` prints it.
+    pub(crate) fn label(&self) -> String {
+        let event = |e: &EventName| match e {
+            EventName::Fork => "fork".to_string(),
+            EventName::Join(n) => format!("join{n}"),
+            EventName::User { tag, .. } => format!("{tag:?}"),
+        };
+        match self {
+            EntryKind::CopyIn { input, .. } => format!("copy_in({input})"),
+            EntryKind::Op { op, .. } => op.name().to_string(),
+            EntryKind::Record { event: e } => format!("record({})", event(e)),
+            EntryKind::Wait { event: e, .. } => format!("wait({})", event(e)),
+        }
+    }
+
+    /// The name used in error messages and positions.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            EntryKind::CopyIn { .. } => "copy_in",
+            EntryKind::Op { op, .. } => op.name(),
+            EntryKind::Record { .. } => "tagged_event_record",
+            EntryKind::Wait { .. } => "tagged_event_wait",
+        }
+    }
+}
+
+/// A stream of the graph.
+#[derive(Debug, Clone)]
+pub(crate) struct GraphStream {
+    pub(crate) id: StreamId,
+    pub(crate) tag: String,
+    pub(crate) entries: Vec<EntryKind>,
+}
+
+/// A value's metadata and lifetime.
+#[derive(Debug, Clone)]
+pub(crate) struct Value {
+    pub(crate) shape: Vec<usize>,
+    pub(crate) dtype: DType,
+    pub(crate) write: EntryRef,
+    /// Entries that read the value, plus the ends added by `record_tagged_stream` (R4.10).
+    pub(crate) uses: Vec<EntryRef>,
+}
+
+impl Value {
+    pub(crate) fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.len() * self.dtype.size_in_bytes()
+    }
+}
+
+/// What the closure returned in one output position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Output {
+    /// A value computed by the graph.
+    Value(ValueId),
+    /// The call's input (the closure returned its argument).
+    Input(usize),
+    /// A tensor made outside the graph.
+    Const(usize),
+}
+
+/// A finished graph: what one capture produced.
+#[derive(Debug, Clone)]
+pub(crate) struct Graph {
+    /// Graph stream 0 is the main stream.
+    pub(crate) streams: Vec<GraphStream>,
+    /// `clocks[s][pos - 1]`: the entry's graph-local clock, indexed by graph stream.
+    pub(crate) clocks: Vec<Vec<Vec<u64>>>,
+    pub(crate) values: Vec<Value>,
+    pub(crate) consts: Vec<Tensor>,
+    pub(crate) outputs: Vec<Output>,
+    pub(crate) n_inputs: usize,
+    /// The last record of each user event in issue order: `(event id, entry)` (R5.8).
+    pub(crate) last_records: Vec<(u64, EntryRef)>,
+}
+
+impl Graph {
+    pub(crate) fn entry(&self, at: EntryRef) -> &EntryKind {
+        &self.streams[at.stream].entries[(at.pos - 1) as usize]
+    }
+
+    pub(crate) fn clock(&self, at: EntryRef) -> &[u64] {
+        &self.clocks[at.stream][(at.pos - 1) as usize]
+    }
+
+    /// Strict happens-before in the graph.
+    pub(crate) fn hb(&self, a: EntryRef, b: EntryRef) -> bool {
+        a != b && self.clock(b).get(a.stream).copied().unwrap_or(0) >= a.pos
+    }
+
+    /// Every entry, stream by stream.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (EntryRef, &EntryKind)> {
+        self.streams.iter().enumerate().flat_map(|(s, gs)| {
+            gs.entries.iter().enumerate().map(move |(i, e)| {
+                (
+                    EntryRef {
+                        stream: s,
+                        pos: i as u64 + 1,
+                    },
+                    e,
+                )
+            })
+        })
+    }
+
+    /// "matmul at position 3 of \"1\"": how errors name an entry (R7.2).
+    pub(crate) fn describe(&self, at: EntryRef) -> String {
+        format!(
+            "{} at position {} of \"{}\"",
+            self.entry(at).name(),
+            at.pos,
+            self.streams[at.stream].tag
+        )
+    }
+
+    /// Records and waits in the graph (for the R4.4 counts).
+    pub(crate) fn event_counts(&self) -> (usize, usize) {
+        let mut counts = (0, 0);
+        for (_, e) in self.entries() {
+            match e {
+                EntryKind::Record { .. } => counts.0 += 1,
+                EntryKind::Wait { .. } => counts.1 += 1,
+                _ => {}
+            }
+        }
+        counts
+    }
+}

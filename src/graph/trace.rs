@@ -1,0 +1,504 @@
+//! [`Tracer`]: builds a [`Graph`] while the user's closure runs with graph-valued tensors.
+//!
+//! Owns the per-capture state: graph streams and their current clocks, values, constants, the
+//! latest record of each user event, the event closure (fork at graph start, a fork wait at
+//! each side-scope entry, a join record at each exit, the join waits at the end; R4.4), and
+//! the first problem found (R4.12). It never executes anything and never touches the eager
+//! runtime's clocks; it only asks the runtime whether an eager tensor is visible (R4.8).
+//!
+//! # The race check during tracing
+//! *Why*: a cross-stream read without ordering must fail the capture (R4.8) with the same
+//! error eager code gets (R3.5).
+//! *Strategy*: the tracer keeps one graph-local vector clock per graph stream, exactly as the
+//! runtime does for real streams: issuing on `s` ticks `clock[s]`, a bound wait joins the
+//! record's clock. A read of value `v` written at `(t, k)` from stream `s` is accepted iff
+//! `clock[s][t] ≥ k`. Every entry's clock is kept: later passes (planner, checks, R5.8
+//! positions) answer hb queries with one comparison.
+//! *Invariant*: every wait is bound to an earlier record in issue order, so every hb edge
+//! points forward and the clocks are exact (R4.7).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::ir::{EntryKind, EntryRef, EventName, Graph, GraphStream, Operand, Output, Value};
+use crate::error::{Error, Result};
+use crate::ops::op::Op;
+use crate::runtime::{MAIN, MAIN_TAG, StreamId, runtime};
+use crate::scope::current_stream_id;
+use crate::tensor::{Kind, Tensor};
+
+/// A wait that found no earlier record of its event (R4.6).
+#[derive(Debug)]
+struct Unbound {
+    issued: u64,
+    event: u64,
+    tag: Arc<str>,
+    at: EntryRef,
+}
+
+/// The state of one capture.
+#[derive(Debug)]
+pub(crate) struct Tracer {
+    id: u64,
+    streams: Vec<GraphStream>,
+    clocks: Vec<Vec<Vec<u64>>>,
+    /// Clock of each graph stream's latest entry.
+    current: Vec<Vec<u64>>,
+    values: Vec<Value>,
+    consts: Vec<Tensor>,
+    n_inputs: usize,
+    fork: EntryRef,
+    side_scopes: usize,
+    joins: Vec<EntryRef>,
+    latest: HashMap<u64, EntryRef>,
+    /// Every user record: (event, issue index, entry), in issue order.
+    records: Vec<(u64, u64, EntryRef)>,
+    issued: u64,
+    problem: Option<(u64, Error)>,
+    unbound: Option<Unbound>,
+    /// `record_tagged_stream` requests: (value, stream tag), resolved at the end (R4.10).
+    extends: Vec<(usize, String)>,
+}
+
+fn join(into: &mut Vec<u64>, other: &[u64]) {
+    if into.len() < other.len() {
+        into.resize(other.len(), 0);
+    }
+    for (a, b) in into.iter_mut().zip(other) {
+        *a = (*a).max(*b);
+    }
+}
+
+fn at(clock: &[u64], s: usize) -> u64 {
+    clock.get(s).copied().unwrap_or(0)
+}
+
+impl Tracer {
+    /// Starts a capture of graph `id`: copy-ins of the inputs and the fork record on the main
+    /// stream (R4.4 a). Returns the graph-valued tensors to hand to the closure.
+    pub(crate) fn new(id: u64, inputs: &[Tensor]) -> (Tracer, Vec<Tensor>) {
+        let mut t = Tracer {
+            id,
+            streams: vec![GraphStream {
+                id: MAIN,
+                tag: MAIN_TAG.to_string(),
+                entries: Vec::new(),
+            }],
+            clocks: vec![Vec::new()],
+            current: vec![Vec::new()],
+            values: Vec::new(),
+            consts: Vec::new(),
+            n_inputs: inputs.len(),
+            fork: EntryRef { stream: 0, pos: 0 },
+            side_scopes: 0,
+            joins: Vec::new(),
+            latest: HashMap::new(),
+            records: Vec::new(),
+            issued: 0,
+            problem: None,
+            unbound: None,
+            extends: Vec::new(),
+        };
+        let mut graph_inputs = Vec::with_capacity(inputs.len());
+        for (i, x) in inputs.iter().enumerate() {
+            let value = t.values.len();
+            let write = t.issue(0, EntryKind::CopyIn { input: i, value });
+            t.values.push(Value {
+                shape: x.shape().to_vec(),
+                dtype: x.dtype(),
+                write,
+                uses: Vec::new(),
+            });
+            graph_inputs.push(Tensor::graph_value(
+                x.shape().to_vec(),
+                x.dtype(),
+                id,
+                value,
+                "copy_in",
+            ));
+        }
+        // Removed again at the end if no side-stream scope appears (R4.4 e).
+        t.fork = t.issue(
+            0,
+            EntryKind::Record {
+                event: EventName::Fork,
+            },
+        );
+        (t, graph_inputs)
+    }
+
+    fn issue(&mut self, gs: usize, kind: EntryKind) -> EntryRef {
+        let clock = &mut self.current[gs];
+        if clock.len() <= gs {
+            clock.resize(gs + 1, 0);
+        }
+        clock[gs] += 1;
+        let pos = clock[gs];
+        self.clocks[gs].push(clock.clone());
+        self.streams[gs].entries.push(kind);
+        self.issued += 1;
+        EntryRef { stream: gs, pos }
+    }
+
+    fn graph_stream(&mut self, id: StreamId) -> usize {
+        if let Some(gs) = self.streams.iter().position(|s| s.id == id) {
+            return gs;
+        }
+        self.streams.push(GraphStream {
+            id,
+            tag: runtime().stream_tag(id),
+            entries: Vec::new(),
+        });
+        self.clocks.push(Vec::new());
+        self.current.push(Vec::new());
+        self.streams.len() - 1
+    }
+
+    /// Remembers the first problem of the capture: even if the closure swallows the error, the
+    /// capture fails with it (a graph whose meaning depended on it must not be cached).
+    pub(crate) fn fail(&mut self, e: Error) -> Error {
+        if self.problem.is_none() {
+            self.problem = Some((self.issued, e.clone()));
+        }
+        e
+    }
+
+    fn describe_next(&self, gs: usize, name: &str) -> String {
+        format!(
+            "{name} at position {} of \"{}\"",
+            at(&self.current[gs], gs) + 1,
+            self.streams[gs].tag
+        )
+    }
+
+    fn describe(&self, r: EntryRef) -> String {
+        let name = self.streams[r.stream].entries[(r.pos - 1) as usize].name();
+        format!(
+            "{name} at position {} of \"{}\"",
+            r.pos, self.streams[r.stream].tag
+        )
+    }
+
+    /// Records `op` reading `inputs` on the current stream (R4.1, R4.8).
+    pub(crate) fn op(&mut self, op: &Op, inputs: &[&Tensor]) -> Result<Tensor> {
+        let sid = current_stream_id();
+        let gs = self.graph_stream(sid);
+        let mut operands = Vec::with_capacity(inputs.len());
+        for t in inputs {
+            let operand = match t.kind() {
+                Kind::Graph { graph, value, .. } if *graph == self.id => {
+                    let w = self.values[*value].write;
+                    if at(&self.current[gs], w.stream) < w.pos {
+                        let e = Error::DataRace {
+                            reader: self.describe_next(gs, op.name()),
+                            reader_stream: self.streams[gs].tag.clone(),
+                            producer: self.describe(w),
+                            producer_stream: self.streams[w.stream].tag.clone(),
+                        };
+                        return Err(self.fail(e));
+                    }
+                    Operand::Value(*value)
+                }
+                Kind::Graph { graph, op: by, .. } => {
+                    let e = Error::ForeignGraphValue {
+                        op: op.name(),
+                        graph: format!("#{graph} (produced by {by})"),
+                    };
+                    return Err(self.fail(e));
+                }
+                Kind::Eager { producer, .. } => {
+                    if let Some(p) = producer
+                        && !runtime().visible_from(p, sid)
+                    {
+                        let e = Error::DataRace {
+                            reader: self.describe_next(gs, op.name()),
+                            reader_stream: self.streams[gs].tag.clone(),
+                            producer: format!("{} (outside the graph)", p.op),
+                            producer_stream: runtime().stream_tag(p.stream),
+                        };
+                        return Err(self.fail(e));
+                    }
+                    Operand::Const(self.constant(t))
+                }
+            };
+            operands.push(operand);
+        }
+        let output = self.values.len();
+        let write = self.issue(
+            gs,
+            EntryKind::Op {
+                op: op.clone(),
+                inputs: operands.clone(),
+                output,
+            },
+        );
+        for o in operands {
+            if let Operand::Value(v) = o {
+                self.values[v].uses.push(write);
+            }
+        }
+        self.values.push(Value {
+            shape: op.out_shape.clone(),
+            dtype: op.out_dtype,
+            write,
+            uses: Vec::new(),
+        });
+        Ok(Tensor::graph_value(
+            op.out_shape.clone(),
+            op.out_dtype,
+            self.id,
+            output,
+            op.name(),
+        ))
+    }
+
+    fn constant(&mut self, t: &Tensor) -> usize {
+        match self.consts.iter().position(|c| c.same(t)) {
+            Some(i) => i,
+            None => {
+                self.consts.push(t.clone());
+                self.consts.len() - 1
+            }
+        }
+    }
+
+    /// A user record on the current stream (R4.5).
+    pub(crate) fn record(&mut self, event: u64, tag: &str) {
+        let gs = self.graph_stream(current_stream_id());
+        let issued = self.issued;
+        let r = self.issue(
+            gs,
+            EntryKind::Record {
+                event: EventName::User {
+                    id: event,
+                    tag: tag.into(),
+                },
+            },
+        );
+        self.latest.insert(event, r);
+        self.records.push((event, issued, r));
+    }
+
+    /// A user wait on the current stream, bound to the latest earlier record in the graph
+    /// (R4.5); without one the capture will fail with `WaitWithoutRecord` (R4.6).
+    pub(crate) fn wait(&mut self, event: u64, tag: &str) {
+        let gs = self.graph_stream(current_stream_id());
+        let bound = self.latest.get(&event).copied();
+        if let Some(r) = bound {
+            let rc = self.clocks[r.stream][(r.pos - 1) as usize].clone();
+            join(&mut self.current[gs], &rc);
+        }
+        let issued = self.issued;
+        let w = self.issue(
+            gs,
+            EntryKind::Wait {
+                event: EventName::User {
+                    id: event,
+                    tag: tag.into(),
+                },
+                bound,
+            },
+        );
+        if bound.is_none() && self.unbound.is_none() {
+            self.unbound = Some(Unbound {
+                issued,
+                event,
+                tag: tag.into(),
+                at: w,
+            });
+        }
+    }
+
+    /// `record_tagged_stream(t, tag)` in a capture (R4.10).
+    pub(crate) fn record_stream(&mut self, t: &Tensor, tag: &str) -> Result<()> {
+        match t.kind() {
+            Kind::Graph { graph, value, .. } if *graph == self.id => {
+                self.extends.push((*value, tag.to_string()));
+                Ok(())
+            }
+            Kind::Graph { graph, op, .. } => Err(self.fail(Error::ForeignGraphValue {
+                op: "record_tagged_stream",
+                graph: format!("#{graph} (produced by {op})"),
+            })),
+            // Memory made outside the graph is not planned: nothing to extend.
+            Kind::Eager { .. } => Ok(()),
+        }
+    }
+
+    /// Entry into a side-stream scope: its first entry waits on the fork (R4.4 b).
+    pub(crate) fn scope_enter(&mut self, stream: StreamId) {
+        let gs = self.graph_stream(stream);
+        self.side_scopes += 1;
+        let fc = self.clocks[0][(self.fork.pos - 1) as usize].clone();
+        join(&mut self.current[gs], &fc);
+        self.issue(
+            gs,
+            EntryKind::Wait {
+                event: EventName::Fork,
+                bound: Some(self.fork),
+            },
+        );
+    }
+
+    /// Exit from a side-stream scope: its last entry records a new join event (R4.4 c).
+    pub(crate) fn scope_exit(&mut self, stream: StreamId) {
+        let gs = self.graph_stream(stream);
+        let n = self.joins.len() + 1;
+        let r = self.issue(
+            gs,
+            EntryKind::Record {
+                event: EventName::Join(n),
+            },
+        );
+        self.joins.push(r);
+    }
+
+    /// Ends the capture (R4.11): picks the first problem in issue order, adds the join waits
+    /// (R4.4 d), resolves outputs and `record_tagged_stream`, and drops the fork if no side
+    /// scope was entered (R4.4 e).
+    ///
+    /// `closure` is what the closure returned, `open` the scopes it left open, `pending` this
+    /// thread's pending out-of-order-drop error.
+    pub(crate) fn finish(
+        mut self,
+        closure: Result<Vec<Tensor>>,
+        open: Vec<String>,
+        pending: Result<()>,
+    ) -> Result<Graph> {
+        let unbound_first = match (&self.unbound, &self.problem) {
+            (Some(u), Some((p, _))) => u.issued < *p,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if unbound_first && let Some(u) = self.unbound.take() {
+            let later = self
+                .records
+                .iter()
+                .find(|(ev, issued, _)| *ev == u.event && *issued > u.issued)
+                .map(|(_, _, r)| (self.streams[r.stream].tag.clone(), r.pos as usize));
+            return Err(Error::WaitWithoutRecord {
+                tag: u.tag.to_string(),
+                stream: self.streams[u.at.stream].tag.clone(),
+                position: u.at.pos as usize,
+                later_record: later,
+            });
+        }
+        if let Some((_, e)) = self.problem.take() {
+            return Err(e);
+        }
+        let returned = closure?;
+        pending?;
+        if !open.is_empty() {
+            return Err(Error::UnbalancedStreamSwitch {
+                dropped: None,
+                innermost: None,
+                open,
+            });
+        }
+        for j in std::mem::take(&mut self.joins) {
+            let jc = self.clocks[j.stream][(j.pos - 1) as usize].clone();
+            join(&mut self.current[0], &jc);
+            let EntryKind::Record {
+                event: EventName::Join(n),
+            } = self.streams[j.stream].entries[(j.pos - 1) as usize].clone()
+            else {
+                unreachable!("joins holds only join records");
+            };
+            self.issue(
+                0,
+                EntryKind::Wait {
+                    event: EventName::Join(n),
+                    bound: Some(j),
+                },
+            );
+        }
+        let mut outputs = Vec::with_capacity(returned.len());
+        for t in &returned {
+            outputs.push(match t.kind() {
+                // Values 0..n_inputs are the copy-ins, in input order (SC27).
+                Kind::Graph { graph, value, .. } if *graph == self.id && *value < self.n_inputs => {
+                    Output::Input(*value)
+                }
+                Kind::Graph { graph, value, .. } if *graph == self.id => Output::Value(*value),
+                Kind::Graph { graph, op, .. } => {
+                    return Err(Error::ForeignGraphValue {
+                        op: "Compiled::run (returned output)",
+                        graph: format!("#{graph} (produced by {op})"),
+                    });
+                }
+                Kind::Eager { .. } => Output::Const(self.constant(t)),
+            });
+        }
+        for (value, tag) in std::mem::take(&mut self.extends) {
+            let stream = if tag == MAIN_TAG {
+                Some(MAIN)
+            } else {
+                runtime().lookup_stream(&tag)
+            };
+            let gs = stream.and_then(|id| self.streams.iter().position(|s| s.id == id));
+            if let Some(gs) = gs {
+                let end = EntryRef {
+                    stream: gs,
+                    pos: self.streams[gs].entries.len() as u64,
+                };
+                self.values[value].uses.push(end);
+            }
+        }
+        if self.side_scopes == 0 {
+            self.remove_fork();
+        }
+        Ok(Graph {
+            streams: self.streams,
+            clocks: self.clocks,
+            values: self.values,
+            consts: self.consts,
+            outputs,
+            n_inputs: self.n_inputs,
+            last_records: last_records(&self.records),
+        })
+    }
+
+    /// Drops the fork record of a graph with no side-stream scope. Such a graph has only the
+    /// main stream, so main positions after the fork shift down by one.
+    fn remove_fork(&mut self) {
+        debug_assert_eq!(self.streams.len(), 1, "no side scope means one stream");
+        let f = self.fork.pos;
+        let idx = (f - 1) as usize;
+        self.streams[0].entries.remove(idx);
+        self.clocks[0].remove(idx);
+        for c in &mut self.clocks[0] {
+            if c[0] >= f {
+                c[0] -= 1;
+            }
+        }
+        let shift = |r: &mut EntryRef| {
+            if r.pos > f {
+                r.pos -= 1;
+            }
+        };
+        for v in &mut self.values {
+            shift(&mut v.write);
+            v.uses.iter_mut().for_each(shift);
+        }
+        for e in &mut self.streams[0].entries {
+            if let EntryKind::Wait { bound: Some(b), .. } = e {
+                shift(b);
+            }
+        }
+        for (_, _, r) in &mut self.records {
+            shift(r);
+        }
+    }
+}
+
+/// The last record of each user event in issue order (R5.8), first-recorded event first.
+fn last_records(records: &[(u64, u64, EntryRef)]) -> Vec<(u64, EntryRef)> {
+    let mut out: Vec<(u64, EntryRef)> = Vec::new();
+    for &(ev, _, r) in records {
+        match out.iter_mut().find(|(e, _)| *e == ev) {
+            Some(slot) => slot.1 = r,
+            None => out.push((ev, r)),
+        }
+    }
+    out
+}
