@@ -1,13 +1,18 @@
 //! The `tagstream` command line: runs the seed model (default), more commands to come.
 //!
 //! `tagstream` alone is `tagstream run`: the seed model of design.md §1 on two streams with
-//! 1000×1000 f16 inputs, checked against the single-stream serial reference.
+//! 1000×1000 f16 inputs in reduce-overhead mode (captured once, then replayed), checked against
+//! the single-stream serial reference, followed by eager-vs-replay timings of the seed and of a
+//! 1000-op tiny-op chain.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tagstream::{DType, Result, Tensor, models, ops, stream_activity, synchronize};
+use tagstream::{
+    CompileConfig, Compiled, DType, Mode, Result, Tensor, compile, models, ops, stream_activity,
+    synchronize,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,14 +33,24 @@ enum Command {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ModeArg {
-    /// Every op is issued to its stream as the model runs.
+    /// Every op is issued to its stream as the model runs (`Mode::Eager`).
     Eager,
+    /// Captured once into a multi-stream graph, then replayed (`Mode::ReduceOverhead`).
+    ReduceOverhead,
 }
 
 impl ModeArg {
     fn name(self) -> &'static str {
         match self {
             ModeArg::Eager => "eager",
+            ModeArg::ReduceOverhead => "reduce-overhead",
+        }
+    }
+
+    fn mode(self) -> Mode {
+        match self {
+            ModeArg::Eager => Mode::Eager,
+            ModeArg::ReduceOverhead => Mode::ReduceOverhead,
         }
     }
 }
@@ -49,11 +64,15 @@ struct RunArgs {
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=8192))]
     size: u64,
     /// Execution mode.
-    #[arg(long, value_enum, default_value_t = ModeArg::Eager)]
+    #[arg(long, value_enum, default_value_t = ModeArg::ReduceOverhead)]
     mode: ModeArg,
     /// Timed runs (after one warm-up run); the median is reported.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     runs: u64,
+    /// Ops in the tiny-op chain (16-element tensors, half on each of two streams) timed eager
+    /// vs replay after the seed model; 0 skips it.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    chain_ops: u64,
 }
 
 impl Default for RunArgs {
@@ -61,8 +80,9 @@ impl Default for RunArgs {
         RunArgs {
             dtype: DType::F16,
             size: 1000,
-            mode: ModeArg::Eager,
+            mode: ModeArg::ReduceOverhead,
             runs: 10,
+            chain_ops: 1000,
         }
     }
 }
@@ -89,20 +109,18 @@ fn main() -> ExitCode {
 /// Runs the seed model, prints the table, and returns whether every check passed.
 fn run_seed(args: &RunArgs) -> Result<bool> {
     let size = usize::try_from(args.size).expect("clap bounds --size to 1..=8192");
+    let runs = usize::try_from(args.runs).expect("clap bounds --runs to 1..=10000");
     let side = "1";
     let ev = ops::create_tagged_event("66")?;
-    let mut model = models::seed_model(ev, side);
+    let config = CompileConfig::default().mode(args.mode.mode());
+    let mut model = compile(models::seed_model(ev.clone(), side), config);
     let inputs = models::seed_inputs(size, args.dtype)?;
 
     let activity_before = stream_activity();
-    // Warm-up: starts the side stream's worker and faults in the allocator's pages.
+    // Warm-up (the capture, in reduce-overhead mode): starts the side stream's worker and
+    // faults in the allocator's pages.
     let outputs = run_once(&mut model, &inputs)?;
-    let mut times = Vec::with_capacity(args.runs as usize);
-    for _ in 0..args.runs {
-        let start = Instant::now();
-        run_once(&mut model, &inputs)?;
-        times.push(start.elapsed());
-    }
+    let times = time_calls(&mut model, &inputs, runs)?;
     let activity_after = stream_activity();
 
     let host_inputs: Vec<Vec<f32>> = inputs
@@ -136,12 +154,10 @@ fn run_seed(args: &RunArgs) -> Result<bool> {
             c.name, c.rule, c.max_abs_err, status
         );
     }
-    times.sort();
-    let median = times[times.len() / 2];
     println!();
     println!(
         "wall time per run: median {} (min {}, max {}) over {} runs",
-        ms(median),
+        ms(median(&times)),
         ms(times[0]),
         ms(times[times.len() - 1]),
         times.len()
@@ -157,17 +173,153 @@ fn run_seed(args: &RunArgs) -> Result<bool> {
         })
         .collect();
     println!("streams used: {}", used.join(", "));
-    Ok(checks.iter().all(|c| c.failure.is_none()))
+    let stats = model.stats();
+    println!(
+        "compiled: {} capture(s), {} replay(s), {} eager run(s)",
+        stats.captures, stats.replays, stats.eager_runs
+    );
+    if let Some(dump) = model.graph_dump() {
+        println!("graph (per-stream order):");
+        for line in dump.lines() {
+            println!("  {line}");
+        }
+    }
+    if let Some(m) = model.memory_stats() {
+        println!(
+            "memory plan: arena {} for {} values of {} ({} slots); outputs {} in their own buffers",
+            bytes(m.arena_bytes),
+            m.values,
+            bytes(m.value_bytes),
+            m.slots,
+            bytes(m.output_bytes)
+        );
+    }
+    let mut ok = checks.iter().all(|c| c.failure.is_none());
+    if args.mode == ModeArg::ReduceOverhead {
+        println!();
+        ok &= compare_eager_replay(args, &ev, &inputs, &times, &host_outputs)?;
+    }
+    Ok(ok)
+}
+
+/// Times `Mode::Eager` against the replays already measured for the seed, then both modes on
+/// the tiny-op chain; checks that replay results equal eager ones bit for bit (R5.6).
+fn compare_eager_replay(
+    args: &RunArgs,
+    ev: &ops::TaggedEvent,
+    seed_inputs: &[Tensor],
+    seed_replay: &[Duration],
+    seed_outputs: &[Vec<f32>],
+) -> Result<bool> {
+    let runs = usize::try_from(args.runs).expect("clap bounds --runs");
+    let eager_cfg = CompileConfig::default().mode(Mode::Eager);
+    let mut eager_seed = compile(models::seed_model(ev.clone(), "1"), eager_cfg);
+    let eager_out = run_once(&mut eager_seed, seed_inputs)?;
+    let seed_eager = time_calls(&mut eager_seed, seed_inputs, runs)?;
+    let mut ok = same_bits(&eager_out, seed_outputs)?;
+
+    println!("eager vs replay, median per call (issue + run + synchronize):");
+    println!(
+        "{:<34} {:>12} {:>12} {:>9}",
+        "model", "eager", "replay", "speed-up"
+    );
+    let (e, r) = (median(&seed_eager), median(seed_replay));
+    println!(
+        "{:<34} {:>12} {:>12} {:>8.2}x",
+        format!("seed [{0}x{0}] {1}", args.size, args.dtype),
+        ms(e),
+        ms(r),
+        e.as_secs_f64() / r.as_secs_f64()
+    );
+    let ops_n = usize::try_from(args.chain_ops).expect("clap bounds --chain-ops");
+    if ops_n > 0 {
+        let chain_inputs = models::tiny_inputs(16, args.dtype)?;
+        let mut eager_chain = compile(models::tiny_chain(ops_n, "1"), eager_cfg);
+        let mut replay_chain = compile(
+            models::tiny_chain(ops_n, "1"),
+            eager_cfg.mode(Mode::ReduceOverhead),
+        );
+        let want = run_once(&mut eager_chain, &chain_inputs)?;
+        let got = run_once(&mut replay_chain, &chain_inputs)?;
+        let want: Vec<Vec<f32>> = want.iter().map(Tensor::to_vec_f32).collect::<Result<_>>()?;
+        ok &= same_bits(&got, &want)?;
+        let calls = (runs * 20).max(100);
+        let te = median(&time_calls(&mut eager_chain, &chain_inputs, calls)?);
+        let tr = median(&time_calls(&mut replay_chain, &chain_inputs, calls)?);
+        println!(
+            "{:<34} {:>12} {:>12} {:>8.2}x",
+            format!("tiny chain {ops_n} ops [16] {}, 2 streams", args.dtype),
+            ms(te),
+            ms(tr),
+            te.as_secs_f64() / tr.as_secs_f64()
+        );
+        println!(
+            "  per op: eager {:.0} ns, replay {:.0} ns",
+            te.as_secs_f64() * 1e9 / ops_n as f64,
+            tr.as_secs_f64() * 1e9 / ops_n as f64
+        );
+        if let Some(m) = replay_chain.memory_stats() {
+            println!(
+                "  chain memory plan: arena {} for {} values of {} ({} slots)",
+                bytes(m.arena_bytes),
+                m.values,
+                bytes(m.value_bytes),
+                m.slots
+            );
+        }
+    }
+    if !ok {
+        println!("FAIL: replay results differ from eager results (R5.6)");
+    }
+    Ok(ok)
+}
+
+/// Whether `got` equals `want` bit for bit (NaN equal to NaN).
+fn same_bits(got: &[Tensor], want: &[Vec<f32>]) -> Result<bool> {
+    for (g, w) in got.iter().zip(want) {
+        let g = g.to_vec_f32()?;
+        if g.len() != w.len()
+            || g.iter()
+                .zip(w)
+                .any(|(a, b)| a.to_bits() != b.to_bits() && !(a.is_nan() && b.is_nan()))
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// One run: issue the model, then wait for every stream (so the time covers the compute).
-fn run_once(
-    model: &mut impl FnMut(&[Tensor]) -> Result<Vec<Tensor>>,
-    inputs: &[Tensor],
-) -> Result<Vec<Tensor>> {
-    let outputs = model(inputs)?;
+fn run_once(model: &mut Compiled, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+    let outputs = model.run(inputs)?;
     synchronize()?;
     Ok(outputs)
+}
+
+/// `n` timed calls, sorted.
+fn time_calls(model: &mut Compiled, inputs: &[Tensor], n: usize) -> Result<Vec<Duration>> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        run_once(model, inputs)?;
+        times.push(start.elapsed());
+    }
+    times.sort();
+    Ok(times)
+}
+
+fn median(sorted: &[Duration]) -> Duration {
+    sorted[sorted.len() / 2]
+}
+
+fn bytes(b: usize) -> String {
+    if b >= 1 << 20 {
+        format!("{:.2} MiB", b as f64 / f64::from(1 << 20))
+    } else if b >= 1 << 10 {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    } else {
+        format!("{b} B")
+    }
 }
 
 fn ms(d: Duration) -> String {

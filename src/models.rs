@@ -57,6 +57,53 @@ pub fn seed_inputs(size: usize, dtype: DType) -> Result<Vec<Tensor>> {
         .collect()
 }
 
+/// A chain of `ops` tiny elementwise ops split over two independent streams: half on the main
+/// stream from `x[0]`, half in scope `side` from `x[1]` (the launch-overhead benchmark of
+/// issue 4). The ops cycle through `add x`, `relu`, `sub x`, so values stay bounded. Returns
+/// the two chain ends.
+///
+/// ```
+/// use tagstream::{models, DType};
+/// let mut chain = models::tiny_chain(10, "chain-doc-side");
+/// let x = models::tiny_inputs(16, DType::F32)?;
+/// assert_eq!(chain(&x)?.len(), 2);
+/// # Ok::<(), tagstream::Error>(())
+/// ```
+pub fn tiny_chain(
+    ops: usize,
+    side: &str,
+) -> impl FnMut(&[Tensor]) -> Result<Vec<Tensor>> + Send + 'static {
+    let side = side.to_string();
+    let half = ops / 2;
+    let chain = |x: &Tensor, n: usize| -> Result<Tensor> {
+        let mut y = x.clone();
+        for i in 0..n {
+            y = match i % 3 {
+                0 => y.add(x)?,
+                1 => y.relu()?,
+                _ => y.sub(x)?,
+            };
+        }
+        Ok(y)
+    };
+    move |x: &[Tensor]| {
+        let a = chain(&x[0], ops - half)?;
+        let b = {
+            let _on_side = stream_switch(&side)?;
+            chain(&x[1], half)?
+        };
+        Ok(vec![a, b])
+    }
+}
+
+/// The tiny chain's inputs: two `[len]` standard-normal tensors, seeds 10 and 11.
+///
+/// # Errors
+/// Never for a reasonable `len`; the constructor's errors otherwise.
+pub fn tiny_inputs(len: usize, dtype: DType) -> Result<Vec<Tensor>> {
+    (10..12).map(|i| Tensor::randn(&[len], dtype, i)).collect()
+}
+
 /// How one output compares with the serial reference.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutputCheck {

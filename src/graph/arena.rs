@@ -66,7 +66,7 @@ impl Arena {
     /// slot with this once, at capture.
     pub(crate) fn fits(&self, slot: Slot) -> bool {
         let size = slot.dtype.size_in_bytes();
-        slot.offset % size == 0
+        slot.offset.is_multiple_of(size)
             && slot
                 .len
                 .checked_mul(size)

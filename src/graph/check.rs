@@ -85,7 +85,6 @@ mod tests {
             values: Vec::new(),
             consts: Vec::new(),
             outputs: Vec::new(),
-            n_inputs: 0,
             last_records: Vec::new(),
         }
     }

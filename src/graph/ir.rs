@@ -141,7 +141,6 @@ pub(crate) struct Graph {
     pub(crate) values: Vec<Value>,
     pub(crate) consts: Vec<Tensor>,
     pub(crate) outputs: Vec<Output>,
-    pub(crate) n_inputs: usize,
     /// The last record of each user event in issue order: `(event id, entry)` (R5.8).
     pub(crate) last_records: Vec<(u64, EntryRef)>,
 }
@@ -153,11 +152,6 @@ impl Graph {
 
     pub(crate) fn clock(&self, at: EntryRef) -> &[u64] {
         &self.clocks[at.stream][(at.pos - 1) as usize]
-    }
-
-    /// Strict happens-before in the graph.
-    pub(crate) fn hb(&self, a: EntryRef, b: EntryRef) -> bool {
-        a != b && self.clock(b).get(a.stream).copied().unwrap_or(0) >= a.pos
     }
 
     /// Every entry, stream by stream.
@@ -186,6 +180,7 @@ impl Graph {
     }
 
     /// Records and waits in the graph (for the R4.4 counts).
+    #[cfg(test)]
     pub(crate) fn event_counts(&self) -> (usize, usize) {
         let mut counts = (0, 0);
         for (_, e) in self.entries() {

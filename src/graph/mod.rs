@@ -215,6 +215,7 @@ impl Captured {
     }
 
     /// Records and waits in the graph, closure events included (R4.4 counts).
+    #[cfg(test)]
     pub(crate) fn event_counts(&self) -> (usize, usize) {
         self.graph.event_counts()
     }
@@ -312,4 +313,78 @@ pub(crate) fn run_eager(
         }
     }
     Ok(outputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{create_tagged_event, tagged_event_record, tagged_event_wait};
+    use crate::scope::stream_switch;
+    use crate::tensor::DType;
+
+    fn inputs() -> Vec<Tensor> {
+        (0..2)
+            .map(|i| Tensor::randn(&[8, 8], DType::F32, i).unwrap())
+            .collect()
+    }
+
+    /// R4.4 counts: with n ≥ 1 side-stream scope instances the graph has
+    /// `user records + 1 + n` records and `user waits + 2n` waits (SC4: 5 and 6).
+    #[test]
+    fn closure_counts_follow_r4_4_sc4() {
+        let e66 = create_tagged_event("graph-unit-66").unwrap();
+        let e77 = create_tagged_event("graph-unit-77").unwrap();
+        let mut f = move |x: &[Tensor]| -> Result<Vec<Tensor>> {
+            let a = x[0].add(&x[1])?;
+            tagged_event_record(&e66)?;
+            tagged_event_record(&e77)?;
+            let _s1 = stream_switch("graph-unit-1")?;
+            tagged_event_wait(&e66)?;
+            let m1 = x[0].matmul(&x[1])?;
+            let _s2 = stream_switch("graph-unit-2")?;
+            tagged_event_wait(&e77)?;
+            let m2 = x[1].matmul(&x[0])?;
+            Ok(vec![a, m1, m2])
+        };
+        let g = capture(&mut f, &inputs()).unwrap();
+        assert_eq!(g.event_counts(), (2 + 1 + 2, 2 + 2 * 2));
+    }
+
+    /// R4.4 e: no side-stream scope, no closure entries at all (and a "default" scope is not a
+    /// side-stream scope).
+    #[test]
+    fn no_side_scope_no_closure_entries_r4_4_e() {
+        let mut f = |x: &[Tensor]| -> Result<Vec<Tensor>> {
+            let _d = stream_switch("default")?;
+            Ok(vec![x[0].exp()?])
+        };
+        let g = capture(&mut f, &inputs()).unwrap();
+        assert_eq!(g.event_counts(), (0, 0));
+        assert_eq!(g.dump(), "\"default\": copy_in(0), copy_in(1), exp");
+    }
+
+    /// R4.12: a failed capture leaves the thread's mode and scopes as they were.
+    #[test]
+    fn failed_capture_restores_the_thread_r4_12() {
+        let outer = stream_switch("graph-unit-outer").unwrap();
+        let mut f = |x: &[Tensor]| -> Result<Vec<Tensor>> {
+            let _s = stream_switch("graph-unit-inner")?;
+            x[0].to_vec_f32()?;
+            Ok(vec![])
+        };
+        let err = capture(&mut f, &inputs()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::HostSyncInCapture {
+                    call: "to_vec_f32",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(crate::scope::current_stream(), "graph-unit-outer");
+        assert!(MODE.with_borrow(Option::is_none));
+        drop(outer);
+    }
 }

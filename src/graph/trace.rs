@@ -453,7 +453,6 @@ impl Tracer {
             values: self.values,
             consts: self.consts,
             outputs,
-            n_inputs: self.n_inputs,
             last_records: last_records(&self.records),
         })
     }
