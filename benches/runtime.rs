@@ -1,5 +1,5 @@
-//! Runtime benchmarks: the cross-stream event hand-off, eager issue cost of tiny ops, and the
-//! seed model in eager mode. Run with `cargo bench --bench runtime`; every figure is a median
+//! Runtime benchmarks: the cross-stream event hand-off, eager issue cost of tiny ops, replay
+//! cost per op of a captured 1000-op chain against eager, and the seed model eager and replayed. Run with `cargo bench --bench runtime`; every figure is a median
 //! over repeated runs measured in this process (never a pass/fail threshold).
 //!
 //! The hand-off figure isolates the worker-to-worker signal from the host's issue cost: stream
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use tagstream::ops::{TaggedEvent, create_tagged_event, tagged_event_record, tagged_event_wait};
 use tagstream::scope::stream_switch;
-use tagstream::{DType, Tensor, models, synchronize};
+use tagstream::{CompileConfig, Compiled, DType, Mode, Tensor, compile, models, synchronize};
 
 struct Events {
     gate: TaggedEvent,
@@ -112,25 +112,92 @@ fn eager_issue(c: &mut Criterion) {
     g.finish();
 }
 
-fn seed_eager(c: &mut Criterion) {
+fn seed(c: &mut Criterion) {
     let mut g = c.benchmark_group("seed");
     g.sample_size(10);
     for dtype in [DType::F32, DType::F16, DType::BF16] {
         let ev = create_tagged_event(&format!("bench-seed-{dtype}")).expect("event");
-        let mut model = models::seed_model(ev, "bench-seed-side");
         let inputs = models::seed_inputs(1000, dtype).expect("inputs");
-        g.bench_function(format!("cpu_seed_eager_1000_{dtype}"), |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    black_box(model(&inputs).expect("seed"));
-                    synchronize().expect("sync");
-                }
-                start.elapsed()
-            })
-        });
+        for (name, mode) in [("eager", Mode::Eager), ("replay", Mode::ReduceOverhead)] {
+            let mut model = compile(
+                models::seed_model(ev.clone(), "bench-seed-side"),
+                CompileConfig::default().mode(mode),
+            );
+            g.bench_function(format!("cpu_seed_{name}_1000_{dtype}"), |b| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        black_box(model.run(&inputs).expect("seed"));
+                        synchronize().expect("sync");
+                    }
+                    start.elapsed()
+                })
+            });
+        }
     }
     g.finish();
+}
+
+/// Median time of one call (issue, run, synchronize) of `model`.
+fn call_median(model: &mut Compiled, inputs: &[Tensor], reps: usize) -> Duration {
+    median_of(reps, || {
+        black_box(model.run(inputs).expect("run"));
+        synchronize().expect("sync");
+    })
+}
+
+/// Eager vs replay per op for a 1000-op chain of 16-element ops, on one stream and split over
+/// two, plus the arena against the sum of values; all ratios from this one process.
+fn replay_report() {
+    let n = 1000usize;
+    for dtype in [DType::F32, DType::F16] {
+        let inputs = models::tiny_inputs(16, dtype).expect("inputs");
+        // One stream: the whole chain on main (`tiny_chain` with a "default" side scope).
+        for (label, side) in [("1 stream", "default"), ("2 streams", "bench-chain-side")] {
+            let mut eager = compile(models::tiny_chain(n, side), CompileConfig::default());
+            let mut replay = compile(
+                models::tiny_chain(n, side),
+                CompileConfig::default().mode(Mode::ReduceOverhead),
+            );
+            let te = call_median(&mut eager, &inputs, 201);
+            let tr = call_median(&mut replay, &inputs, 2001);
+            let mem = replay.memory_stats().expect("a captured graph");
+            println!(
+                "tiny chain {n} ops [16] {dtype}, {label}: eager {:.0} ns/op, replay {:.1} ns/op, \
+                 eager/replay {:.1}x; arena {} B vs values {} B",
+                te.as_secs_f64() * 1e9 / n as f64,
+                tr.as_secs_f64() * 1e9 / n as f64,
+                te.as_secs_f64() / tr.as_secs_f64(),
+                mem.arena_bytes,
+                mem.value_bytes,
+            );
+        }
+    }
+    let ev = create_tagged_event("bench-replay-seed").expect("event");
+    for dtype in [DType::F32, DType::F16] {
+        let inputs = models::seed_inputs(1000, dtype).expect("inputs");
+        let mut eager = compile(
+            models::seed_model(ev.clone(), "bench-seed-side"),
+            CompileConfig::default(),
+        );
+        let mut replay = compile(
+            models::seed_model(ev.clone(), "bench-seed-side"),
+            CompileConfig::default().mode(Mode::ReduceOverhead),
+        );
+        let te = call_median(&mut eager, &inputs, 15);
+        let tr = call_median(&mut replay, &inputs, 15);
+        let mem = replay.memory_stats().expect("a captured graph");
+        println!(
+            "seed 1000x1000 {dtype}: eager {:.2} ms, replay {:.2} ms, eager/replay {:.2}x; \
+             arena {} B vs values {} B (+ {} B of outputs)",
+            te.as_secs_f64() * 1e3,
+            tr.as_secs_f64() * 1e3,
+            te.as_secs_f64() / tr.as_secs_f64(),
+            mem.arena_bytes,
+            mem.value_bytes,
+            mem.output_bytes,
+        );
+    }
 }
 
 /// Times `f` (which must leave all its work finished) `reps` times and returns the median.
@@ -216,8 +283,9 @@ fn main() {
     handoff_report();
     overlap_report();
     kernel_report();
+    replay_report();
     let mut c = Criterion::default().configure_from_args();
     eager_issue(&mut c);
-    seed_eager(&mut c);
+    seed(&mut c);
     c.final_summary();
 }

@@ -2,11 +2,16 @@
 //!
 //! *Strategy*: f32 slices are processed in place with zipped iterators (no bounds checks, so
 //! the simple ops auto-vectorize). f16/bf16 go through [`CHUNK`]-sized f32 stack buffers using
-//! `half`'s slice conversions (F16C on x86 when present): widen, compute, round.
+//! `half`'s slice conversions (F16C on x86 when present): widen, compute, round. Tensors of
+//! at most [`SMALL`] elements use [`SMALL`]-sized buffers instead, so a tiny op does not pay
+//! for zeroing 4 KiB of stack per buffer (that memset dominated a 16-element f16 op).
 
 use super::scalar;
 use super::{BinaryOp, CHUNK, UnaryOp};
 use crate::tensor::Element;
+
+/// Buffer size for tiny tensors (see the module docs).
+const SMALL: usize = 64;
 
 fn binary_f32(op: BinaryOp, a: &[f32], b: &[f32], out: &mut [f32]) {
     let it = out.iter_mut().zip(a.iter().zip(b));
@@ -40,12 +45,16 @@ pub(crate) fn binary<T: Element>(op: BinaryOp, a: &[T], b: &[T], out: &mut [T]) 
     {
         return binary_f32(op, a, b, o);
     }
-    let (mut xa, mut xb, mut xo) = ([0f32; CHUNK], [0f32; CHUNK], [0f32; CHUNK]);
-    for ((a, b), o) in a
-        .chunks(CHUNK)
-        .zip(b.chunks(CHUNK))
-        .zip(out.chunks_mut(CHUNK))
-    {
+    if out.len() <= SMALL {
+        binary_chunks::<T, SMALL>(op, a, b, out);
+    } else {
+        binary_chunks::<T, CHUNK>(op, a, b, out);
+    }
+}
+
+fn binary_chunks<T: Element, const N: usize>(op: BinaryOp, a: &[T], b: &[T], out: &mut [T]) {
+    let (mut xa, mut xb, mut xo) = ([0f32; N], [0f32; N], [0f32; N]);
+    for ((a, b), o) in a.chunks(N).zip(b.chunks(N)).zip(out.chunks_mut(N)) {
         let n = a.len();
         T::load_f32(a, &mut xa[..n]);
         T::load_f32(b, &mut xb[..n]);
@@ -67,8 +76,16 @@ pub(crate) fn unary<T: Element>(op: UnaryOp, a: &[T], out: &mut [T]) {
     {
         return unary_f32(op, a, o);
     }
-    let (mut xa, mut xo) = ([0f32; CHUNK], [0f32; CHUNK]);
-    for (a, o) in a.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
+    if out.len() <= SMALL {
+        unary_chunks::<T, SMALL>(op, a, out);
+    } else {
+        unary_chunks::<T, CHUNK>(op, a, out);
+    }
+}
+
+fn unary_chunks<T: Element, const N: usize>(op: UnaryOp, a: &[T], out: &mut [T]) {
+    let (mut xa, mut xo) = ([0f32; N], [0f32; N]);
+    for (a, o) in a.chunks(N).zip(out.chunks_mut(N)) {
         let n = a.len();
         T::load_f32(a, &mut xa[..n]);
         unary_f32(op, &xa[..n], &mut xo[..n]);
@@ -83,8 +100,16 @@ pub(crate) fn convert<S: Element, D: Element>(a: &[S], out: &mut [D]) {
         out.len(),
         "to_dtype: operand length differs from output"
     );
-    let mut x = [0f32; CHUNK];
-    for (a, o) in a.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
+    if out.len() <= SMALL {
+        convert_chunks::<S, D, SMALL>(a, out);
+    } else {
+        convert_chunks::<S, D, CHUNK>(a, out);
+    }
+}
+
+fn convert_chunks<S: Element, D: Element, const N: usize>(a: &[S], out: &mut [D]) {
+    let mut x = [0f32; N];
+    for (a, o) in a.chunks(N).zip(out.chunks_mut(N)) {
         let n = a.len();
         S::load_f32(a, &mut x[..n]);
         D::store_f32(&x[..n], o);
