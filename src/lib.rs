@@ -1,9 +1,9 @@
 //! # tagstream
 //!
 //! A multi-stream tensor runtime: split model work across streams, order it with **tagged
-//! events**, and (in a later release) capture the whole multi-stream program into a graph that
-//! replays with almost no launch overhead. It follows the API of Ascend torchair's
-//! `npu_create_tagged_event` / `npu_tagged_event_record` / `npu_tagged_event_wait` /
+//! events**, and capture the whole multi-stream program into a graph that replays with almost
+//! no launch overhead ([`compile()`] with [`Mode::ReduceOverhead`]). It follows the API of
+//! Ascend torchair's `npu_create_tagged_event` / `npu_tagged_event_record` / `npu_tagged_event_wait` /
 //! `npu_stream_switch`, with one difference that matters: a cross-stream read that no event
 //! orders is refused with [`Error::DataRace`] before anything runs, so results never depend on
 //! thread timing.
@@ -16,6 +16,7 @@
 //! | event | [`ops::TaggedEvent`] from [`ops::create_tagged_event`] | `npu_create_tagged_event(tag)` |
 //! | record / wait | [`ops::tagged_event_record`] / [`ops::tagged_event_wait`] | `npu_tagged_event_record/wait` |
 //! | host sync | [`Tensor::to_vec_f32`], [`synchronize`] | `.cpu()`, `torch.npu.synchronize()` |
+//! | capture once, replay | [`compile()`] + [`Mode::ReduceOverhead`], [`Compiled::run`] | `torch.compile(.., backend=npu_backend)`, `mode="reduce-overhead"` (aclgraph) |
 //!
 //! ## Quick start: the seed model, eagerly on two streams
 //! ```
