@@ -279,3 +279,26 @@ impl Compiled {
         Ok(outputs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// R5.11: a `Compiled` can be moved to another thread (one call at a time, `&mut self`).
+    #[test]
+    fn compiled_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Compiled>();
+    }
+
+    #[test]
+    fn config_defaults() {
+        let c = CompileConfig::default();
+        assert_eq!((c.get_mode(), c.get_capture_limit()), (Mode::Eager, 64));
+        let c = c.mode(Mode::ReduceOverhead).capture_limit(3);
+        assert_eq!(
+            (c.get_mode(), c.get_capture_limit()),
+            (Mode::ReduceOverhead, 3)
+        );
+    }
+}

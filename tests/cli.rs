@@ -13,7 +13,17 @@ fn tagstream(args: &[&str]) -> std::process::Output {
 #[test]
 fn run_prints_the_table_and_passes() {
     for dtype in ["f32", "f16", "bf16"] {
-        let out = tagstream(&["run", "--size", "64", "--runs", "2", "--dtype", dtype]);
+        let out = tagstream(&[
+            "run",
+            "--size",
+            "64",
+            "--runs",
+            "2",
+            "--chain-ops",
+            "100",
+            "--dtype",
+            dtype,
+        ]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -28,6 +38,13 @@ fn run_prints_the_table_and_passes() {
             "wall time per run: median",
             "streams used: \"default\"",
             "\"1\"",
+            "mode reduce-overhead",
+            "compiled: 1 capture(s), 2 replay(s), 0 eager run(s)",
+            "\"1\": wait(fork), wait(\"66\"), matmul, record(join1)",
+            "memory plan: arena",
+            "eager vs replay",
+            "tiny chain 100 ops [16]",
+            "per op: eager",
         ] {
             assert!(
                 stdout.contains(needle),
@@ -36,6 +53,21 @@ fn run_prints_the_table_and_passes() {
         }
         assert_eq!(stdout.matches(" ok").count(), 4, "{stdout}");
     }
+}
+
+/// `--mode eager` runs `Mode::Eager`: no capture, no graph, no comparison table.
+#[test]
+fn eager_mode_runs_without_a_graph() {
+    let out = tagstream(&["run", "--size", "32", "--runs", "2", "--mode", "eager"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("mode eager"), "{stdout}");
+    assert!(
+        stdout.contains("compiled: 0 capture(s), 0 replay(s), 3 eager run(s)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("graph (per-stream order)"), "{stdout}");
+    assert!(!stdout.contains("eager vs replay"), "{stdout}");
 }
 
 #[test]

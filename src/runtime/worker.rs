@@ -170,7 +170,16 @@ pub(crate) fn run(shared: Arc<WorkerShared>, split: &CoreSplit, failures: &dyn F
                     split,
                     failures,
                 };
-                job.run_segment(index, &ctx);
+                // Ops inside a segment catch their own panics; this catches a bug in the
+                // segment runner itself. The publish below still covers every record of the
+                // segment, so no waiter is left blocked (style §7.7).
+                if catch_unwind(AssertUnwindSafe(|| job.run_segment(index, &ctx))).is_err() {
+                    failures.report(Error::ExecutionFailed {
+                        op: "replay".into(),
+                        stream: shared.tag.to_string(),
+                        message: "the replay segment panicked".into(),
+                    });
+                }
                 // The job (and the plan and buffers it holds) is released here, after the
                 // segment: R3.8, R5.12.
             }
