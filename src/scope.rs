@@ -140,32 +140,42 @@ pub(crate) fn take_pending_error() -> Result<()> {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         // `try_with`: a guard may be dropped while the thread's locals are being destroyed.
+        enum Closed {
+            Scope(StreamId),
+            OutOfOrder(Error),
+            Nothing,
+        }
         let closed = SCOPES.try_with(|st| {
             let mut st = st.borrow_mut();
             if st.epoch != self.epoch {
-                return None; // made inert by an earlier out-of-order drop
+                return Closed::Nothing; // made inert by an earlier out-of-order drop
             }
             match st.frames.last() {
-                Some(top) if top.id == self.id => st.frames.pop().map(|f| f.stream),
+                Some(top) if top.id == self.id => st
+                    .frames
+                    .pop()
+                    .map_or(Closed::Nothing, |f| Closed::Scope(f.stream)),
                 top => {
                     let innermost = top.map(|f| f.tag.clone());
                     st.frames.clear();
                     st.epoch_counter = st.epoch_counter.max(st.epoch) + 1;
                     st.epoch = st.epoch_counter;
-                    st.pending = Some(Error::UnbalancedStreamSwitch {
+                    let e = Error::UnbalancedStreamSwitch {
                         dropped: Some(self.tag.clone()),
                         innermost,
                         open: Vec::new(),
-                    });
-                    None
+                    };
+                    st.pending = Some(e.clone());
+                    Closed::OutOfOrder(e)
                 }
             }
         });
-        if let Ok(Some(stream)) = closed
-            && stream != MAIN
-        {
+        match closed {
             // The join record of a compiled run's event closure (R4.4 c), if one is running.
-            crate::graph::on_scope_exit(stream);
+            Ok(Closed::Scope(stream)) if stream != MAIN => crate::graph::on_scope_exit(stream),
+            // A capture fails even if the closure swallows the pending error (R2.8).
+            Ok(Closed::OutOfOrder(e)) => crate::graph::on_unbalanced(e),
+            _ => {}
         }
     }
 }

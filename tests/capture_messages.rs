@@ -182,3 +182,28 @@ fn capture_limit_warns_once_e15() {
     });
     assert_eq!(warnings.load(Ordering::SeqCst), 1);
 }
+
+/// R2.8 in a capture: an out-of-order drop fails the capture even when the closure swallows
+/// the pending error (the graph lost the joins of the cleared scopes).
+#[test]
+fn swallowed_unbalanced_switch_still_fails_the_capture_r2_8() {
+    let mut c = compile(
+        |x: &[Tensor]| -> Result<Vec<Tensor>> {
+            let g1 = stream_switch("cap-msg-u1")?;
+            let g2 = stream_switch("cap-msg-u2")?;
+            drop(g1);
+            let _ = x[0].exp(); // returns (and clears) the pending error; swallowed
+            drop(g2);
+            Ok(vec![x[0].relu()?])
+        },
+        ro(),
+    );
+    let err = c.run(&x(1)).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnbalancedStreamSwitch { dropped: Some(d), innermost: Some(i), .. }
+            if d == "cap-msg-u1" && i == "cap-msg-u2"),
+        "{err}"
+    );
+    assert_eq!(c.stats().captures, 0);
+    assert_eq!(tagstream::scope::current_stream(), "default");
+}

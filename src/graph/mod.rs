@@ -106,6 +106,12 @@ pub(crate) fn refuse_in_capture(call: &'static str, producer: Option<String>) ->
     }
 }
 
+/// Hook for an out-of-order guard drop (R2.8): the capture fails with it at the end even if
+/// the closure swallows the pending error.
+pub(crate) fn on_unbalanced(e: Error) {
+    with_tracer(|t| t.fail(e));
+}
+
 /// Hook for entering a side-stream scope: the fork wait (R4.4 b, R3.11).
 ///
 /// # Errors
