@@ -393,4 +393,45 @@ mod tests {
         assert!(MODE.with_borrow(Option::is_none));
         drop(outer);
     }
+
+    /// The fork is inserted when the first side scope is entered (R4.4 a): work issued on main
+    /// after it is not ordered before later side scopes (found by tests/differential.rs).
+    #[test]
+    fn main_work_after_the_fork_is_not_visible_to_side_scopes_r4_4() {
+        let mut f = |x: &[Tensor]| -> Result<Vec<Tensor>> {
+            drop(stream_switch("graph-unit-fork")?);
+            let a = x[0].add(&x[0])?;
+            let _s = stream_switch("graph-unit-fork")?;
+            Ok(vec![a.add(&x[0])?])
+        };
+        let err = capture(&mut f, &inputs()).unwrap_err();
+        assert_eq!(
+            err,
+            Error::DataRace {
+                reader: "add at position 4 of \"graph-unit-fork\"".into(),
+                reader_stream: "graph-unit-fork".into(),
+                producer: "add at position 4 of \"default\"".into(),
+                producer_stream: "default".into(),
+            }
+        );
+    }
+
+    /// Positions in errors are positions of the graph as traced: without a side scope there
+    /// is no fork, so a wait after the copy-ins is at position n + 1 (R4.4 e, R4.6).
+    #[test]
+    fn wait_without_record_positions_without_side_scopes_r4_6() {
+        let e = create_tagged_event("graph-unit-wwr").unwrap();
+        let mut f = move |x: &[Tensor]| -> Result<Vec<Tensor>> {
+            tagged_event_wait(&e)?;
+            let y = x[0].exp()?;
+            tagged_event_record(&e)?;
+            Ok(vec![y])
+        };
+        let err = capture(&mut f, &inputs()).unwrap_err();
+        assert!(
+            matches!(&err, Error::WaitWithoutRecord { position: 3, later_record: Some((s, 5)), .. }
+                if s == "default"),
+            "{err:?}"
+        );
+    }
 }

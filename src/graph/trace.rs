@@ -47,8 +47,8 @@ pub(crate) struct Tracer {
     values: Vec<Value>,
     consts: Vec<Tensor>,
     n_inputs: usize,
-    fork: EntryRef,
-    side_scopes: usize,
+    /// The fork record, inserted at graph start when the first side-stream scope is entered.
+    fork: Option<EntryRef>,
     joins: Vec<EntryRef>,
     latest: HashMap<u64, EntryRef>,
     /// Every user record: (event, issue index, entry), in issue order.
@@ -74,8 +74,8 @@ fn at(clock: &[u64], s: usize) -> u64 {
 }
 
 impl Tracer {
-    /// Starts a capture of graph `id`: copy-ins of the inputs and the fork record on the main
-    /// stream (R4.4 a). Returns the graph-valued tensors to hand to the closure.
+    /// Starts a capture of graph `id` with the copy-ins of the inputs on the main stream.
+    /// Returns the graph-valued tensors to hand to the closure.
     pub(crate) fn new(id: u64, inputs: &[Tensor]) -> (Tracer, Vec<Tensor>) {
         let mut t = Tracer {
             id,
@@ -89,8 +89,7 @@ impl Tracer {
             values: Vec::new(),
             consts: Vec::new(),
             n_inputs: inputs.len(),
-            fork: EntryRef { stream: 0, pos: 0 },
-            side_scopes: 0,
+            fork: None,
             joins: Vec::new(),
             latest: HashMap::new(),
             records: Vec::new(),
@@ -117,13 +116,6 @@ impl Tracer {
                 "copy_in",
             ));
         }
-        // Removed again at the end if no side-stream scope appears (R4.4 e).
-        t.fork = t.issue(
-            0,
-            EntryKind::Record {
-                event: EventName::Fork,
-            },
-        );
         (t, graph_inputs)
     }
 
@@ -327,17 +319,80 @@ impl Tracer {
 
     /// Entry into a side-stream scope: its first entry waits on the fork (R4.4 b).
     pub(crate) fn scope_enter(&mut self, stream: StreamId) {
+        let fork = match self.fork {
+            Some(f) => f,
+            None => self.insert_fork(),
+        };
         let gs = self.graph_stream(stream);
-        self.side_scopes += 1;
-        let fc = self.clocks[0][(self.fork.pos - 1) as usize].clone();
+        let fc = self.clocks[0][(fork.pos - 1) as usize].clone();
         join(&mut self.current[gs], &fc);
         self.issue(
             gs,
             EntryKind::Wait {
                 event: EventName::Fork,
-                bound: Some(self.fork),
+                bound: Some(fork),
             },
         );
+    }
+
+    /// Inserts the fork record right after the copy-ins (R4.4 a), when the first side-stream
+    /// scope is entered. Until then the graph has only the main stream, so only main positions
+    /// after the copy-ins (and clock components that saw them) move up by one; every position
+    /// an error reports is therefore a position of the final graph, and a graph without side
+    /// scopes never has a fork (R4.4 e).
+    fn insert_fork(&mut self) -> EntryRef {
+        debug_assert_eq!(
+            self.streams.len(),
+            1,
+            "side streams appear only inside side scopes"
+        );
+        let n = self.n_inputs as u64;
+        let at = EntryRef {
+            stream: 0,
+            pos: n + 1,
+        };
+        let bump = |c: &mut Vec<u64>| {
+            if let Some(m) = c.first_mut()
+                && *m > n
+            {
+                *m += 1;
+            }
+        };
+        self.clocks[0].iter_mut().for_each(bump);
+        // Main's latest entry is now the fork or an entry after it: either way one more.
+        match self.current[0].first_mut() {
+            Some(m) => *m += 1,
+            None => self.current[0].push(1),
+        }
+        let shift = |r: &mut EntryRef| {
+            if r.stream == 0 && r.pos > n {
+                r.pos += 1;
+            }
+        };
+        for v in &mut self.values {
+            shift(&mut v.write);
+            v.uses.iter_mut().for_each(shift);
+        }
+        for e in &mut self.streams[0].entries {
+            if let EntryKind::Wait { bound: Some(b), .. } = e {
+                shift(b);
+            }
+        }
+        self.latest.values_mut().for_each(shift);
+        self.records.iter_mut().for_each(|(_, _, r)| shift(r));
+        if let Some(u) = &mut self.unbound {
+            shift(&mut u.at);
+        }
+        // The fork sees exactly the copy-ins.
+        self.clocks[0].insert(n as usize, vec![n + 1]);
+        self.streams[0].entries.insert(
+            n as usize,
+            EntryKind::Record {
+                event: EventName::Fork,
+            },
+        );
+        self.fork = Some(at);
+        at
     }
 
     /// Exit from a side-stream scope: its last entry records a new join event (R4.4 c).
@@ -354,8 +409,7 @@ impl Tracer {
     }
 
     /// Ends the capture (R4.11): picks the first problem in issue order, adds the join waits
-    /// (R4.4 d), resolves outputs and `record_tagged_stream`, and drops the fork if no side
-    /// scope was entered (R4.4 e).
+    /// (R4.4 d), and resolves outputs and `record_tagged_stream`.
     ///
     /// `closure` is what the closure returned, `open` the scopes it left open, `pending` this
     /// thread's pending out-of-order-drop error.
@@ -444,9 +498,6 @@ impl Tracer {
                 self.values[value].uses.push(end);
             }
         }
-        if self.side_scopes == 0 {
-            self.remove_fork();
-        }
         Ok(Graph {
             streams: self.streams,
             clocks: self.clocks,
@@ -455,38 +506,6 @@ impl Tracer {
             outputs,
             last_records: last_records(&self.records),
         })
-    }
-
-    /// Drops the fork record of a graph with no side-stream scope. Such a graph has only the
-    /// main stream, so main positions after the fork shift down by one.
-    fn remove_fork(&mut self) {
-        debug_assert_eq!(self.streams.len(), 1, "no side scope means one stream");
-        let f = self.fork.pos;
-        let idx = (f - 1) as usize;
-        self.streams[0].entries.remove(idx);
-        self.clocks[0].remove(idx);
-        for c in &mut self.clocks[0] {
-            if c[0] >= f {
-                c[0] -= 1;
-            }
-        }
-        let shift = |r: &mut EntryRef| {
-            if r.pos > f {
-                r.pos -= 1;
-            }
-        };
-        for v in &mut self.values {
-            shift(&mut v.write);
-            v.uses.iter_mut().for_each(shift);
-        }
-        for e in &mut self.streams[0].entries {
-            if let EntryKind::Wait { bound: Some(b), .. } = e {
-                shift(b);
-            }
-        }
-        for (_, _, r) in &mut self.records {
-            shift(r);
-        }
     }
 }
 
