@@ -220,12 +220,12 @@ fn compare_eager_replay(
 
     println!("eager vs replay, median per call (issue + run + synchronize):");
     println!(
-        "{:<34} {:>12} {:>12} {:>9}",
+        "{:<42} {:>10} {:>10} {:>9}",
         "model", "eager", "replay", "speed-up"
     );
     let (e, r) = (median(&seed_eager), median(seed_replay));
     println!(
-        "{:<34} {:>12} {:>12} {:>8.2}x",
+        "{:<42} {:>10} {:>10} {:>8.2}x",
         format!("seed [{0}x{0}] {1}", args.size, args.dtype),
         ms(e),
         ms(r),
@@ -247,7 +247,7 @@ fn compare_eager_replay(
         let te = median(&time_calls(&mut eager_chain, &chain_inputs, calls)?);
         let tr = median(&time_calls(&mut replay_chain, &chain_inputs, calls)?);
         println!(
-            "{:<34} {:>12} {:>12} {:>8.2}x",
+            "{:<42} {:>10} {:>10} {:>8.2}x",
             format!("tiny chain {ops_n} ops [16] {}, 2 streams", args.dtype),
             ms(te),
             ms(tr),

@@ -12,46 +12,13 @@ use tagstream::ops::{
     TaggedEvent, create_tagged_event, record_tagged_stream, tagged_event_record, tagged_event_wait,
 };
 use tagstream::scope::{current_stream, stream_switch};
-use tagstream::{
-    CompileConfig, Compiled, DType, Error, Mode, Result, Tensor, compile, stream_activity,
-};
+use tagstream::{Compiled, DType, Error, Mode, Result, Tensor, compile};
 
-fn ro() -> CompileConfig {
-    CompileConfig::default().mode(Mode::ReduceOverhead)
-}
-
-fn eager() -> CompileConfig {
-    CompileConfig::default().mode(Mode::Eager)
-}
-
-/// The bits of one tensor (waits for it).
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.to_vec_f32()
-        .unwrap()
-        .into_iter()
-        .map(f32::to_bits)
-        .collect()
-}
-
-fn all_bits(outputs: &[Tensor]) -> Vec<Vec<u32>> {
-    outputs.iter().map(bits).collect()
-}
+mod common;
+use common::{bits, counters, eager, issued, ro, tensor_bits};
 
 fn randn(shape: &[usize], dtype: DType, seed: u64) -> Tensor {
     Tensor::randn(shape, dtype, seed).unwrap()
-}
-
-/// `(captures, replays, eager_runs, fell_back_to_eager)`.
-fn counters(c: &Compiled) -> (u64, u64, u64, bool) {
-    let s = c.stats();
-    (s.captures, s.replays, s.eager_runs, s.fell_back_to_eager)
-}
-
-fn issued(tag: &str) -> Option<u64> {
-    stream_activity()
-        .iter()
-        .find(|s| s.tag == tag)
-        .map(|s| s.issued)
 }
 
 /// SC24/SC25's one-input closure: `exp` in a side scope.
@@ -66,7 +33,12 @@ fn exp_on(side: &'static str) -> impl FnMut(&[Tensor]) -> Result<Vec<Tensor>> + 
 fn run_exp(c: &mut Compiled, x: &Tensor) {
     let out = c.run(std::slice::from_ref(x)).unwrap();
     assert_eq!(out.len(), 1);
-    assert_eq!(bits(&out[0]), bits(&x.exp().unwrap()), "{:?}", x.shape());
+    assert_eq!(
+        tensor_bits(&out[0]),
+        tensor_bits(&x.exp().unwrap()),
+        "{:?}",
+        x.shape()
+    );
 }
 
 /// SC24: every new signature (shape or dtype) captures; a known one replays, whatever the
@@ -176,7 +148,7 @@ fn held_model(
 fn held_expected(x: &Tensor) -> Vec<Vec<u32>> {
     let y = x.exp().unwrap();
     let z = y.add(x).unwrap();
-    vec![bits(&y), bits(&z)]
+    vec![tensor_bits(&y), tensor_bits(&z)]
 }
 
 fn small(seed: u64) -> Tensor {
@@ -197,12 +169,12 @@ fn sc26_held_outputs_keep_their_values_across_replays_r5_5() {
     let o1 = c.run(std::slice::from_ref(&a)).unwrap();
     let o2 = c.run(std::slice::from_ref(&b)).unwrap();
     // Read the newer outputs first: the older ones are checked after the replay has completed.
-    assert_eq!(all_bits(&o2), held_expected(&b));
-    assert_eq!(all_bits(&o1), held_expected(&a), "o1 still equals f(a)");
+    assert_eq!(bits(&o2), held_expected(&b));
+    assert_eq!(bits(&o1), held_expected(&a), "o1 still equals f(a)");
     drop(o1);
     let o3 = c.run(std::slice::from_ref(&d)).unwrap();
-    assert_eq!(all_bits(&o3), held_expected(&d));
-    assert_eq!(all_bits(&o2), held_expected(&b), "o2 still equals f(b)");
+    assert_eq!(bits(&o3), held_expected(&d));
+    assert_eq!(bits(&o2), held_expected(&b), "o2 still equals f(b)");
     assert_eq!(counters(&c), (1, 2, 0, false));
 }
 
@@ -221,12 +193,12 @@ fn held_outputs_stay_intact_over_100_replays_r5_5() {
         let x = small(1000 + i);
         let want = held_expected(&x);
         let out = c.run(std::slice::from_ref(&x)).unwrap();
-        assert_eq!(all_bits(&out), want, "call {i}");
+        assert_eq!(bits(&out), want, "call {i}");
         held.push((out, want));
     }
     assert_eq!(counters(&c), (1, 100, 0, false));
     for (i, (out, want)) in held.iter().enumerate() {
-        assert_eq!(&all_bits(out), want, "held output of call {i}");
+        assert_eq!(&bits(out), want, "held output of call {i}");
     }
 }
 
@@ -244,8 +216,16 @@ fn sc27_input_returned_as_output_keeps_each_calls_value_r5_5() {
         .collect();
     assert_eq!(counters(&c), (1, 2, 0, false));
     for (i, (x, out)) in xs.iter().zip(&outs).enumerate().rev() {
-        assert_eq!(bits(&out[0]), bits(x), "call {i}: the returned input");
-        assert_eq!(bits(&out[1]), bits(&x.relu().unwrap()), "call {i}: relu");
+        assert_eq!(
+            tensor_bits(&out[0]),
+            tensor_bits(x),
+            "call {i}: the returned input"
+        );
+        assert_eq!(
+            tensor_bits(&out[1]),
+            tensor_bits(&x.relu().unwrap()),
+            "call {i}: relu"
+        );
     }
 }
 
@@ -340,7 +320,10 @@ fn sc23_record_tagged_stream_default_unused_and_empty_tags_r4_10_e2() {
     for seed in [90, 91] {
         let x = small(seed);
         let out = c.run(std::slice::from_ref(&x)).unwrap();
-        assert_eq!(bits(&out[0]), bits(&x.exp().unwrap().relu().unwrap()));
+        assert_eq!(
+            tensor_bits(&out[0]),
+            tensor_bits(&x.exp().unwrap().relu().unwrap())
+        );
     }
     assert_eq!(counters(&c), (1, 1, 0, false));
     assert!(
@@ -417,7 +400,11 @@ fn sc35_events_recorded_in_a_graph_order_later_eager_code_r5_8() {
             };
             let want: Vec<f32> = y.to_vec_f32().unwrap().iter().map(|v| v + v).collect();
             assert_eq!(z.to_vec_f32().unwrap(), want, "{label} call {call}");
-            assert_eq!(bits(&y), bits(&x.exp().unwrap()), "{label} call {call}");
+            assert_eq!(
+                tensor_bits(&y),
+                tensor_bits(&x.exp().unwrap()),
+                "{label} call {call}"
+            );
         }
     }
 }
@@ -450,8 +437,8 @@ fn run_inside_a_scope_starts_the_closure_on_default_r5_1() {
                 assert_eq!(current_stream(), outer, "the caller's scope is back");
                 // The expectations run on main, so the caller's stream stays untouched.
                 let _main = stream_switch("default").unwrap();
-                assert_eq!(bits(&out[0]), bits(&x.exp().unwrap()));
-                assert_eq!(bits(&out[1]), bits(&x.relu().unwrap()));
+                assert_eq!(tensor_bits(&out[0]), tensor_bits(&x.exp().unwrap()));
+                assert_eq!(tensor_bits(&out[1]), tensor_bits(&x.relu().unwrap()));
             }
             assert_eq!(
                 issued(outer),
@@ -500,7 +487,7 @@ fn mode_eager_equals_plain_eager_code_r3_11() {
         let mid = issued(side).unwrap();
         let plain_out = plain(&x).unwrap();
         let end = issued(side).unwrap();
-        assert_eq!(all_bits(&compiled_out), all_bits(&plain_out), "call {call}");
+        assert_eq!(bits(&compiled_out), bits(&plain_out), "call {call}");
         assert_eq!(mid - start, 4, "Mode::Eager issues the closure entries");
         assert_eq!(end - mid, 2, "plain eager code gets no closure entries");
     }

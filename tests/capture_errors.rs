@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use tagstream::ops::{TaggedEvent, create_tagged_event, tagged_event_record, tagged_event_wait};
 use tagstream::scope::{current_stream, stream_switch};
-use tagstream::{
-    CompileConfig, CompileStats, Compiled, DType, Error, Mode, Result, Tensor, compile,
-    stream_activity, synchronize,
-};
+use tagstream::{CompileStats, Compiled, DType, Error, Result, Tensor, compile, synchronize};
+
+mod common;
+use common::{bits, counters, eager, inputs, issued, ro, stats_tuple};
 
 /// `synchronize` and host reads move the process-wide host frontier `H` (R3.6), which can
 /// legitimately turn another thread's racy read into an ordered one (R3.10). The tests of this
@@ -25,49 +25,10 @@ fn host_frontier() -> MutexGuard<'static, ()> {
     HOST_FRONTIER.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn ro() -> CompileConfig {
-    CompileConfig::default().mode(Mode::ReduceOverhead)
-}
-
-fn eager() -> CompileConfig {
-    CompileConfig::default().mode(Mode::Eager)
-}
-
-/// `n` `[64, 64]` F16 inputs with seeds `first_seed..first_seed + n`.
-fn inputs(n: u64, first_seed: u64) -> Vec<Tensor> {
-    (first_seed..first_seed + n)
-        .map(|s| Tensor::randn(&[64, 64], DType::F16, s).unwrap())
-        .collect()
-}
-
-/// The bits of every tensor (waits for each).
-fn bits(outputs: &[Tensor]) -> Vec<Vec<u32>> {
-    outputs
-        .iter()
-        .map(|t| {
-            t.to_vec_f32()
-                .unwrap()
-                .into_iter()
-                .map(f32::to_bits)
-                .collect()
-        })
-        .collect()
-}
-
-/// `(captures, replays, eager_runs, fell_back_to_eager)`.
-fn counters(stats: CompileStats) -> (u64, u64, u64, bool) {
-    (
-        stats.captures,
-        stats.replays,
-        stats.eager_runs,
-        stats.fell_back_to_eager,
-    )
-}
-
 /// R4.12, R5.10: after a failed call nothing is cached, no counter changed, and the thread is
 /// on `"default"` with no open scope.
 fn assert_untouched(c: &Compiled) {
-    assert_eq!(counters(c.stats()), (0, 0, 0, false), "no counter changes");
+    assert_eq!(counters(c), (0, 0, 0, false), "no counter changes");
     assert_eq!(c.cached_graphs(), 0, "nothing is cached");
     assert!(c.graph_dump().is_none(), "no graph was used");
     assert_eq!(current_stream(), "default");
@@ -81,13 +42,6 @@ fn assert_mentions(err: &Error, needles: &[&str]) {
             "message of {err:?} should contain {n:?}: {msg}"
         );
     }
-}
-
-fn issued(tag: &str) -> u64 {
-    stream_activity()
-        .iter()
-        .find(|s| s.tag == tag)
-        .map_or(0, |s| s.issued)
 }
 
 const SC17_SIDE: &str = "cap-errors-sc17-1";
@@ -168,8 +122,8 @@ fn sc18_with_an_event_is_accepted_and_eager_equal_over_10_replays_r5_6() {
             "call {call}: eager-equal"
         );
     }
-    assert_eq!(counters(captured.stats()), (1, 10, 0, false));
-    assert_eq!(counters(compiled_eager.stats()), (0, 0, 11, false));
+    assert_eq!(counters(&captured), (1, 10, 0, false));
+    assert_eq!(counters(&compiled_eager), (0, 0, 11, false));
     let e = "cap-errors-sc18-e-ro";
     assert_eq!(
         captured.graph_dump().unwrap(),
@@ -216,7 +170,7 @@ fn sc28_to_vec_f32_in_capture_is_host_sync_in_capture_r4_3_e12() {
         vec![want.clone(), want],
         "the host read saw exp(x0)"
     );
-    assert_eq!(counters(c.stats()), (0, 0, 1, false));
+    assert_eq!(counters(&c), (0, 0, 1, false));
 }
 
 /// SC28, second half: `synchronize` inside a capture is refused the same way (R4.3, E12).
@@ -479,9 +433,9 @@ fn sc36_cycle_attempt_fails_at_the_wait_on_a_and_nothing_hangs_r4_7() {
         let b = create_tagged_event("cap-errors-sc36-b").unwrap();
         let x = inputs(1, 600);
         let mut c = compile(sc36_model(a.clone(), b.clone()), ro());
-        let issued_before = (issued(SC36_1), issued(SC36_2));
+        let issued_before = (issued(SC36_1).unwrap_or(0), issued(SC36_2).unwrap_or(0));
         let capture = c.run(&x).map(drop);
-        let issued_after = (issued(SC36_1), issued(SC36_2));
+        let issued_after = (issued(SC36_1).unwrap_or(0), issued(SC36_2).unwrap_or(0));
         let stats = c.stats();
         let mut e = compile(sc36_model(a, b), eager());
         let eager = e.run(&x).and_then(|o| o[0].to_vec_f32());
@@ -503,7 +457,7 @@ fn sc36_cycle_attempt_fails_at_the_wait_on_a_and_nothing_hangs_r4_7() {
             if tag == "cap-errors-sc36-a" && stream == SC36_1 && s == SC36_2),
         "{err:?}"
     );
-    assert_eq!(counters(report.stats), (0, 0, 0, false));
+    assert_eq!(stats_tuple(report.stats), (0, 0, 0, false));
     assert_eq!(
         report.issued_after, report.issued_before,
         "a failed capture issues nothing"
@@ -541,8 +495,8 @@ fn sc20_input_from_a_side_stream_is_a_data_race_until_synchronize_r5_2_e9() {
     for c in &mut compiled {
         assert_eq!(bits(&c.run(std::slice::from_ref(&t)).unwrap()), want);
     }
-    assert_eq!(counters(compiled[0].stats()), (1, 0, 0, false));
-    assert_eq!(counters(compiled[1].stats()), (0, 0, 1, false));
+    assert_eq!(counters(&compiled[0]), (1, 0, 0, false));
+    assert_eq!(counters(&compiled[1]), (0, 0, 1, false));
 }
 
 /// R4.12: a panic in the closure during a capture reaches the caller; nothing is cached, no
@@ -579,6 +533,6 @@ fn panic_in_the_closure_during_capture_reaches_the_caller_r4_12() {
     let want = bits(&[x[0].exp().unwrap()]);
     let out = c.run(&x).unwrap();
     assert_eq!(bits(&out), want);
-    assert_eq!(counters(c.stats()), (1, 0, 0, false));
+    assert_eq!(counters(&c), (1, 0, 0, false));
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }

@@ -7,11 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tagstream::ops::{create_tagged_event, tagged_event_record, tagged_event_wait};
 use tagstream::scope::stream_switch;
-use tagstream::{CompileConfig, DType, Error, Mode, Result, Tensor, compile};
+use tagstream::{DType, Error, Result, Tensor, compile};
 
-fn ro() -> CompileConfig {
-    CompileConfig::default().mode(Mode::ReduceOverhead)
-}
+mod common;
+use common::ro;
 
 fn x(n: usize) -> Vec<Tensor> {
     (0..n as u64)

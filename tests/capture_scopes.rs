@@ -5,37 +5,13 @@
 
 use tagstream::ops::{create_tagged_event, tagged_event_record, tagged_event_wait};
 use tagstream::scope::{current_stream, stream_switch};
-use tagstream::{CompileConfig, Compiled, DType, Error, Mode, Result, Tensor, compile};
+use tagstream::{Compiled, Error, Result, Tensor, compile};
+
+mod common;
+use common::{bits, counters, eager, inputs, ro};
 
 /// A model closure as `compile` takes it.
 type Model = Box<dyn FnMut(&[Tensor]) -> Result<Vec<Tensor>> + Send>;
-
-/// `n` `[64, 64]` F16 inputs with seeds `first_seed..first_seed + n`.
-fn inputs(n: u64, first_seed: u64) -> Vec<Tensor> {
-    (first_seed..first_seed + n)
-        .map(|s| Tensor::randn(&[64, 64], DType::F16, s).unwrap())
-        .collect()
-}
-
-/// The bits of every output (waits for each).
-fn bits(outputs: &[Tensor]) -> Vec<Vec<u32>> {
-    outputs
-        .iter()
-        .map(|t| {
-            t.to_vec_f32()
-                .unwrap()
-                .into_iter()
-                .map(f32::to_bits)
-                .collect()
-        })
-        .collect()
-}
-
-/// `(captures, replays, eager_runs, fell_back_to_eager)`.
-fn counters(c: &Compiled) -> (u64, u64, u64, bool) {
-    let s = c.stats();
-    (s.captures, s.replays, s.eager_runs, s.fell_back_to_eager)
-}
 
 /// The `graph_dump` text for these `(stream tag, entries)` lines.
 fn dump(lines: &[(&str, &[&str])]) -> String {
@@ -52,14 +28,6 @@ fn record(tag: &str) -> String {
 
 fn wait(tag: &str) -> String {
     format!("wait(\"{tag}\")")
-}
-
-fn ro() -> CompileConfig {
-    CompileConfig::default().mode(Mode::ReduceOverhead)
-}
-
-fn eager() -> CompileConfig {
-    CompileConfig::default().mode(Mode::Eager)
 }
 
 /// Builds the model three times with `make(variant)` (variant `"ro"`, `"eager"`, `"plain"`, so

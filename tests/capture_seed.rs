@@ -6,23 +6,12 @@
 
 use tagstream::models::{seed_inputs, seed_model};
 use tagstream::ops::create_tagged_event;
-use tagstream::{CompileConfig, Compiled, DType, Mode, Tensor, compile, stream_activity};
+use tagstream::{CompileConfig, Compiled, DType, Mode, Tensor, compile};
+
+mod common;
+use common::{bits, counters, issued};
 
 const SIZE: usize = 64;
-
-/// The bits of every output (waits for each).
-fn bits(outputs: &[Tensor]) -> Vec<Vec<u32>> {
-    outputs
-        .iter()
-        .map(|t| {
-            t.to_vec_f32()
-                .unwrap()
-                .into_iter()
-                .map(f32::to_bits)
-                .collect()
-        })
-        .collect()
-}
 
 /// Four `[SIZE, SIZE]` inputs with seeds `first_seed..first_seed + 4`.
 fn inputs(dtype: DType, first_seed: u64) -> Vec<Tensor> {
@@ -41,19 +30,6 @@ fn compiled_seed(event_tag: &str, side: &str, mode: Mode) -> Compiled {
 fn plain_seed(event_tag: &str, side: &str, x: &[Tensor]) -> Vec<Tensor> {
     let mut model = seed_model(create_tagged_event(event_tag).unwrap(), side);
     model(x).unwrap()
-}
-
-/// `(captures, replays, eager_runs, fell_back_to_eager)`.
-fn counters(c: &Compiled) -> (u64, u64, u64, bool) {
-    let s = c.stats();
-    (s.captures, s.replays, s.eager_runs, s.fell_back_to_eager)
-}
-
-fn issued(tag: &str) -> u64 {
-    stream_activity()
-        .iter()
-        .find(|s| s.tag == tag)
-        .map_or(0, |s| s.issued)
 }
 
 /// SC1's graph: main copy-in ×4, record(fork), add, record(ev), matmul (mm1), add (add2),
@@ -147,10 +123,10 @@ fn sc3_plain_eager_has_no_closure_entries_and_the_same_bits_as_a_capture() {
     let dtype = DType::F16;
     let x = seed_inputs(SIZE, dtype).unwrap();
     let plain_side = "cap-seed-sc3-1-plain";
-    let before = issued(plain_side);
+    let before = issued(plain_side).unwrap_or(0);
     let plain = plain_seed("cap-seed-sc3-66-plain", plain_side, &x);
     assert_eq!(
-        issued(plain_side) - before,
+        issued(plain_side).unwrap_or(0) - before,
         2,
         "plain eager: the side stream holds wait(\"66\") and matmul only"
     );
@@ -170,15 +146,19 @@ fn sc3_plain_eager_has_no_closure_entries_and_the_same_bits_as_a_capture() {
 fn each_run_advances_the_side_stream_like_eager_issue_of_its_four_entries_r5_8() {
     let side = "cap-seed-r58-1";
     let mut ro = compiled_seed("cap-seed-r58-66", side, Mode::ReduceOverhead);
-    let start = issued(side);
+    let start = issued(side).unwrap_or(0);
     ro.run(&inputs(DType::F16, 20)).unwrap();
     assert_eq!(
-        issued(side) - start,
+        issued(side).unwrap_or(0) - start,
         4,
         "capture call: wait(fork), wait(ev), matmul, record(join1) on the side stream"
     );
     ro.run(&inputs(DType::F16, 30)).unwrap();
-    assert_eq!(issued(side) - start, 8, "replay: four more entries");
+    assert_eq!(
+        issued(side).unwrap_or(0) - start,
+        8,
+        "replay: four more entries"
+    );
     assert_eq!(counters(&ro), (1, 1, 0, false));
 }
 

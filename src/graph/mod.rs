@@ -198,6 +198,26 @@ impl Drop for ModeGuard {
     }
 }
 
+/// What a compiled call's closure produced, with the scope checks of the call's end: the
+/// closure's own error first, then a pending out-of-order drop (R2.8), then scopes left open
+/// (R4.11, also in eager runs by R3.11).
+fn closure_result(
+    returned: Result<Vec<Tensor>>,
+    open: Vec<String>,
+    pending: Result<()>,
+) -> Result<Vec<Tensor>> {
+    let outputs = returned?;
+    pending?;
+    if !open.is_empty() {
+        return Err(Error::UnbalancedStreamSwitch {
+            dropped: None,
+            innermost: None,
+            open,
+        });
+    }
+    Ok(outputs)
+}
+
 /// A captured graph with its replay plan.
 #[derive(Debug)]
 pub(crate) struct Captured {
@@ -251,7 +271,7 @@ pub(crate) fn capture(
     let Some(ThreadMode::Capture(tracer)) = mode else {
         unreachable!("the capture mode is only replaced by the guard that set it");
     };
-    let graph = tracer.finish(returned, open, pending)?;
+    let graph = tracer.finish(closure_result(returned, open, pending))?;
     check::acyclic(&graph)?;
     let plan = Plan::build(&graph)?;
     Ok(Captured {
@@ -295,15 +315,7 @@ pub(crate) fn run_eager(
     let Some(ThreadMode::EagerRun(run)) = mode else {
         unreachable!("the eager-run mode is only replaced by the guard that set it");
     };
-    let outputs = returned?;
-    pending?;
-    if !open.is_empty() {
-        return Err(Error::UnbalancedStreamSwitch {
-            dropped: None,
-            innermost: None,
-            open,
-        });
-    }
+    let outputs = closure_result(returned, open, pending)?;
     if let Some(e) = run.error {
         return Err(e);
     }

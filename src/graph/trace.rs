@@ -411,14 +411,9 @@ impl Tracer {
     /// Ends the capture (R4.11): picks the first problem in issue order, adds the join waits
     /// (R4.4 d), and resolves outputs and `record_tagged_stream`.
     ///
-    /// `closure` is what the closure returned, `open` the scopes it left open, `pending` this
-    /// thread's pending out-of-order-drop error.
-    pub(crate) fn finish(
-        mut self,
-        closure: Result<Vec<Tensor>>,
-        open: Vec<String>,
-        pending: Result<()>,
-    ) -> Result<Graph> {
+    /// `closure` is what the closure returned, already failed by the end-of-call scope checks
+    /// (R2.8, R4.11); a problem found while tracing comes before it.
+    pub(crate) fn finish(mut self, closure: Result<Vec<Tensor>>) -> Result<Graph> {
         let unbound_first = match (&self.unbound, &self.problem) {
             (Some(u), Some((p, _))) => u.issued < *p,
             (Some(_), None) => true,
@@ -441,14 +436,6 @@ impl Tracer {
             return Err(e);
         }
         let returned = closure?;
-        pending?;
-        if !open.is_empty() {
-            return Err(Error::UnbalancedStreamSwitch {
-                dropped: None,
-                innermost: None,
-                open,
-            });
-        }
         for j in std::mem::take(&mut self.joins) {
             let jc = self.clocks[j.stream][(j.pos - 1) as usize].clone();
             join(&mut self.current[0], &jc);
