@@ -504,6 +504,24 @@ pub fn stream_activity() -> Vec<StreamActivity> {
         .collect()
 }
 
+/// Caps the threads one op may use on a stream (`0` restores the default split,
+/// `max(1, cores / busy streams)`; design.md §3 "Threads per stream").
+///
+/// With `1`, every matmul runs on its stream's worker thread alone, so independent branches on
+/// different streams are what uses the cores. Results never depend on it (R6.4). Process-wide;
+/// takes effect for ops that start after the call.
+///
+/// ```
+/// tagstream::set_threads_per_stream(1);
+/// let a = tagstream::Tensor::full(&[64, 64], 1.0, tagstream::DType::F32)?;
+/// assert_eq!(a.matmul(&a)?.to_vec_f32()?[0], 64.0);
+/// tagstream::set_threads_per_stream(0);
+/// # Ok::<(), tagstream::Error>(())
+/// ```
+pub fn set_threads_per_stream(n: usize) {
+    runtime().split.set_cap(n);
+}
+
 /// Blocks until every entry issued on any stream before the call has executed (R3.3).
 ///
 /// Afterwards every stream treats that work as done (R3.6). Returns the first failure a

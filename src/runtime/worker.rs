@@ -90,6 +90,8 @@ pub(crate) struct WorkerShared {
 pub(crate) struct CoreSplit {
     busy: AtomicUsize,
     cores: usize,
+    /// A user cap on threads per stream (`0`: none), see [`set_threads_per_stream`].
+    cap: AtomicUsize,
 }
 
 impl CoreSplit {
@@ -100,12 +102,21 @@ impl CoreSplit {
         CoreSplit {
             busy: AtomicUsize::new(0),
             cores,
+            cap: AtomicUsize::new(0),
         }
     }
 
     pub(crate) fn threads_per_busy_stream(&self) -> usize {
         let busy = self.busy.load(Ordering::Relaxed).max(1);
-        (self.cores / busy).max(1)
+        let split = (self.cores / busy).max(1);
+        match self.cap.load(Ordering::Relaxed) {
+            0 => split,
+            cap => split.min(cap),
+        }
+    }
+
+    pub(crate) fn set_cap(&self, cap: usize) {
+        self.cap.store(cap, Ordering::Relaxed);
     }
 
     pub(crate) fn enter(&self) {
