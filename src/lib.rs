@@ -55,7 +55,9 @@ pub mod tensor;
 
 pub use compile::{CompileConfig, CompileStats, Compiled, MemoryStats, Mode, compile};
 pub use error::{Error, Result};
-pub use runtime::{StreamActivity, set_threads_per_stream, stream_activity, synchronize};
+pub use runtime::{
+    StreamActivity, set_chaos, set_threads_per_stream, stream_activity, synchronize,
+};
 pub use tensor::{DType, Tensor};
 
 /// The README's Rust example, compiled and run as a doctest so it stays true.

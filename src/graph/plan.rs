@@ -22,7 +22,8 @@ use crate::compile::MemoryStats;
 use crate::error::{Error, Result};
 use crate::ops::op::Op;
 use crate::runtime::{
-    Batch, BatchPoint, BatchStream, Progress, SegmentCtx, SegmentJob, StreamId, runtime,
+    Batch, BatchPoint, BatchStream, Progress, SegmentCtx, SegmentJob, StreamId, chaos_point,
+    runtime,
 };
 use crate::tensor::storage::{Buffer, Data, DataRef};
 use crate::tensor::{DType, Kind, Tensor};
@@ -514,6 +515,7 @@ impl SegmentJob for Frame {
         let plan = &self.plan;
         let base = self.bases[index];
         for instr in &plan.streams[index].instrs {
+            chaos_point(ctx.salt);
             match instr {
                 Instr::Record { pos } => ctx.progress.publish(base + pos),
                 Instr::Wait { stream, pos } => {

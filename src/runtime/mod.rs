@@ -21,12 +21,14 @@
 //!
 //! *Fast path*: the lock is held for a clock join (a few words) and a queue push.
 
+mod chaos;
 pub(crate) mod clock;
 mod queue;
 mod signal;
 mod sync;
 pub(crate) mod worker;
 
+pub(crate) use self::chaos::point as chaos_point;
 pub(crate) use self::worker::{SegmentCtx, SegmentJob};
 
 use std::collections::HashMap;
@@ -87,6 +89,7 @@ pub(crate) struct Runtime {
 pub(crate) fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
+        chaos::init_from_env();
         let mut state = State::default();
         add_stream(&mut state, MAIN_TAG);
         Runtime {
@@ -101,6 +104,7 @@ fn add_stream(state: &mut State, tag: &str) -> StreamId {
     let id = state.streams.len();
     let shared = Arc::new(WorkerShared {
         tag: Arc::from(tag),
+        salt: id as u64,
         queue: Default::default(),
         progress: Arc::new(Progress::default()),
     });
@@ -502,6 +506,24 @@ pub fn stream_activity() -> Vec<StreamActivity> {
             executed: s.shared.progress.done(),
         })
         .collect()
+}
+
+/// Chaos mode (SC37): with `Some(seed)`, every stream worker stalls at seeded random points
+/// (yields, spins, sleeps of up to a fraction of a millisecond) before each entry and each
+/// replay instruction; `None` turns it off. Results never change (R3.10, R5.6): tests run the
+/// same program with and without chaos and compare bits. Process-wide; also set by the
+/// environment variable `TAGSTREAM_CHAOS=<seed>` at start-up.
+///
+/// ```
+/// tagstream::set_chaos(Some(42));
+/// let x = tagstream::Tensor::full(&[4], 1.0, tagstream::DType::F32)?;
+/// assert_eq!(x.add(&x)?.to_vec_f32()?, vec![2.0; 4]);
+/// tagstream::set_chaos(None);
+/// # Ok::<(), tagstream::Error>(())
+/// ```
+pub fn set_chaos(seed: Option<u64>) {
+    runtime(); // reads TAGSTREAM_CHAOS first, so an explicit call wins
+    chaos::set(seed);
 }
 
 /// Caps the threads one op may use on a stream (`0` restores the default split,

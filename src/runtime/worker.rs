@@ -46,6 +46,8 @@ pub(crate) enum Task {
 pub(crate) struct SegmentCtx<'a> {
     /// The running stream's tag.
     pub(crate) tag: &'a str,
+    /// The running stream's id (salts chaos delays).
+    pub(crate) salt: u64,
     /// The running stream's progress: a segment publishes its records through it.
     pub(crate) progress: &'a Progress,
     pub(crate) split: &'a CoreSplit,
@@ -76,6 +78,8 @@ pub(crate) struct Entry {
 #[derive(Debug)]
 pub(crate) struct WorkerShared {
     pub(crate) tag: Arc<str>,
+    /// The stream id, which seeds this worker's chaos delays.
+    pub(crate) salt: u64,
     pub(crate) queue: WorkQueue<Entry>,
     pub(crate) progress: Arc<Progress>,
 }
@@ -148,6 +152,7 @@ pub(crate) fn run(shared: Arc<WorkerShared>, split: &CoreSplit, failures: &dyn F
             busy = true;
             split.enter();
         }
+        super::chaos::point(shared.salt);
         match entry.task {
             Task::Op { op, inputs, output } => {
                 let result = execute(&shared.tag, &op, &inputs, split.threads_per_busy_stream());
@@ -177,6 +182,7 @@ pub(crate) fn run(shared: Arc<WorkerShared>, split: &CoreSplit, failures: &dyn F
             Task::Segment { job, index } => {
                 let ctx = SegmentCtx {
                     tag: &shared.tag,
+                    salt: shared.salt,
                     progress: &shared.progress,
                     split,
                     failures,
