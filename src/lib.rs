@@ -52,6 +52,7 @@ pub mod reference;
 pub(crate) mod runtime;
 pub mod scope;
 pub mod tensor;
+pub mod trace;
 
 pub use compile::{CompileConfig, CompileStats, Compiled, MemoryStats, Mode, compile};
 pub use error::{Error, Result};

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand, ValueEnum};
 use tagstream::{
     CompileConfig, Compiled, DType, Mode, Result, Tensor, compile, models, ops, stream_activity,
-    synchronize,
+    synchronize, trace,
 };
 
 #[derive(Debug, Parser)]
@@ -29,6 +29,25 @@ struct Cli {
 enum Command {
     /// Run the seed model on two streams and check it against the serial reference (default).
     Run(RunArgs),
+    /// Record the seed model's per-stream timeline, eager and replayed, as a Chrome trace
+    /// (Perfetto) and/or an SVG picture.
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct TraceArgs {
+    /// Write a Chrome trace (open in https://ui.perfetto.dev or chrome://tracing).
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Write an SVG picture: one lane per stream, op boxes, arrows from records to waits.
+    #[arg(long)]
+    svg: Option<std::path::PathBuf>,
+    /// Element type of the inputs: f32, f16 or bf16.
+    #[arg(long, default_value = "f16", value_parser = parse_dtype)]
+    dtype: DType,
+    /// Inputs are [size, size].
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=8192))]
+    size: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -94,7 +113,8 @@ fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
-        Command::Run(args) => run_seed(&args),
+        Command::Run(args) => run_seed(&args).map_err(|e| e.to_string()),
+        Command::Trace(args) => run_trace(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -285,6 +305,71 @@ fn same_bits(got: &[Tensor], want: &[Vec<f32>]) -> Result<bool> {
         {
             return Ok(false);
         }
+    }
+    Ok(true)
+}
+
+/// Records one eager run and one replay of the seed model and writes the requested files.
+fn run_trace(args: &TraceArgs) -> std::result::Result<bool, String> {
+    let size = usize::try_from(args.size).expect("clap bounds --size to 1..=8192");
+    let ev = ops::create_tagged_event("66").map_err(|e| e.to_string())?;
+    let timelines = (|| -> Result<_> {
+        let inputs = models::seed_inputs(size, args.dtype)?;
+        let mut eager = compile(
+            models::seed_model(ev.clone(), "1"),
+            CompileConfig::default().mode(Mode::Eager),
+        );
+        let mut replay = compile(
+            models::seed_model(ev, "1"),
+            CompileConfig::default().mode(Mode::ReduceOverhead),
+        );
+        // Warm-up: starts the workers and captures the graph, outside the recorded windows.
+        run_once(&mut eager, &inputs)?;
+        run_once(&mut replay, &inputs)?;
+        let (_, t_eager) = trace::record(|| eager.run(&inputs))?;
+        let (_, t_replay) = trace::record(|| replay.run(&inputs))?;
+        Ok([
+            (
+                format!("seed model, Mode::Eager ({size}x{size} {})", args.dtype),
+                t_eager,
+            ),
+            (
+                format!(
+                    "seed model, reduce-overhead replay ({size}x{size} {})",
+                    args.dtype
+                ),
+                t_replay,
+            ),
+        ])
+    })()
+    .map_err(|e| e.to_string())?;
+    let runs: Vec<(&str, &trace::Timeline)> = timelines
+        .iter()
+        .map(|(title, t)| (title.as_str(), t))
+        .collect();
+    for (title, t) in &runs {
+        let spans = t.spans();
+        let ms = spans.last().map_or(0.0, |l| {
+            let end = spans.iter().map(|s| s.end_ns).max().unwrap_or(l.end_ns);
+            (end - spans[0].start_ns) as f64 / 1e6
+        });
+        println!(
+            "{title}: {} spans on streams {:?}, {} record→wait arrows, {ms:.2} ms",
+            spans.len(),
+            t.streams(),
+            t.arrows().len()
+        );
+    }
+    let write = |path: &std::path::Path, text: String| {
+        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    };
+    if let Some(path) = &args.out {
+        write(path, trace::chrome_json(&runs))?;
+        println!("wrote Chrome trace {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        write(path, trace::svg(&runs))?;
+        println!("wrote SVG {}", path.display());
     }
     Ok(true)
 }

@@ -28,7 +28,13 @@ fn with_chaos<R>(seed: Option<u64>, f: impl FnOnce() -> R) -> R {
 
 fn bits(ts: &[Tensor]) -> Vec<Vec<u32>> {
     ts.iter()
-        .map(|t| t.to_vec_f32().unwrap().iter().map(|x| x.to_bits()).collect())
+        .map(|t| {
+            t.to_vec_f32()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
+        })
         .collect()
 }
 

@@ -88,3 +88,56 @@ fn bad_sizes_are_refused() {
         assert!(!out.status.success(), "--size {size} must be refused");
     }
 }
+
+/// `tagstream trace` writes a Chrome trace and an SVG of the seed model, eager and replayed.
+#[test]
+fn trace_writes_chrome_json_and_svg() {
+    let dir = std::env::temp_dir().join(format!("tagstream-cli-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, svg) = (dir.join("run.json"), dir.join("run.svg"));
+    let out = tagstream(&[
+        "trace",
+        "--size",
+        "32",
+        "--out",
+        json.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Mode::Eager") && stdout.contains("replay"),
+        "{stdout}"
+    );
+    let json = std::fs::read_to_string(&json).unwrap();
+    assert!(
+        json.contains("\"traceEvents\"") && json.contains("stream \\\"1\\\""),
+        "{json}"
+    );
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("reduce-overhead replay"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An unwritable output path is an error with a message, not a panic.
+#[test]
+fn trace_to_an_unwritable_path_fails_cleanly() {
+    let out = tagstream(&[
+        "trace",
+        "--size",
+        "8",
+        "--out",
+        "/nonexistent-dir/x/run.json",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot write /nonexistent-dir/x/run.json"),
+        "{stderr}"
+    );
+}

@@ -129,7 +129,7 @@ pub(crate) fn on_scope_enter(stream: StreamId) -> Result<()> {
         .ok()
         .flatten();
     match fork {
-        Some(fork) => runtime().wait_on(stream, &fork),
+        Some(fork) => runtime().wait_on(stream, &fork, "fork"),
         None => Ok(()),
     }
 }
@@ -320,7 +320,7 @@ pub(crate) fn run_eager(
         return Err(e);
     }
     for join in &run.joins {
-        runtime().wait_on(MAIN, join)?;
+        runtime().wait_on(MAIN, join, "join")?;
     }
     for t in &outputs {
         if let Kind::Graph { graph, op, .. } = t.kind() {

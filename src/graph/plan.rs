@@ -14,9 +14,10 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use super::arena::{Arena, Slot};
-use super::ir::{EntryKind, EntryRef, Graph, Operand, Output};
+use super::ir::{EntryKind, EntryRef, EventName, Graph, Operand, Output};
 use super::memory::{ClockOracle, ValueLife, plan_memory};
 use crate::compile::MemoryStats;
 use crate::error::{Error, Result};
@@ -27,6 +28,7 @@ use crate::runtime::{
 };
 use crate::tensor::storage::{Buffer, Data, DataRef};
 use crate::tensor::{DType, Kind, Tensor};
+use crate::trace::{self, Label, RawSpan, SpanKind};
 
 /// Where an operand or result lives during a replay.
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +65,9 @@ enum Instr {
 #[derive(Debug)]
 struct PlanStream {
     id: StreamId,
+    tag: Arc<str>,
+    /// Each instruction's kind and name, for timelines.
+    labels: Vec<(SpanKind, Label)>,
     progress: Arc<Progress>,
     instrs: Vec<Instr>,
     /// Graph-local clock of the last entry (for the R5.8 clock update).
@@ -195,6 +200,8 @@ impl Plan {
             }
             streams.push(PlanStream {
                 id: gs.id,
+                tag: Arc::from(gs.tag.as_str()),
+                labels: gs.entries.iter().map(span_label).collect(),
                 progress: runtime().progress_of(gs.id),
                 instrs,
                 last_clock: graph.clocks[s].last().cloned().unwrap_or_default(),
@@ -236,6 +243,20 @@ impl Plan {
 
     pub(crate) fn memory_stats(&self) -> MemoryStats {
         self.stats
+    }
+}
+
+fn span_label(e: &EntryKind) -> (SpanKind, Label) {
+    let event = |e: &EventName| match e {
+        EventName::Fork => Label::Static("fork"),
+        EventName::Join(_) => Label::Static("join"),
+        EventName::User { tag, .. } => Label::Tag(tag.clone()),
+    };
+    match e {
+        EntryKind::CopyIn { .. } => (SpanKind::CopyIn, Label::Static("copy_in")),
+        EntryKind::Op { op, .. } => (SpanKind::Op, Label::Static(op.name())),
+        EntryKind::Record { event: e } => (SpanKind::Record, event(e)),
+        EntryKind::Wait { event: e, .. } => (SpanKind::Wait, event(e)),
     }
 }
 
@@ -514,8 +535,11 @@ impl SegmentJob for Frame {
     fn run_segment(&self, index: usize, ctx: &SegmentCtx<'_>) {
         let plan = &self.plan;
         let base = self.bases[index];
-        for instr in &plan.streams[index].instrs {
+        let stream = &plan.streams[index];
+        for (i, instr) in stream.instrs.iter().enumerate() {
             chaos_point(ctx.salt);
+            // Timeline: one relaxed load when off.
+            let started = trace::recording().then(Instant::now);
             match instr {
                 Instr::Record { pos } => ctx.progress.publish(base + pos),
                 Instr::Wait { stream, pos } => {
@@ -546,6 +570,24 @@ impl SegmentJob for Frame {
                     }
                 }
                 Instr::Op { op, inputs, dst } => self.run_op(op, inputs, *dst, ctx),
+            }
+            if let Some(start) = started {
+                let (kind, label) = stream.labels[i].clone();
+                let waits_for = match instr {
+                    Instr::Wait { stream: t, pos } => {
+                        Some((plan.streams[*t].tag.clone(), self.bases[*t] + pos))
+                    }
+                    _ => None,
+                };
+                trace::push(RawSpan {
+                    stream: stream.tag.clone(),
+                    kind,
+                    label,
+                    start,
+                    end: Instant::now(),
+                    position: base + i as u64 + 1,
+                    waits_for,
+                });
             }
         }
     }

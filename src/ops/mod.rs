@@ -47,7 +47,7 @@ pub struct TaggedEvent {
 }
 
 struct EventInner {
-    tag: String,
+    tag: Arc<str>,
     id: u64,
 }
 
@@ -103,7 +103,7 @@ pub fn create_tagged_event(tag: &str) -> Result<TaggedEvent> {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     Ok(TaggedEvent {
         inner: Arc::new(EventInner {
-            tag: tag.to_string(),
+            tag: Arc::from(tag),
             id,
         }),
     })
@@ -119,7 +119,7 @@ pub fn tagged_event_record(ev: &TaggedEvent) -> Result<()> {
     if let Some(traced) = crate::graph::trace_record(ev.inner.id, &ev.inner.tag) {
         return traced;
     }
-    runtime().record(current_stream_id(), ev.inner.id)
+    runtime().record(current_stream_id(), ev.inner.id, &ev.inner.tag)
 }
 
 /// Makes the calling thread's current stream wait for the latest record of `ev` (R1.8).
@@ -136,7 +136,7 @@ pub fn tagged_event_wait(ev: &TaggedEvent) -> Result<()> {
     if let Some(traced) = crate::graph::trace_wait(ev.inner.id, &ev.inner.tag) {
         return traced;
     }
-    runtime().wait(current_stream_id(), ev.inner.id)
+    runtime().wait(current_stream_id(), ev.inner.id, &ev.inner.tag)
 }
 
 /// Declares that stream `tag` uses `tensor` (torchair's `npu_record_tagged_stream`).

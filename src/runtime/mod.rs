@@ -41,6 +41,7 @@ use self::worker::{CoreSplit, Entry, FailureSink, Task, WorkerShared};
 use crate::error::{Error, Result};
 use crate::ops::op::Op;
 use crate::tensor::storage::Buffer;
+use crate::trace::Label;
 
 /// Index of a stream in the registry. Streams are never removed, so ids are stable.
 pub(crate) type StreamId = usize;
@@ -171,20 +172,21 @@ impl State {
         })
     }
 
-    fn issue_record(&mut self, s: StreamId) -> Result<Arc<Position>> {
+    fn issue_record(&mut self, s: StreamId, label: Label) -> Result<Arc<Position>> {
         self.ensure_started(s)?;
         let start = self.start_point(s);
-        Ok(self.issue(s, start, "tagged_event_record", Task::Record))
+        Ok(self.issue(s, start, "tagged_event_record", Task::Record { label }))
     }
 
-    fn issue_wait(&mut self, s: StreamId, bound: Option<&Position>) -> Result<()> {
+    fn issue_wait(&mut self, s: StreamId, bound: Option<&Position>, label: Label) -> Result<()> {
         self.ensure_started(s)?;
         let mut start = self.start_point(s);
         let on = bound.map(|rec| {
             start.join(&rec.clock);
-            (self.streams[rec.stream].shared.progress.clone(), rec.seq)
+            let other = &self.streams[rec.stream].shared;
+            (other.progress.clone(), rec.seq, other.tag.clone())
         });
-        self.issue(s, start, "tagged_event_wait", Task::Wait { on });
+        self.issue(s, start, "tagged_event_wait", Task::Wait { on, label });
         Ok(())
     }
 
@@ -261,9 +263,9 @@ impl Runtime {
     }
 
     /// Issues a record of event `event` on stream `s` (R1.7); waits issued later bind to it.
-    pub(crate) fn record(&self, s: StreamId, event: u64) -> Result<()> {
+    pub(crate) fn record(&self, s: StreamId, event: u64, tag: &Arc<str>) -> Result<()> {
         let mut st = lock(&self.state);
-        let pos = st.issue_record(s)?;
+        let pos = st.issue_record(s, Label::Tag(tag.clone()))?;
         st.latest_record.insert(event, pos);
         Ok(())
     }
@@ -271,7 +273,7 @@ impl Runtime {
     /// Issues a record on stream `s` that belongs to no tagged event (the join of an eager
     /// compiled run's scope, R3.11) and returns its position for [`Runtime::wait_on`].
     pub(crate) fn record_internal(&self, s: StreamId) -> Result<Arc<Position>> {
-        lock(&self.state).issue_record(s)
+        lock(&self.state).issue_record(s, Label::Static("join"))
     }
 
     /// The main stream's current point as a position that a wait can bind to: waiting on it
@@ -290,15 +292,16 @@ impl Runtime {
 
     /// Issues a wait on stream `s`, bound to the latest record of `event` (R1.8), or a no-op
     /// wait if it was never recorded (R1.9).
-    pub(crate) fn wait(&self, s: StreamId, event: u64) -> Result<()> {
+    pub(crate) fn wait(&self, s: StreamId, event: u64, tag: &Arc<str>) -> Result<()> {
         let mut st = lock(&self.state);
         let bound = st.latest_record.get(&event).cloned();
-        st.issue_wait(s, bound.as_deref())
+        st.issue_wait(s, bound.as_deref(), Label::Tag(tag.clone()))
     }
 
-    /// Issues a wait on stream `s` bound to the entry at `on` (internal closure events).
-    pub(crate) fn wait_on(&self, s: StreamId, on: &Position) -> Result<()> {
-        lock(&self.state).issue_wait(s, Some(on))
+    /// Issues a wait on stream `s` bound to the entry at `on` (internal closure events, named
+    /// `label` in timelines).
+    pub(crate) fn wait_on(&self, s: StreamId, on: &Position, label: &'static str) -> Result<()> {
+        lock(&self.state).issue_wait(s, Some(on), Label::Static(label))
     }
 
     /// R5.2: every input of a compiled call must be ready or produced by an entry that

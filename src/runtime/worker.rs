@@ -11,6 +11,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::time::Instant;
 
 use super::queue::WorkQueue;
 use super::signal::Progress;
@@ -18,6 +19,7 @@ use super::sync::Ordering;
 use crate::error::Error;
 use crate::ops::op::Op;
 use crate::tensor::storage::Buffer;
+use crate::trace::{Label, RawSpan, SpanKind};
 
 /// What an entry does when its worker reaches it.
 #[derive(Debug)]
@@ -29,10 +31,14 @@ pub(crate) enum Task {
         output: Arc<Buffer>,
     },
     /// A tagged-event record: completing it is what publishes the event.
-    Record,
-    /// A tagged-event wait bound to the record at position `until` of the stream whose progress is
-    /// `on`; `None` when the event had never been recorded (a no-op, R1.9).
-    Wait { on: Option<(Arc<Progress>, u64)> },
+    Record { label: Label },
+    /// A tagged-event wait bound to the record at position `until` of the stream whose progress
+    /// (and tag, for timelines) is `on`; `None` when the event had never been recorded (a
+    /// no-op, R1.9).
+    Wait {
+        on: Option<(Arc<Progress>, u64, Arc<str>)>,
+        label: Label,
+    },
     /// This stream's part of one replay of a captured graph: a list of instructions that counts
     /// as several positions of the stream (`Entry::seq` is the last of them).
     Segment {
@@ -153,6 +159,9 @@ pub(crate) fn run(shared: Arc<WorkerShared>, split: &CoreSplit, failures: &dyn F
             split.enter();
         }
         super::chaos::point(shared.salt);
+        // Timeline: one relaxed load when off; the span is built only when on.
+        let started = crate::trace::recording().then(Instant::now);
+        let mut span = None;
         match entry.task {
             Task::Op { op, inputs, output } => {
                 let result = execute(&shared.tag, &op, &inputs, split.threads_per_busy_stream());
@@ -166,19 +175,21 @@ pub(crate) fn run(shared: Arc<WorkerShared>, split: &CoreSplit, failures: &dyn F
                         message: "output buffer was already written (tensors are immutable)".into(),
                     });
                 }
+                span = Some((SpanKind::Op, Label::Static(op.name()), None));
                 // Inputs and output are released here, after the kernel: R3.8.
             }
-            Task::Record => {}
-            Task::Wait {
-                on: Some((progress, until)),
-            } => {
-                if progress.done() < until {
-                    split.leave();
-                    progress.wait_until(until);
-                    split.enter();
-                }
+            Task::Record { label } => span = Some((SpanKind::Record, label, None)),
+            Task::Wait { on, label } => {
+                let waits_for = on.map(|(progress, until, tag)| {
+                    if progress.done() < until {
+                        split.leave();
+                        progress.wait_until(until);
+                        split.enter();
+                    }
+                    (tag, until)
+                });
+                span = Some((SpanKind::Wait, label, waits_for));
             }
-            Task::Wait { on: None } => {}
             Task::Segment { job, index } => {
                 let ctx = SegmentCtx {
                     tag: &shared.tag,
@@ -198,8 +209,19 @@ pub(crate) fn run(shared: Arc<WorkerShared>, split: &CoreSplit, failures: &dyn F
                     });
                 }
                 // The job (and the plan and buffers it holds) is released here, after the
-                // segment: R3.8, R5.12.
+                // segment: R3.8, R5.12. A segment reports its own spans.
             }
+        }
+        if let (Some(start), Some((kind, label, waits_for))) = (started, span) {
+            crate::trace::push(RawSpan {
+                stream: shared.tag.clone(),
+                kind,
+                label,
+                start,
+                end: Instant::now(),
+                position: entry.seq,
+                waits_for,
+            });
         }
         shared.progress.publish(entry.seq);
     }
