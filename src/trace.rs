@@ -285,9 +285,10 @@ pub fn svg(runs: &[(&str, &Timeline)]) -> String {
         );
         for tick in 0..=4 {
             let tx = LEFT + f64::from(tick) / 4.0 * (W - LEFT - 20.0);
+            let anchor = if tick == 4 { "end" } else { "middle" };
             let _ = writeln!(
                 body,
-                r##"<line x1="{tx:.1}" y1="{:.1}" x2="{tx:.1}" y2="{:.1}" stroke="#ddd"/><text x="{tx:.1}" y="{:.1}" font-size="10" text-anchor="middle" fill="#666">{:.3} ms</text>"##,
+                r##"<line x1="{tx:.1}" y1="{:.1}" x2="{tx:.1}" y2="{:.1}" stroke="#ddd"/><text x="{tx:.1}" y="{:.1}" font-size="10" text-anchor="{anchor}" fill="#666">{:.3} ms</text>"##,
                 y0 + HEAD - 6.0,
                 y0 + HEAD + streams.len() as f64 * LANE,
                 y0 + HEAD - 9.0,
