@@ -104,12 +104,32 @@ fn epoch() -> Instant {
 /// work `f` issued (the call ends with a [`synchronize`](crate::synchronize)).
 ///
 /// Use it around a `Compiled::run` to see one replay, or around any eager code. Recording is
-/// process-wide: work other threads issue meanwhile appears too. Calls are serialised.
+/// process-wide: work other threads issue meanwhile appears too. Calls are serialised; a call
+/// nested in the same thread's recording records nothing of its own (its work is in the outer
+/// timeline) and returns an empty timeline. If `f` panics, recording stops and the panic goes
+/// on.
 ///
 /// # Errors
 /// Whatever `f` returns, or the error of the final `synchronize` (recording stops either way).
 pub fn record<R>(f: impl FnOnce() -> Result<R>) -> Result<(R, Timeline)> {
+    thread_local! {
+        static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if INSIDE.get() {
+        // Nested in this thread's own recording: the outer timeline gets everything (taking
+        // the session lock again would deadlock).
+        return f().map(|r| (r, Timeline::default()));
+    }
     let _session = SESSION.lock().unwrap_or_else(|p| p.into_inner());
+    INSIDE.set(true);
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            INSIDE.set(false);
+            RECORDING.store(false, Ordering::SeqCst);
+        }
+    }
+    let _leave = Leave;
     let start = epoch();
     crate::synchronize()?; // earlier work is not part of this timeline
     SPANS.lock().unwrap_or_else(|p| p.into_inner()).clear();

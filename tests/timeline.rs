@@ -218,3 +218,19 @@ fn one_lane_per_tag_across_threads_and_graphs_sc38() {
         "{on_side:?}"
     );
 }
+
+/// A nested `record` on the same thread neither deadlocks nor steals the outer recording.
+#[test]
+fn nested_record_joins_the_outer_timeline() {
+    let _alone = alone();
+    let x = Tensor::full(&[4], 1.0, DType::F32).unwrap();
+    let ((inner_out, inner), outer) = trace::record(|| {
+        let a = x.exp()?;
+        let nested = trace::record(|| a.relu())?;
+        Ok(nested)
+    })
+    .unwrap();
+    assert_eq!(inner_out.to_vec_f32().unwrap(), vec![1f32.exp(); 4]);
+    assert!(inner.spans().is_empty());
+    assert_eq!(names_on(&outer, "default"), ["exp", "relu"]);
+}
