@@ -173,6 +173,15 @@ pub enum Error {
         message: String,
     },
 
+    /// The allocator refused the memory a tensor or a graph's arena needs.
+    #[error("{op}: out of memory: cannot allocate {bytes} bytes")]
+    OutOfMemory {
+        /// What needed the memory (`zeros`, `matmul`, `capture`, ...).
+        op: String,
+        /// How many bytes were requested.
+        bytes: usize,
+    },
+
     /// The operating system refused to start a stream worker thread.
     #[error("could not start the worker thread of stream \"{stream}\": {message}")]
     WorkerSpawn {

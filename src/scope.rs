@@ -33,6 +33,9 @@ struct ScopeStack {
     epoch_counter: u64,
     next_id: u64,
     pending: Option<Error>,
+    /// Stacks set aside by compiled calls in progress (R5.1), innermost call last:
+    /// `(epoch, frames)`. A guard of one of them dropped inside the call is an out-of-order drop.
+    aside: Vec<(u64, Vec<Frame>)>,
 }
 
 thread_local! {
@@ -148,7 +151,23 @@ impl Drop for StreamGuard {
         let closed = SCOPES.try_with(|st| {
             let mut st = st.borrow_mut();
             if st.epoch != self.epoch {
-                return Closed::Nothing; // made inert by an earlier out-of-order drop
+                // A guard of a stack set aside by a compiled call in progress (R5.1), dropped
+                // inside the call: out of order. That stack is cleared, as R2.8 says.
+                let aside = st.aside.iter().position(|(e, _)| *e == self.epoch);
+                let Some(i) = aside else {
+                    return Closed::Nothing; // made inert by an earlier out-of-order drop
+                };
+                let innermost = st.aside[i].1.last().map(|f| f.tag.clone());
+                st.epoch_counter += 1;
+                let fresh = st.epoch_counter;
+                st.aside[i] = (fresh, Vec::new());
+                let e = Error::UnbalancedStreamSwitch {
+                    dropped: Some(self.tag.clone()),
+                    innermost,
+                    open: Vec::new(),
+                };
+                st.pending = Some(e.clone());
+                return Closed::OutOfOrder(e);
             }
             match st.frames.last() {
                 Some(top) if top.id == self.id => st
@@ -180,11 +199,12 @@ impl Drop for StreamGuard {
     }
 }
 
-/// A thread's scope stack, set aside for the length of a compiled call (R5.1).
+/// A thread's scope stack, set aside for the length of a compiled call (R5.1). The frames stay
+/// in the thread's scope state, so a guard of the set-aside stack dropped during the call is
+/// still recognised (as an out-of-order drop, R2.8).
 #[derive(Debug)]
 pub(crate) struct SavedScopes {
-    frames: Vec<Frame>,
-    epoch: u64,
+    depth: usize,
 }
 
 /// Sets the calling thread's scopes aside: until [`restore_scopes`], the thread is on
@@ -192,12 +212,13 @@ pub(crate) struct SavedScopes {
 /// that outlives the call is inert.
 pub(crate) fn set_aside_scopes() -> SavedScopes {
     SCOPES.with_borrow_mut(|st| {
-        st.epoch_counter += 1;
-        let fresh = st.epoch_counter.max(st.epoch + 1);
-        st.epoch_counter = fresh;
+        st.epoch_counter = st.epoch_counter.max(st.epoch) + 1;
+        let fresh = st.epoch_counter;
+        let frames = std::mem::take(&mut st.frames);
+        let epoch = std::mem::replace(&mut st.epoch, fresh);
+        st.aside.push((epoch, frames));
         SavedScopes {
-            frames: std::mem::take(&mut st.frames),
-            epoch: std::mem::replace(&mut st.epoch, fresh),
+            depth: st.aside.len(),
         }
     })
 }
@@ -206,8 +227,10 @@ pub(crate) fn set_aside_scopes() -> SavedScopes {
 /// still open on the set-aside stack's replacement, outermost first (R4.11).
 pub(crate) fn restore_scopes(saved: SavedScopes) -> Vec<String> {
     SCOPES.with_borrow_mut(|st| {
-        let open = std::mem::replace(&mut st.frames, saved.frames);
-        st.epoch = saved.epoch;
+        debug_assert_eq!(st.aside.len(), saved.depth, "compiled calls nest LIFO");
+        let (epoch, frames) = st.aside.pop().expect("a set-aside stack per compiled call");
+        let open = std::mem::replace(&mut st.frames, frames);
+        st.epoch = epoch;
         open.into_iter().map(|f| f.tag).collect()
     })
 }

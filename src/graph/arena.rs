@@ -49,12 +49,15 @@ pub(crate) struct Slot {
 }
 
 impl Arena {
-    /// An arena of at least `bytes` bytes, zero-filled.
-    pub(crate) fn new(bytes: usize) -> Arena {
+    /// An arena of at least `bytes` bytes, zero-filled; `None` if the allocator refuses.
+    pub(crate) fn new(bytes: usize) -> Option<Arena> {
         let lines = bytes.div_ceil(64);
-        Arena {
-            lines: (0..lines).map(|_| Line(UnsafeCell::new([0; 64]))).collect(),
-        }
+        let mut v: Vec<Line> = Vec::new();
+        v.try_reserve_exact(lines).ok()?;
+        v.extend((0..lines).map(|_| Line(UnsafeCell::new([0; 64]))));
+        Some(Arena {
+            lines: v.into_boxed_slice(),
+        })
     }
 
     /// Size in bytes.
@@ -158,7 +161,7 @@ mod tests {
 
     #[test]
     fn views_round_trip_and_check_bounds() {
-        let arena = Arena::new(100);
+        let arena = Arena::new(100).unwrap();
         assert_eq!(arena.bytes(), 128);
         let a = Slot {
             offset: 0,

@@ -142,7 +142,10 @@ impl Plan {
                 clocks: &graph.clocks,
             },
         );
-        let arena = Arena::new(mem.arena_bytes);
+        let arena = Arena::new(mem.arena_bytes).ok_or(Error::OutOfMemory {
+            op: "capture (the graph's arena)".into(),
+            bytes: mem.arena_bytes,
+        })?;
         let mut slot_of = vec![None; graph.values.len()];
         for (i, &v) in arena_values.iter().enumerate() {
             let val = &graph.values[v];
@@ -516,7 +519,17 @@ impl Frame {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .take();
-                let mut data = storage.unwrap_or_else(|| Data::zeroed(op.out_dtype, op.out_len()));
+                let Some(mut data) =
+                    storage.or_else(|| Data::try_zeroed(op.out_dtype, op.out_len()))
+                else {
+                    let e = fail(format!(
+                        "out of memory: cannot allocate {} bytes for the output",
+                        op.out_len() * op.out_dtype.size_in_bytes()
+                    ));
+                    self.fail(e.clone(), ctx);
+                    fill_out(i, Err(e));
+                    return;
+                };
                 let r = run(data.view_mut());
                 match r {
                     Ok(()) => fill_out(i, Ok(data)),

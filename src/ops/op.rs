@@ -182,6 +182,11 @@ impl Op {
         } else {
             vec![m, n]
         };
+        if crate::tensor::checked_len(&out_shape, a.1).is_none() {
+            return Err(mismatch(format!(
+                "the output {out_shape:?} would hold more than isize::MAX bytes"
+            )));
+        }
         let dims = MatmulDims {
             batch,
             m,
@@ -202,7 +207,12 @@ impl Op {
     /// Returns `Err` with a description only if an operand does not match the validated op,
     /// which would be a tagstream bug.
     pub(crate) fn execute(&self, inputs: &[DataRef<'_>], threads: usize) -> Result<Data, String> {
-        let mut out = Data::zeroed(self.out_dtype, self.out_len());
+        let mut out = Data::try_zeroed(self.out_dtype, self.out_len()).ok_or_else(|| {
+            format!(
+                "out of memory: cannot allocate {} bytes for the output",
+                self.out_len() * self.out_dtype.size_in_bytes()
+            )
+        })?;
         self.execute_into(inputs, out.view_mut(), threads)?;
         Ok(out)
     }

@@ -134,7 +134,8 @@ impl State {
         }
         let shared = stream.shared.clone();
         std::thread::Builder::new()
-            .name(format!("tagstream:{}", shared.tag))
+            // Thread names cannot hold NUL bytes; any other tag is a valid stream tag (R2.10).
+            .name(format!("tagstream:{}", shared.tag.replace('\0', "\\0")))
             .spawn(move || {
                 let rt = runtime();
                 worker::run(shared, &rt.split, rt);
@@ -382,6 +383,11 @@ impl Runtime {
         };
         let job = make_job(&bases);
         for (j, bs) in batch.streams.iter().enumerate() {
+            if bs.entries == 0 {
+                // A graph with no entry on this stream (only possible for the main stream of
+                // an empty graph) leaves it untouched.
+                continue;
+            }
             let clock = translate(bs.last_clock);
             let stream = &mut st.streams[bs.stream];
             stream.clock = clock;

@@ -16,7 +16,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 pub use self::dtype::DType;
 pub(crate) use self::dtype::Element;
-use self::storage::{Buffer, Data};
+use self::storage::{Buffer, Data, DataMut};
 use crate::error::{Error, Result};
 use crate::kernels::{BinaryOp, UnaryOp};
 use crate::ops::op::{Meta, Op};
@@ -93,9 +93,22 @@ impl fmt::Debug for Tensor {
     }
 }
 
-/// Product of the dims, or `None` on overflow.
-fn checked_len(shape: &[usize]) -> Option<usize> {
-    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+/// Product of the dims, or `None` if it overflows or its byte size in `dtype` exceeds
+/// `isize::MAX` (the most any allocation can hold).
+pub(crate) fn checked_len(shape: &[usize], dtype: DType) -> Option<usize> {
+    let n = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
+    let bytes = n.checked_mul(dtype.size_in_bytes())?;
+    (bytes <= isize::MAX as usize).then_some(n)
+}
+
+/// `len` zeroed elements for a host-built tensor; an allocator refusal is an error (R7.1).
+fn host_alloc(op: &str, dtype: DType, len: usize) -> Result<Data> {
+    Data::try_zeroed(dtype, len).ok_or_else(|| Error::OutOfMemory {
+        op: op.to_string(),
+        bytes: len * dtype.size_in_bytes(),
+    })
 }
 
 impl Tensor {
@@ -112,12 +125,17 @@ impl Tensor {
         }
     }
 
-    fn len_of(op: &'static str, shape: &[usize], data_len: Option<usize>) -> Result<usize> {
-        checked_len(shape).ok_or_else(|| Error::ShapeMismatch {
+    fn len_of(
+        op: &'static str,
+        shape: &[usize],
+        dtype: DType,
+        data_len: Option<usize>,
+    ) -> Result<usize> {
+        checked_len(shape, dtype).ok_or_else(|| Error::ShapeMismatch {
             op,
             lhs: shape.to_vec(),
             rhs: data_len.map(|l| vec![l]).unwrap_or_default(),
-            reason: "the number of elements overflows usize".into(),
+            reason: format!("the tensor's size overflows (more than isize::MAX bytes of {dtype})"),
         })
     }
 
@@ -128,7 +146,7 @@ impl Tensor {
     /// overflows (E6).
     pub fn from_vec(data: Vec<f32>, shape: &[usize], dtype: DType) -> Result<Tensor> {
         take_pending_error()?;
-        let len = Self::len_of("from_vec", shape, Some(data.len()))?;
+        let len = Self::len_of("from_vec", shape, dtype, Some(data.len()))?;
         if len != data.len() {
             return Err(Error::ShapeMismatch {
                 op: "from_vec",
@@ -150,37 +168,58 @@ impl Tensor {
     /// A tensor of zeros.
     ///
     /// # Errors
-    /// [`Error::ShapeMismatch`] if the number of elements overflows.
+    /// [`Error::ShapeMismatch`] if the size overflows; [`Error::OutOfMemory`] if the allocator
+    /// refuses it.
     pub fn zeros(shape: &[usize], dtype: DType) -> Result<Tensor> {
         take_pending_error()?;
-        let len = Self::len_of("zeros", shape, None)?;
-        Ok(Tensor::host(shape, Data::zeroed(dtype, len)))
+        let len = Self::len_of("zeros", shape, dtype, None)?;
+        Ok(Tensor::host(shape, host_alloc("zeros", dtype, len)?))
     }
 
     /// A tensor filled with `value` (rounded to `dtype`).
     ///
     /// # Errors
-    /// [`Error::ShapeMismatch`] if the number of elements overflows.
+    /// [`Error::ShapeMismatch`] if the size overflows; [`Error::OutOfMemory`] if the allocator
+    /// refuses it.
     pub fn full(shape: &[usize], value: f32, dtype: DType) -> Result<Tensor> {
         take_pending_error()?;
-        let len = Self::len_of("full", shape, None)?;
-        Ok(Tensor::host(
-            shape,
-            Data::from_f32(&vec![value; len], dtype),
-        ))
+        let len = Self::len_of("full", shape, dtype, None)?;
+        let mut data = host_alloc("full", dtype, len)?;
+        match data.view_mut() {
+            DataMut::F32(v) => v.fill(value),
+            DataMut::F16(v) => v.fill(half::f16::from_f32(value)),
+            DataMut::BF16(v) => v.fill(half::bf16::from_f32(value)),
+        }
+        Ok(Tensor::host(shape, data))
     }
 
     /// Standard-normal samples, deterministic for a given `seed` on every machine and thread
     /// count (R6.1): a ChaCha8 stream drawn sequentially, rounded to `dtype`.
     ///
     /// # Errors
-    /// [`Error::ShapeMismatch`] if the number of elements overflows.
+    /// [`Error::ShapeMismatch`] if the size overflows; [`Error::OutOfMemory`] if the allocator
+    /// refuses it.
     pub fn randn(shape: &[usize], dtype: DType, seed: u64) -> Result<Tensor> {
         take_pending_error()?;
-        let len = Self::len_of("randn", shape, None)?;
+        let len = Self::len_of("randn", shape, dtype, None)?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let values: Vec<f32> = (0..len).map(|_| StandardNormal.sample(&mut rng)).collect();
-        Ok(Tensor::host(shape, Data::from_f32(&values, dtype)))
+        let mut values = host_alloc("randn", DType::F32, len)?;
+        if let DataMut::F32(v) = values.view_mut() {
+            v.iter_mut()
+                .for_each(|x| *x = StandardNormal.sample(&mut rng));
+        }
+        if dtype == DType::F32 {
+            return Ok(Tensor::host(shape, values));
+        }
+        let mut data = host_alloc("randn", dtype, len)?;
+        if let Data::F32(src) = &values {
+            match data.view_mut() {
+                DataMut::F16(o) => Element::store_f32(src, o),
+                DataMut::BF16(o) => Element::store_f32(src, o),
+                DataMut::F32(o) => o.copy_from_slice(src),
+            }
+        }
+        Ok(Tensor::host(shape, data))
     }
 
     /// The shape. Never blocks.

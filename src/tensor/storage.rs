@@ -30,12 +30,23 @@ pub(crate) enum Data {
 impl Data {
     /// A zero-filled array. Zero is all-zero bits in every dtype, so this maps to `calloc` and
     /// costs nothing for pages the kernel overwrites anyway.
+    #[cfg(test)]
     pub(crate) fn zeroed(dtype: DType, len: usize) -> Data {
         match dtype {
             DType::F32 => Data::F32(vec![0.0; len]),
             DType::F16 => Data::F16(bytemuck::zeroed_vec(len)),
             DType::BF16 => Data::BF16(bytemuck::zeroed_vec(len)),
         }
+    }
+
+    /// As [`zeroed`](Data::zeroed), but `None` when the allocator refuses, so a huge tensor is
+    /// an error value instead of an abort (R7.1).
+    pub(crate) fn try_zeroed(dtype: DType, len: usize) -> Option<Data> {
+        Some(match dtype {
+            DType::F32 => Data::F32(bytemuck::allocation::try_zeroed_vec(len).ok()?),
+            DType::F16 => Data::F16(bytemuck::allocation::try_zeroed_vec(len).ok()?),
+            DType::BF16 => Data::BF16(bytemuck::allocation::try_zeroed_vec(len).ok()?),
+        })
     }
 
     /// Converts f32 values to `dtype` (R6.1 rounding).
