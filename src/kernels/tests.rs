@@ -512,6 +512,40 @@ fn f16c_conversions_match_half_software_bit_for_bit() {
     }
 }
 
+/// The bf16 slice conversions against `half`'s software conversions: exhaustive for
+/// bf16 → f32; for f32 → bf16 every upper half combined with the lower halves that decide the
+/// rounding (zero, one, just below, at and just above the tie, the top), which covers ties to
+/// even, carries into the exponent, overflow to inf and every NaN class.
+#[test]
+fn bf16_conversions_match_half_bit_for_bit() {
+    let all: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
+    let mut wide = vec![0f32; all.len()];
+    bf16_to_f32(&all, &mut wide);
+    for (h, w) in all.iter().zip(&wide) {
+        assert_eq!(
+            w.to_bits(),
+            h.to_f32_const().to_bits(),
+            "widening {:#06x}",
+            h.to_bits()
+        );
+    }
+    let lows = [0u32, 1, 0x7fff, 0x8000, 0x8001, 0xc000, 0xffff];
+    let xs: Vec<f32> = (0..=u32::from(u16::MAX))
+        .flat_map(|hi| lows.map(|lo| f32::from_bits(hi << 16 | lo)))
+        .collect();
+    let mut narrow = vec![bf16::ZERO; xs.len()];
+    f32_to_bf16(&xs, &mut narrow);
+    for (x, h) in xs.iter().zip(&narrow) {
+        let want = bf16::from_f32_const(*x);
+        assert_eq!(
+            h.to_bits(),
+            want.to_bits(),
+            "rounding {:#010x}",
+            x.to_bits()
+        );
+    }
+}
+
 /// The fused f16 elementwise kernels against the definition computed element by element
 /// with `half`'s software conversions: every f16 value as `a` (against a shuffled `b`) and
 /// as the unary operand.

@@ -3,9 +3,9 @@
 //!
 //! Conversions follow semantics R6.1: to `F16`/`BF16` round to nearest with ties to even,
 //! overflow becomes ±inf, NaN stays NaN, subnormals are kept; to `F32` is exact. The `half` crate
-//! does the bit work, except f16 slice conversions on x86-64 with F16C, which go through
-//! `kernels::f16_to_f32`/`f32_to_f16` (one CPU check per slice instead of one per 8 elements;
-//! same bits).
+//! does the bit work for scalars. Slices go through `kernels`: f16 with F16C on x86-64 (one CPU
+//! check per slice instead of one per 8 elements), bf16 with loops that vectorize; both give
+//! `half`'s bits.
 
 use std::fmt;
 use std::str::FromStr;
@@ -202,11 +202,11 @@ impl Element for bf16 {
     }
     #[inline]
     fn load_f32(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
+        kernels::bf16_to_f32(src, dst);
     }
     #[inline]
     fn store_f32(src: &[f32], dst: &mut [Self]) {
-        dst.convert_from_f32_slice(src);
+        kernels::f32_to_bf16(src, dst);
     }
 }
 
