@@ -26,8 +26,8 @@ pub(crate) struct BenchArgs {
     /// targets then.
     #[arg(long)]
     quick: bool,
-    /// Also write the medians as `key<TAB>value<TAB>unit` lines to this file (read by
-    /// scripts/compare-pytorch.sh).
+    /// Also write the sizes and the medians as `key<TAB>value<TAB>unit` lines to this file
+    /// (read by scripts/compare-pytorch.sh).
     #[arg(long, value_name = "FILE")]
     tsv: Option<PathBuf>,
 }
@@ -224,7 +224,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<bool> {
         chain_rows(&plan, dtype, &mut rows, &mut notes)?;
     }
     handoff_rows(&plan, &mut rows, &mut notes)?;
-    branch_rows(&plan, cores, &mut rows)?;
+    branch_rows(&plan, cores, &mut rows, &mut notes)?;
     seed_rows(&plan, &mut rows)?;
     add_rows(&plan, &mut rows)?;
 
@@ -247,7 +247,11 @@ pub(crate) fn run(args: &BenchArgs) -> Result<bool> {
         }
     }
     if let Some(path) = &args.tsv {
-        let mut out = String::new();
+        // The sizes first, so a comparison script can run the same programs.
+        let mut out = format!(
+            "chain_ops\t{}\tparam\nseed_size\t{}\tparam\nadd_len\t{}\tparam\n",
+            plan.chain_ops, plan.seed_size, plan.add_len
+        );
         for r in &rows {
             match &r.measured {
                 Measured::Sample(s) => {
@@ -360,6 +364,7 @@ fn chain_rows(
     }
     let per_op = |d: Duration| d.as_secs_f64() * 1e9 / n as f64;
     let (mut replay_ns, mut eager_ns, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let (start, sched) = (Instant::now(), SchedTimes::now());
     for _ in 0..plan.chain_rounds {
         let e = call(&mut eager, &inputs)?;
         let r: Vec<Duration> = (0..plan.replays_per_round)
@@ -369,6 +374,11 @@ fn chain_rows(
         eager_ns.push(per_op(e));
         ratio.push(e.as_secs_f64() / median_of(r).as_secs_f64());
     }
+    notes.extend(contention_note(
+        &format!("tiny chain {dtype} rounds"),
+        start.elapsed(),
+        sched,
+    ));
     let what = format!("{n}-op chain [16] {dtype}, 1 stream");
     rows.push(Row::sample(
         &format!("replay_per_op_{dtype}"),
@@ -427,18 +437,62 @@ fn same_bits(got: &[Tensor], want: &[Tensor]) -> Result<bool> {
     Ok(true)
 }
 
-/// CPU time (ns) every thread of this process has used so far, from
-/// `/proc/self/task/*/schedstat`; `None` where that is not available.
-fn process_cpu_ns() -> Option<u64> {
-    let mut total = 0u64;
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let path = task.ok()?.path().join("schedstat");
-        // A thread may exit between the listing and the read; skip it then.
-        if let Ok(s) = std::fs::read_to_string(path) {
-            total += s.split_whitespace().next()?.parse::<u64>().ok()?;
+/// Scheduler totals over every thread of this process, from `/proc/self/task/*/schedstat`
+/// (Linux): time on a CPU, and time runnable but waiting for one (the cores were busy with
+/// other threads, ours or other processes').
+#[derive(Debug, Clone, Copy, Default)]
+struct SchedTimes {
+    cpu_ns: u64,
+    wait_ns: u64,
+}
+
+impl SchedTimes {
+    /// `None` where schedstat is not available.
+    fn now() -> Option<SchedTimes> {
+        let mut t = SchedTimes::default();
+        for task in std::fs::read_dir("/proc/self/task").ok()? {
+            let path = task.ok()?.path().join("schedstat");
+            // A thread may exit between the listing and the read; skip it then.
+            if let Ok(s) = std::fs::read_to_string(path) {
+                let mut f = s.split_whitespace().map(str::parse::<u64>);
+                t.cpu_ns += f.next()?.ok()?;
+                t.wait_ns += f.next()?.ok()?;
+            }
         }
+        Some(t)
     }
-    Some(total)
+
+    /// CPU and run-queue time used from `self` to `later`, in ms.
+    fn ms_until(self, later: SchedTimes) -> (f64, f64) {
+        (
+            later.cpu_ns.saturating_sub(self.cpu_ns) as f64 / 1e6,
+            later.wait_ns.saturating_sub(self.wait_ns) as f64 / 1e6,
+        )
+    }
+}
+
+/// A note on how much CPU the process got while `wall` elapsed between `before` and `after`.
+fn contention_note(what: &str, wall: Duration, before: Option<SchedTimes>) -> Option<String> {
+    let (cpu, wait) = before?.ms_until(SchedTimes::now()?);
+    let wall = wall.as_secs_f64() * 1e3;
+    Some(format!(
+        "{what}: this process ran {:.2} CPUs on average and its threads waited {:.0} ms for a \
+         CPU in {:.0} ms ({:.2} load average at the end)",
+        cpu / wall,
+        wait,
+        wall,
+        load_average().unwrap_or(f64::NAN)
+    ))
+}
+
+/// The 1-minute load average (Linux).
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The event hand-off (gated ping-pong) and the CPU idle workers use afterwards.
@@ -449,12 +503,14 @@ fn handoff_rows(plan: &Plan, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Re
     let mut per = Vec::new();
     let mut issue = Vec::new();
     let mut not_held = 0;
+    let (start, sched) = (Instant::now(), SchedTimes::now());
     for _ in 0..plan.handoff_runs {
         let t = pp.run(trips)?;
         not_held += usize::from(!t.gate_held);
         per.push(t.per_handoff(trips).as_secs_f64() * 1e9);
         issue.push(t.issue);
     }
+    notes.extend(contention_note("hand-off runs", start.elapsed(), sched));
     if not_held > 0 {
         notes.push(format!(
             "hand-off: in {not_held} of {} runs the gate finished before the ping-pong was \
@@ -480,13 +536,13 @@ fn handoff_rows(plan: &Plan, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Re
     let mut idle = Vec::new();
     for _ in 0..plan.idle_samples {
         synchronize()?;
-        let Some(before) = process_cpu_ns() else {
+        let Some(before) = SchedTimes::now() else {
             notes.push("idle CPU: /proc/self/task/*/schedstat not readable".into());
             return Ok(());
         };
         std::thread::sleep(window);
-        let after = process_cpu_ns().unwrap_or(before);
-        idle.push(after.saturating_sub(before) as f64 / 1e6);
+        let after = SchedTimes::now().unwrap_or(before);
+        idle.push(before.ms_until(after).0);
     }
     rows.push(Row::sample(
         "idle_cpu_ms",
@@ -502,7 +558,12 @@ fn handoff_rows(plan: &Plan, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Re
 }
 
 /// Two independent single-thread matmul branches on two streams vs on one.
-fn branch_rows(plan: &Plan, cores: usize, rows: &mut Vec<Row>) -> Result<()> {
+fn branch_rows(
+    plan: &Plan,
+    cores: usize,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
     let _single = SingleThreaded::new();
     let s = plan.matmul_size;
     let x: Vec<Tensor> = (0..2)
@@ -520,11 +581,31 @@ fn branch_rows(plan: &Plan, cores: usize, rows: &mut Vec<Row>) -> Result<()> {
     time(&mut two)?;
     let mut ratio = Vec::new();
     let mut two_ms = Vec::new();
+    let (mut two_wall, mut two_cpu, mut two_wait) = (Duration::ZERO, 0.0, 0.0);
     for _ in 0..plan.branch_rounds {
         let t1 = time(&mut one)?;
+        let sched = SchedTimes::now();
         let t2 = time(&mut two)?;
+        if let (Some(a), Some(b)) = (sched, SchedTimes::now()) {
+            let (cpu, wait) = a.ms_until(b);
+            two_wall += t2;
+            two_cpu += cpu;
+            two_wait += wait;
+        }
         ratio.push(t1.as_secs_f64() / t2.as_secs_f64());
         two_ms.push(t2.as_secs_f64() * 1e3);
+    }
+    if !two_wall.is_zero() {
+        let wall = two_wall.as_secs_f64() * 1e3;
+        notes.push(format!(
+            "2-stream matmul branches: this process ran {:.2} CPUs on average (2.00 = both \
+             branches always on a core) and its threads waited {:.0} ms for a CPU in {:.0} ms \
+             ({:.2} load average at the end)",
+            two_cpu / wall,
+            two_wait,
+            wall,
+            load_average().unwrap_or(f64::NAN)
+        ));
     }
     let what = format!(
         "2 branches x {} matmul {s}x{s} f32, 1 thread each",
@@ -597,7 +678,7 @@ fn add_rows(plan: &Plan, rows: &mut Vec<Row>) -> Result<()> {
     };
     once()?;
     let ms: Vec<f64> = (0..plan.add_runs).map(|_| once()).collect::<Result<_>>()?;
-    let what = if len % (1 << 20) == 0 {
+    let what = if len.is_multiple_of(1 << 20) {
         format!("{}M", len >> 20)
     } else {
         len.to_string()
