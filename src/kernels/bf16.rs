@@ -1,9 +1,10 @@
 //! bf16 slice conversions in plain Rust that vectorize.
 //!
-//! *Why this exists*: `half` 2.7 converts bf16 slices with a scalar loop over its branchy
-//! per-element conversions, which does not vectorize (a 1M-element bf16 add spent most of its
-//! 1.7 ms there). These loops compute the very same bits (the rules below are `half`'s, written
-//! with selects instead of early returns) and compile to SIMD on any x86-64.
+//! *Why this exists*: tiny bf16 ops. Against `half` 2.7's bf16 slice conversions, these loops
+//! (same bits, selects instead of early returns, vectorized by LLVM on the baseline x86-64
+//! target) measured, on 16-element slices in one process, widening 14 → 5 ns and rounding
+//! 11 → 7 ns; the replay of a 16-element bf16 op went from about 96 to 78 ns. At 1M elements
+//! both are limited by memory traffic and perform alike.
 //!
 //! Rules (R6.1): widening is exact (`bits << 16`), with a NaN quieted by setting the top
 //! mantissa bit, as `half` does; rounding is to nearest with ties to even on the 16 dropped
