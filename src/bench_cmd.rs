@@ -218,6 +218,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<bool> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let started = Instant::now();
     let load_at_start = load_average();
+    let pressure_at_start = cpu_pressure();
     let mut rows = Vec::new();
     let mut notes = Vec::new();
 
@@ -241,6 +242,12 @@ pub(crate) fn run(args: &BenchArgs) -> Result<bool> {
         load_at_start.unwrap_or(f64::NAN),
         load_average().unwrap_or(f64::NAN),
     );
+    if let (Some(a), Some(b)) = (pressure_at_start, cpu_pressure()) {
+        println!(
+            "CPU pressure (share of time some runnable thread of the machine waited for a CPU, \
+             last 60 s): {a:.0}% at the start, {b:.0}% at the end"
+        );
+    }
     println!(
         "median and spread (min, p25, p75, max) over n samples; ratios from interleaved rounds"
     );
@@ -495,6 +502,17 @@ fn contention_note(what: &str, wall: Duration, before: Option<SchedTimes>) -> Op
         wall,
         load_average().unwrap_or(f64::NAN)
     ))
+}
+
+/// `some avg60` of `/proc/pressure/cpu` (Linux PSI): the percentage of the last minute in which
+/// at least one runnable thread on the machine waited for a CPU.
+fn cpu_pressure() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+    let some = text.lines().find(|l| l.starts_with("some "))?;
+    some.split_whitespace()
+        .find_map(|f| f.strip_prefix("avg60="))?
+        .parse()
+        .ok()
 }
 
 /// The 1-minute load average (Linux).
