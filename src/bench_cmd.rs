@@ -611,29 +611,40 @@ fn branch_rows(
     time(&mut two)?;
     let mut ratio = Vec::new();
     let mut two_ms = Vec::new();
-    let (mut two_wall, mut two_cpu, mut two_wait) = (Duration::ZERO, 0.0, 0.0);
-    for _ in 0..plan.branch_rounds {
-        let t1 = time(&mut one)?;
+    // Per side: wall time, CPU time and run-queue wait summed over the rounds.
+    let mut used = [(Duration::ZERO, 0.0, 0.0); 2];
+    let mut timed = |side: usize, f: &mut dyn FnMut(&[Tensor]) -> Result<Vec<Tensor>>| {
         let sched = SchedTimes::now();
-        let t2 = time(&mut two)?;
+        let t = time(f)?;
         if let (Some(a), Some(b)) = (sched, SchedTimes::now()) {
             let (cpu, wait) = a.ms_until(b);
-            two_wall += t2;
-            two_cpu += cpu;
-            two_wait += wait;
+            used[side].0 += t;
+            used[side].1 += cpu;
+            used[side].2 += wait;
         }
+        Ok::<_, tagstream::Error>(t)
+    };
+    for _ in 0..plan.branch_rounds {
+        let t1 = timed(0, &mut one)?;
+        let t2 = timed(1, &mut two)?;
         ratio.push(t1.as_secs_f64() / t2.as_secs_f64());
         two_ms.push(t2.as_secs_f64() * 1e3);
     }
-    if !two_wall.is_zero() {
-        let wall = two_wall.as_secs_f64() * 1e3;
+    if !used[1].0.is_zero() {
+        let rounds = plan.branch_rounds as f64;
+        let [(w1, c1, q1), (w2, c2, q2)] = used.map(|(w, c, q)| (w.as_secs_f64() * 1e3, c, q));
         notes.push(format!(
-            "2-stream matmul branches: this process ran {:.2} CPUs on average (2.00 = both \
-             branches always on a core) and its threads waited {:.0} ms for a CPU in {:.0} ms \
-             ({:.2} load average at the end)",
-            two_cpu / wall,
-            two_wait,
-            wall,
+            "matmul branches, per round: 1 stream {:.0} ms wall, {:.0} ms CPU, {:.0} ms waiting \
+             for a CPU; 2 streams {:.0} ms wall, {:.0} ms CPU ({:.2} CPUs on average; 2.00 = \
+             both branches always on a core), {:.0} ms waiting for a CPU ({:.2} load average \
+             at the end)",
+            w1 / rounds,
+            c1 / rounds,
+            q1 / rounds,
+            w2 / rounds,
+            c2 / rounds,
+            c2 / w2,
+            q2 / rounds,
             load_average().unwrap_or(f64::NAN)
         ));
     }
