@@ -3,7 +3,9 @@
 //! `tagstream` alone is `tagstream run`: the seed model of design.md §1 on two streams with
 //! 1000×1000 f16 inputs in reduce-overhead mode (captured once, then replayed), checked against
 //! the single-stream serial reference, followed by eager-vs-replay timings of the seed and of a
-//! 1000-op tiny-op chain.
+//! 1000-op tiny-op chain. `tagstream bench` prints the benchmark table (`bench_cmd`).
+
+mod bench_cmd;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -29,6 +31,8 @@ struct Cli {
 enum Command {
     /// Run the seed model on two streams and check it against the serial reference (default).
     Run(RunArgs),
+    /// Measure every figure of the benchmark table (issue 6) and print it with its targets.
+    Bench(bench_cmd::BenchArgs),
     /// Record the seed model's per-stream timeline, eager and replayed, as a Chrome trace
     /// (Perfetto) and/or an SVG picture.
     Trace(TraceArgs),
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
         Command::Run(args) => run_seed(&args).map_err(|e| e.to_string()),
+        Command::Bench(args) => bench_cmd::run(&args).map_err(|e| e.to_string()),
         Command::Trace(args) => run_trace(&args),
     };
     match result {

@@ -1,13 +1,18 @@
 //! Ready-made models, starting with the seed model of design.md §1 (torchair's
 //! `npu_create_tagged_event` example), and their checks against the serial reference.
 //!
-//! Owns model-building closures and their reference checks; shared by the CLI, the tests and
-//! the benchmarks so that all three run exactly the same program.
+//! Owns model-building closures and their reference checks, and the measured programs of
+//! `tagstream bench` ([`PingPong`], [`matmul_branches`]); shared by the CLI, the tests and the
+//! benchmarks so that all three run exactly the same program.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::kernels::{BinaryOp, MatmulDims};
-use crate::ops::{TaggedEvent, tagged_event_record, tagged_event_wait};
+use crate::ops::{TaggedEvent, create_tagged_event, tagged_event_record, tagged_event_wait};
 use crate::reference;
+use crate::runtime::{stream_activity, synchronize};
 use crate::scope::stream_switch;
 use crate::tensor::{DType, Tensor};
 
@@ -102,6 +107,152 @@ pub fn tiny_chain(
 /// Never for a reasonable `len`; the constructor's errors otherwise.
 pub fn tiny_inputs(len: usize, dtype: DType) -> Result<Vec<Tensor>> {
     (10..12).map(|i| Tensor::randn(&[len], dtype, i)).collect()
+}
+
+/// Two independent branches of `matmuls` chained matrix products, `x[0]`'s on stream `sides[0]`
+/// and `x[1]`'s on `sides[1]`: `y = x@x`, then `y = y@x` (`matmuls - 1` times). With two distinct
+/// side tags the branches can overlap; with `["default", "default"]` they run one after the
+/// other on the main stream (the overlap benchmark of issue 6). Returns the two branch ends.
+///
+/// ```
+/// use tagstream::{models, DType, Tensor};
+/// let x: Vec<Tensor> = (0..2).map(|i| Tensor::randn(&[8, 8], DType::F32, i)).collect::<Result<_, _>>()?;
+/// let mut two = models::matmul_branches(2, ["branch-doc-1", "branch-doc-2"]);
+/// let mut one = models::matmul_branches(2, ["default", "default"]);
+/// assert_eq!(two(&x)?[1].to_vec_f32()?, one(&x)?[1].to_vec_f32()?);
+/// # Ok::<(), tagstream::Error>(())
+/// ```
+pub fn matmul_branches(
+    matmuls: usize,
+    sides: [&str; 2],
+) -> impl FnMut(&[Tensor]) -> Result<Vec<Tensor>> + Send + 'static {
+    let sides = sides.map(str::to_string);
+    move |x: &[Tensor]| {
+        let mut ends = Vec::with_capacity(2);
+        for (x, side) in x.iter().zip(&sides) {
+            let _on_side = stream_switch(side)?;
+            let mut y = x.matmul(x)?;
+            for _ in 1..matmuls {
+                y = y.matmul(x)?;
+            }
+            ends.push(y);
+        }
+        Ok(ends)
+    }
+}
+
+/// The gated ping-pong between two streams that measures the cross-stream event hand-off.
+///
+/// *Why gated*: a hand-off is a worker-to-worker signal; timing it from the host would add the
+/// host's issue cost. So stream `A` first waits on an event recorded after one long matmul on
+/// the main stream (the gate). The host queues the whole ping-pong while the gate runs, and the
+/// clock starts when the gate's result reaches the host: what remains is the hand-offs alone,
+/// plus one host wake-up at the end.
+///
+/// ```
+/// use tagstream::models::PingPong;
+/// let pp = PingPong::new("pp-doc", 64)?;
+/// let t = pp.run(10)?;
+/// assert!(t.per_handoff(10) <= t.handoffs);
+/// # Ok::<(), tagstream::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct PingPong {
+    gate: TaggedEvent,
+    a_to_b: TaggedEvent,
+    b_to_a: TaggedEvent,
+    gate_input: Tensor,
+    stream_a: String,
+    stream_b: String,
+}
+
+/// What one [`PingPong::run`] measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PingPongTiming {
+    /// From the gate's result reaching the host to the end of `synchronize`: every hand-off.
+    pub handoffs: Duration,
+    /// Host time to queue the gate and the ping-pong.
+    pub issue: Duration,
+    /// Whether the gate outlasted issuing, i.e. no hand-off ran while the host was still
+    /// queueing. If not, use a larger gate.
+    pub gate_held: bool,
+}
+
+impl PingPongTiming {
+    /// The measured time divided by the `2 × round_trips` hand-offs of the run.
+    pub fn per_handoff(&self, round_trips: u32) -> Duration {
+        self.handoffs / (2 * round_trips).max(1)
+    }
+}
+
+impl PingPong {
+    /// Creates the events `"{prefix}-gate"`, `"{prefix}-a2b"`, `"{prefix}-b2a"` and a
+    /// `[gate_size, gate_size]` f32 gate input; the streams are `"{prefix}-A"` and
+    /// `"{prefix}-B"`.
+    ///
+    /// # Errors
+    /// [`Error::TagInUse`](crate::Error::TagInUse) if an event with one of those tags exists.
+    pub fn new(prefix: &str, gate_size: usize) -> Result<PingPong> {
+        Ok(PingPong {
+            gate: create_tagged_event(&format!("{prefix}-gate"))?,
+            a_to_b: create_tagged_event(&format!("{prefix}-a2b"))?,
+            b_to_a: create_tagged_event(&format!("{prefix}-b2a"))?,
+            gate_input: Tensor::randn(&[gate_size, gate_size], DType::F32, 7)?,
+            stream_a: format!("{prefix}-A"),
+            stream_b: format!("{prefix}-B"),
+        })
+    }
+
+    /// Runs one gated ping-pong of `round_trips` round trips (two hand-offs each) and waits
+    /// for it.
+    ///
+    /// # Errors
+    /// Errors of the ops it issues (none expected) and of `synchronize`.
+    pub fn run(&self, round_trips: u32) -> Result<PingPongTiming> {
+        let b_done_before = self.b_executed();
+        let issue_start = Instant::now();
+        let g = self.gate_input.matmul(&self.gate_input)?;
+        tagged_event_record(&self.gate)?;
+        {
+            let _a = stream_switch(&self.stream_a)?;
+            tagged_event_wait(&self.gate)?;
+        }
+        for _ in 0..round_trips {
+            {
+                let _a = stream_switch(&self.stream_a)?;
+                tagged_event_record(&self.a_to_b)?;
+            }
+            {
+                let _b = stream_switch(&self.stream_b)?;
+                tagged_event_wait(&self.a_to_b)?;
+                tagged_event_record(&self.b_to_a)?;
+            }
+            {
+                let _a = stream_switch(&self.stream_a)?;
+                tagged_event_wait(&self.b_to_a)?;
+            }
+        }
+        let issue = issue_start.elapsed();
+        // B's first entry finishes only after a hand-off, so if B has executed nothing new,
+        // no hand-off completed while the host was queueing.
+        let gate_held = self.b_executed() == b_done_before;
+        black_box(g.to_vec_f32()?);
+        let start = Instant::now();
+        synchronize()?;
+        Ok(PingPongTiming {
+            handoffs: start.elapsed(),
+            issue,
+            gate_held,
+        })
+    }
+
+    /// Entries stream B has executed so far (0 before its first use).
+    fn b_executed(&self) -> u64 {
+        stream_activity()
+            .iter()
+            .find(|a| a.tag == self.stream_b)
+            .map_or(0, |a| a.executed)
+    }
 }
 
 /// How one output compares with the serial reference.

@@ -7,17 +7,23 @@
 //! (the stream worker turns a panic into `Error::ExecutionFailed`).
 //!
 //! Numerics (semantics §6): f16/bf16 inputs are widened to f32 exactly, computed in f32 and
-//! rounded once (R6.2, R6.3). Elementwise kernels run exactly the scalar functions of
+//! rounded once (R6.2, R6.3); on x86-64 with F16C, f16 conversions and f16 elementwise ops
+//! run in [`f16c`], and bf16 conversions are the vectorizing loops of [`bf16`](mod@bf16), with
+//! the same bits as `half`'s. Elementwise kernels run exactly the scalar functions of
 //! [`scalar`], so they equal the serial reference bit for bit (R6.6). Reductions use a fixed
 //! number of partial sums combined in a fixed order, and matmul splits only output elements
 //! across threads, so bits depend on shapes only (R6.4).
 
+mod bf16;
 mod elementwise;
+mod f16c;
 mod matmul;
 mod reduce;
 pub(crate) mod scalar;
 
+pub(crate) use bf16::{bf16_to_f32, f32_to_bf16};
 pub(crate) use elementwise::{binary, convert, unary};
+pub(crate) use f16c::{f16_to_f32, f32_to_f16};
 pub(crate) use matmul::matmul;
 pub(crate) use reduce::{rms_norm, softmax};
 

@@ -437,6 +437,179 @@ fn matmul_bits_do_not_depend_on_thread_count_r6_4() {
     }
 }
 
+/// Every f16 bit pattern, in order (NaNs and subnormals included).
+fn all_f16() -> Vec<f16> {
+    (0..=u16::MAX).map(f16::from_bits).collect()
+}
+
+/// Same bits, or both NaN.
+fn same_f16(got: f16, want: f16) -> bool {
+    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan())
+}
+
+/// The F16C slice conversions against `half`'s software conversions (`*_const`, which never
+/// use F16C): exhaustive for f16 → f32, and for f32 → f16 every f16 value, every midpoint
+/// between neighbours (ties to even), one f32 ulp either side of it, NaN payloads, overflow
+/// and f32 subnormals; every length 0..=40 exercises the padded tail.
+#[test]
+fn f16c_conversions_match_half_software_bit_for_bit() {
+    let all = all_f16();
+    let mut wide = vec![0f32; all.len()];
+    if !f16_to_f32(&all, &mut wide) {
+        eprintln!("no F16C on this CPU: the portable path is tested by the other kernel tests");
+        return;
+    }
+    for (h, w) in all.iter().zip(&wide) {
+        assert_eq!(
+            w.to_bits(),
+            h.to_f32_const().to_bits(),
+            "widening {:#06x}",
+            h.to_bits()
+        );
+    }
+    let mut xs: Vec<f32> = Vec::new();
+    for bits in 0..=u16::MAX {
+        let (lo, hi) = (f16::from_bits(bits), f16::from_bits(bits.wrapping_add(1)));
+        let (lo, hi) = (lo.to_f32_const(), hi.to_f32_const());
+        xs.push(lo);
+        if lo.is_finite() && hi.is_finite() && (lo < 0.0) == (hi < 0.0) {
+            let mid = f32::midpoint(lo, hi);
+            xs.extend([
+                mid,
+                f32::from_bits(mid.to_bits() - 1),
+                f32::from_bits(mid.to_bits() + 1),
+            ]);
+        }
+    }
+    xs.extend([
+        f32::from_bits(0x7fc0_0001),
+        f32::from_bits(0x7f80_2001), // signalling NaN with a payload in the kept bits
+        f32::from_bits(0xffff_ffff),
+        65520.0,
+        -65519.99,
+        f32::MAX,
+        1e-40,
+        -1e-45,
+    ]);
+    let mut narrow = vec![f16::ZERO; xs.len()];
+    assert!(f32_to_f16(&xs, &mut narrow));
+    for (x, h) in xs.iter().zip(&narrow) {
+        let want = f16::from_f32_const(*x);
+        // Exact bits, NaN payloads included.
+        assert!(
+            h.to_bits() == want.to_bits(),
+            "rounding {x:e}: got {:#06x}, want {:#06x}",
+            h.to_bits(),
+            want.to_bits()
+        );
+    }
+    for n in 0..=40 {
+        let mut w = vec![f32::NAN; n];
+        assert!(f16_to_f32(&all[1000..1000 + n], &mut w));
+        assert_bits(&w, &wide[1000..1000 + n], &format!("widening n={n}"));
+        let mut h = vec![f16::NAN; n];
+        assert!(f32_to_f16(&xs[5000..5000 + n], &mut h));
+        assert_eq!(h, narrow[5000..5000 + n], "rounding n={n}");
+    }
+}
+
+/// The bf16 slice conversions against `half`'s software conversions: exhaustive for
+/// bf16 → f32; for f32 → bf16 every upper half combined with the lower halves that decide the
+/// rounding (zero, one, just below, at and just above the tie, the top), which covers ties to
+/// even, carries into the exponent, overflow to inf and every NaN class.
+#[test]
+fn bf16_conversions_match_half_bit_for_bit() {
+    let all: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
+    let mut wide = vec![0f32; all.len()];
+    bf16_to_f32(&all, &mut wide);
+    for (h, w) in all.iter().zip(&wide) {
+        assert_eq!(
+            w.to_bits(),
+            h.to_f32_const().to_bits(),
+            "widening {:#06x}",
+            h.to_bits()
+        );
+    }
+    let lows = [0u32, 1, 0x7fff, 0x8000, 0x8001, 0xc000, 0xffff];
+    let xs: Vec<f32> = (0..=u32::from(u16::MAX))
+        .flat_map(|hi| lows.map(|lo| f32::from_bits(hi << 16 | lo)))
+        .collect();
+    let mut narrow = vec![bf16::ZERO; xs.len()];
+    f32_to_bf16(&xs, &mut narrow);
+    for (x, h) in xs.iter().zip(&narrow) {
+        let want = bf16::from_f32_const(*x);
+        assert_eq!(
+            h.to_bits(),
+            want.to_bits(),
+            "rounding {:#010x}",
+            x.to_bits()
+        );
+    }
+}
+
+/// The fused f16 elementwise kernels against the definition computed element by element
+/// with `half`'s software conversions: every f16 value as `a` (against a shuffled `b`) and
+/// as the unary operand.
+#[test]
+fn f16c_elementwise_matches_the_scalar_definition_for_every_f16() {
+    let a = all_f16();
+    // b: a fixed shuffle of the same values, so every pair class (NaN, inf, zero, subnormal)
+    // meets every other.
+    let b: Vec<f16> = (0..a.len())
+        .map(|i| a[(i * 40_503 + 17) % a.len()])
+        .collect();
+    let mut o = vec![f16::ZERO; a.len()];
+    if !f16c::binary(BinaryOp::Add, &a, &b, &mut o) {
+        eprintln!("no F16C on this CPU: the portable path is tested by the other kernel tests");
+        return;
+    }
+    for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+        let f = |x: f32, y: f32| match op {
+            BinaryOp::Add => x + y,
+            BinaryOp::Sub => x - y,
+            BinaryOp::Mul => x * y,
+            BinaryOp::Div => x / y,
+        };
+        for n in [a.len(), 0, 1, 7, 8, 9, 15, 16, 17, 63] {
+            let mut o = vec![f16::ZERO; n];
+            assert!(f16c::binary(op, &a[..n], &b[..n], &mut o));
+            for i in 0..n {
+                let want = f16::from_f32_const(f(a[i].to_f32_const(), b[i].to_f32_const()));
+                assert!(
+                    same_f16(o[i], want),
+                    "{op:?} n={n}: {:#06x} {:#06x} -> {:#06x}, want {:#06x}",
+                    a[i].to_bits(),
+                    b[i].to_bits(),
+                    o[i].to_bits(),
+                    want.to_bits()
+                );
+            }
+        }
+    }
+    for op in [UnaryOp::Relu, UnaryOp::Silu, UnaryOp::Gelu, UnaryOp::Exp] {
+        let f = match op {
+            UnaryOp::Relu => scalar::relu,
+            UnaryOp::Silu => scalar::silu,
+            UnaryOp::Gelu => scalar::gelu,
+            UnaryOp::Exp => scalar::exp,
+        };
+        for n in [a.len(), 0, 1, 7, 8, 9, 17] {
+            let mut o = vec![f16::ZERO; n];
+            assert!(f16c::unary(op, &a[..n], &mut o));
+            for i in 0..n {
+                let want = f16::from_f32_const(f(a[i].to_f32_const()));
+                assert!(
+                    same_f16(o[i], want),
+                    "{op:?} n={n}: {:#06x} -> {:#06x}, want {:#06x}",
+                    a[i].to_bits(),
+                    o[i].to_bits(),
+                    want.to_bits()
+                );
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
