@@ -447,13 +447,13 @@ fn e6_from_vec_length_and_overflowing_shapes() {
             op: "from_vec",
             lhs: vec![usize::MAX, 2],
             rhs: vec![0],
-            reason: "the number of elements overflows usize".into()
+            reason: "the tensor's size overflows (more than isize::MAX bytes of f16)".into()
         }
     );
     assert_eq!(
         err.to_string(),
-        "from_vec: shape mismatch between [18446744073709551615, 2] and [0]: the number of \
-         elements overflows usize"
+        "from_vec: shape mismatch between [18446744073709551615, 2] and [0]: the tensor's size \
+         overflows (more than isize::MAX bytes of f16)"
     );
     let huge: [&[usize]; 3] = [&[usize::MAX, 2], &[2, usize::MAX], &[1 << 32, 1 << 32]];
     for shape in huge {
@@ -467,8 +467,8 @@ fn e6_from_vec_length_and_overflowing_shapes() {
                 assert_eq!(
                     err.to_string(),
                     format!(
-                        "{op}: shape mismatch between {shape:?} and []: the number of elements \
-                         overflows usize"
+                        "{op}: shape mismatch between {shape:?} and []: the tensor's size \
+                         overflows (more than isize::MAX bytes of {dtype})"
                     )
                 );
             }
@@ -1599,12 +1599,11 @@ fn no_panic<T>(label: &str, f: impl FnOnce() -> T) -> T {
     })
 }
 
-/// BUG (R7.1, E6): a shape whose element count fits in `usize` but whose byte size does not
+/// Fixed bug (R7.1, E6): a shape whose element count fits in `usize` but whose byte size does not
 /// (`[usize::MAX / 2]` f32) makes `zeros`, `full` and `randn` panic ("capacity overflow", or
 /// an `unwrap` in bytemuck for f16/bf16) instead of returning `ShapeMismatch`.
 #[test]
-#[ignore = "bug: zeros/full/randn panic when the byte size overflows (R7.1)"]
-fn bug_constructors_panic_when_the_byte_size_overflows() {
+fn regression_constructors_refuse_sizes_over_isize_max_bytes() {
     let _s = serial();
     for dtype in DType::ALL {
         let shape = [usize::MAX / dtype.size_in_bytes() + 1];
@@ -1626,15 +1625,14 @@ fn bug_constructors_panic_when_the_byte_size_overflows() {
     }
 }
 
-/// BUG (R7.1, E4): `matmul` does not check that the output's element count fits in `usize`.
+/// Fixed bug (R7.1, E4): `matmul` does not check that the output's element count fits in `usize`.
 /// `[usize::MAX, 0] x [0, 2]` is accepted; then `Tensor::len`/`is_empty` panic on the host,
 /// the worker's kernel panics (reported as `ExecutionFailed`, which signals a tagstream bug),
 /// and a capture panics inside `Compiled::run` (`Plan::build`'s output-bytes sum). Without
 /// overflow checks (release builds) the product wraps instead: `[2^63, 0] x [0, 2]` yields
 /// an empty buffer for a shape of 2^64 elements.
 #[test]
-#[ignore = "bug: matmul accepts an output shape whose element count overflows (R7.1)"]
-fn bug_matmul_output_size_overflow_is_not_refused() {
+fn regression_matmul_refuses_an_overflowing_output() {
     let _s = serial();
     let a = zeros(&[usize::MAX, 0], DType::F32);
     let b = zeros(&[0, 2], DType::F32);
@@ -1654,14 +1652,13 @@ fn bug_matmul_output_size_overflow_is_not_refused() {
     );
 }
 
-/// BUG (R2.8, R5.1): a guard created before a compiled call and dropped inside its closure
+/// Fixed bug (R2.8, R5.1): a guard created before a compiled call and dropped inside its closure
 /// (here smuggled in through a thread-local; the guard is `!Send`, so the closure cannot own
 /// it) is silently inert. The call succeeds, and afterwards the caller's restored scope stack
 /// still holds that scope, which no guard can close any more: the thread stays on the side
 /// stream for good, and every later op (plain eager code included) goes there.
 #[test]
-#[ignore = "bug: an outer guard dropped inside a compiled closure leaves its scope open for good"]
-fn bug_outer_guard_dropped_inside_the_closure_leaks_its_scope() {
+fn regression_outer_guard_dropped_inside_the_closure_is_unbalanced() {
     let _s = serial();
     let (tx, rx) = mpsc::channel();
     // A thread of its own, so the leaked scope cannot affect other tests.
@@ -1686,13 +1683,12 @@ fn bug_outer_guard_dropped_inside_the_closure_leaks_its_scope() {
     );
 }
 
-/// BUG (R7.1, R2.10): a stream tag with an interior NUL byte makes `stream_switch` panic
+/// Fixed bug (R7.1, R2.10): a stream tag with an interior NUL byte makes `stream_switch` panic
 /// ("thread name may not contain interior null bytes": the worker thread is named
 /// `tagstream:<tag>`), while the runtime lock is held and after the stream was registered.
 /// Every later switch to that tag panics again. R2.10 refuses only the empty tag.
 #[test]
-#[ignore = "bug: stream_switch panics on a tag with an interior NUL (R7.1)"]
-fn bug_stream_tag_with_nul_panics() {
+fn regression_stream_tag_with_nul_is_accepted() {
     let _s = serial();
     for _ in 0..2 {
         let r = no_panic("stream_switch", || {
@@ -1703,7 +1699,7 @@ fn bug_stream_tag_with_nul_panics() {
     assert_runtime_works();
 }
 
-/// BUG (R3.4, R3.3, R5.8): replaying a graph that has no entry on the main stream (no input,
+/// Fixed bug (R3.4, R3.3, R5.8): replaying a graph that has no entry on the main stream (no input,
 /// no main-stream op, no side scope) overwrites the main stream's clock with an empty one
 /// (`Runtime::issue_batch` sets `stream.clock = translate(last_clock)`, and the main stream's
 /// `last_clock` is empty), and the segment publishes `done = base + 0` from the reset base.
@@ -1711,8 +1707,7 @@ fn bug_stream_tag_with_nul_panics() {
 /// before its producer ran: `to_vec_f32` fails with "the producer completed without writing
 /// its output" (or, on a later replay, `done` goes backwards).
 #[test]
-#[ignore = "bug: a graph with no main-stream entry resets the main stream's clock (R3.4)"]
-fn bug_graph_without_main_entries_resets_the_main_clock() {
+fn regression_empty_graph_keeps_the_main_clock() {
     let _s = serial();
     let x = Tensor::randn(&[256, 256], DType::F32, 3).unwrap();
     let mut y = x.clone();
