@@ -494,7 +494,11 @@ impl Frame {
                 return;
             }
         };
-        let threads = ctx.split.threads_per_busy_stream();
+        let threads = if op.is_multithreaded() {
+            ctx.split.threads_per_busy_stream()
+        } else {
+            1
+        };
         let run =
             |out| match catch_unwind(AssertUnwindSafe(|| op.execute_into(views, out, threads))) {
                 Ok(Ok(())) => Ok(()),

@@ -70,6 +70,12 @@ impl Op {
         self.kind.name()
     }
 
+    /// Whether the kernel can use several threads (only matmul does), so callers ask the core
+    /// split only then.
+    pub(crate) fn is_multithreaded(&self) -> bool {
+        matches!(self.kind, OpKind::Matmul(_))
+    }
+
     /// Number of output elements.
     pub(crate) fn out_len(&self) -> usize {
         self.out_shape.iter().product()

@@ -164,7 +164,12 @@ pub(crate) fn run(shared: Arc<WorkerShared>, split: &CoreSplit, failures: &dyn F
         let mut span = None;
         match entry.task {
             Task::Op { op, inputs, output } => {
-                let result = execute(&shared.tag, &op, &inputs, split.threads_per_busy_stream());
+                let threads = if op.is_multithreaded() {
+                    split.threads_per_busy_stream()
+                } else {
+                    1
+                };
+                let result = execute(&shared.tag, &op, &inputs, threads);
                 if let Err(e) = &result {
                     failures.report(e.clone());
                 }
