@@ -2,7 +2,7 @@
 //! `Mode::ReduceOverhead` (a capture, two replays) must agree, and an independent oracle must
 //! predict exactly which programs are accepted and how the others are refused.
 //!
-//! Programs: 1–4 streams (`"default"`, `"diff-1"`..`"diff-3"`) in nested scopes (a tree, so
+//! Programs: 1–60 actions on 1–4 streams (`"default"`, `"diff-1"`..`"diff-3"`) in nested scopes (a tree, so
 //! guards drop LIFO; R2.4–R2.7); every op on `[n,n]` tensors of one dtype (R6.11; `rms_norm`
 //! with a `[n]` weight input, a `to_dtype` round trip); host constants made in the closure (R4.3,
 //! SC21); `record_tagged_stream` (R4.10); three process-wide events recorded and waited anywhere
@@ -15,7 +15,9 @@
 //! earlier run orders nothing new, R1.8, R3.6). A capture refuses the same read, with
 //! positions (R4.8), unless such a wait comes first in issue order: `WaitWithoutRecord` (R4.6,
 //! SC33, SC34). Accepted programs give bit-identical outputs (NaN == NaN) eagerly, in the
-//! capturing call and in two replays on fresh inputs (R4.13, R5.6, R6.4); held outputs survive
+//! capturing call, in two replays on fresh inputs and in a serial single-stream run of the same
+//! ops (R4.13, R5.6, R6.4; the kernels themselves are checked against the serial reference of
+//! R6.5 in `src/kernels/tests.rs`); held outputs survive
 //! replays (R5.5); stats count 1 capture, 2 replays (R5.10); a refused capture caches nothing
 //! and refuses again (R4.12). Each case runs in a thread with a 30 s timeout (R7.1).
 //!
@@ -206,7 +208,7 @@ fn program() -> impl Strategy<Value = Program> {
     let dtype = prop_oneof![Just(DType::F32), Just(DType::F16), Just(DType::BF16)];
     let head = (dtype, 1..=6usize, 2..=3usize, any::<u64>());
     let streams = prop_oneof![1 => Just(1), 6 => 2..=STREAMS.len()];
-    let actions = prop::collection::vec(raw(), 1..=40);
+    let actions = prop::collection::vec(raw(), 1..=60);
     let outs = prop::collection::vec(any::<usize>(), 1..=4);
     (head, streams, actions, outs, prop::bool::weighted(0.6))
         .prop_map(|(h, s, a, o, strict)| build(h, s, a, o, strict))
@@ -227,6 +229,23 @@ fn exec(nodes: &[Node], pool: &mut Vec<Tensor>, w: &Tensor) -> tagstream::Result
                 let _guard = stream_switch(STREAMS[s])?;
                 exec(body, pool, w)?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// The serial single-stream run of the same program: every op on the main stream in program
+/// order, no scopes, no events. Bits depend only on ops and inputs (R6.4), so an accepted
+/// multi-stream program must match it exactly.
+fn exec_serial(nodes: &[Node], pool: &mut Vec<Tensor>, w: &Tensor) -> tagstream::Result<()> {
+    for node in nodes {
+        match *node {
+            Node::Op(op, a, b) => {
+                let f = OPS.iter().find(|o| o.0 == op).unwrap().1;
+                pool.push(f(&pool[a], &pool[b], w)?);
+            }
+            Node::Scope(_, ref body) => exec_serial(body, pool, w)?,
+            Node::Record(_) | Node::Wait(_) | Node::Keep(..) => {}
         }
     }
     Ok(())
@@ -468,6 +487,19 @@ fn check(p: &Program) -> Result<(), String> {
     // The capturing call's outputs are read only now: replays must not overwrite them (R5.5).
     if bits(&c1)? != bits(&e1)? {
         return Err("the capturing call differs from Mode::Eager on the same inputs".into());
+    }
+    // The serial single-stream run gives the same bits (R6.4, R5.6).
+    let serial = {
+        let (w, x) = xs[0].split_last().expect("the weight input");
+        let mut pool = x.to_vec();
+        exec_serial(&p.body, &mut pool, w).map_err(|e| format!("serial run: {e:?}"))?;
+        p.outputs
+            .iter()
+            .map(|&i| pool[i].clone())
+            .collect::<Vec<_>>()
+    };
+    if bits(&serial)? != bits(&e1)? {
+        return Err("the serial single-stream run differs from Mode::Eager".into());
     }
     if counts(ro.stats()) != (1, 2, 0, false) || counts(eager.stats()) != (0, 0, 3, false) {
         return Err(format!("stats: {:?} / {:?}", ro.stats(), eager.stats()));
