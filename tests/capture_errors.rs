@@ -14,7 +14,7 @@ use tagstream::scope::{current_stream, stream_switch};
 use tagstream::{CompileStats, Compiled, DType, Error, Result, Tensor, compile, synchronize};
 
 mod common;
-use common::{bits, counters, eager, inputs, issued, ro, stats_tuple};
+use common::{assert_mentions, bits, counters, eager, inputs, issued, ro, stats_tuple};
 
 /// `synchronize` and host reads move the process-wide host frontier `H` (R3.6), which can
 /// legitimately turn another thread's racy read into an ordered one (R3.10). The tests of this
@@ -32,16 +32,6 @@ fn assert_untouched(c: &Compiled) {
     assert_eq!(c.cached_graphs(), 0, "nothing is cached");
     assert!(c.graph_dump().is_none(), "no graph was used");
     assert_eq!(current_stream(), "default");
-}
-
-fn assert_mentions(err: &Error, needles: &[&str]) {
-    let msg = err.to_string();
-    for n in needles {
-        assert!(
-            msg.contains(n),
-            "message of {err:?} should contain {n:?}: {msg}"
-        );
-    }
 }
 
 const SC17_SIDE: &str = "cap-errors-sc17-1";

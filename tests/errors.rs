@@ -3,22 +3,15 @@
 
 use tagstream::{DType, Error, Tensor, stream_activity};
 
+mod common;
+use common::assert_mentions;
+
 fn t(shape: &[usize], dtype: DType) -> Tensor {
     Tensor::zeros(shape, dtype).unwrap()
 }
 
 fn main_issued() -> u64 {
     stream_activity()[0].issued
-}
-
-fn assert_mentions(err: &Error, needles: &[&str]) {
-    let msg = err.to_string();
-    for n in needles {
-        assert!(
-            msg.contains(n),
-            "message of {err:?} should contain {n:?}: {msg}"
-        );
-    }
 }
 
 #[test]

@@ -141,17 +141,7 @@ mod loom_tests {
     use loom::sync::Arc;
     use loom::thread;
 
-    /// The preemption bound of every model in this module.
-    const PREEMPTIONS: usize = 3;
-
-    fn check(f: impl Fn() + Sync + Send + 'static) {
-        let mut builder = loom::model::Builder::new();
-        builder.preemption_bound = Some(PREEMPTIONS);
-        // Each back-off round is a yield, i.e. a branch: two waiters' spins and a
-        // publisher's polling exceed loom's default of 1,000 branches per execution.
-        builder.max_branches = 10_000;
-        builder.check(f);
-    }
+    use super::super::sync::loom_check as check;
 
     /// Pops until `None` and returns what came out.
     fn drain(q: &WorkQueue<u32>) -> Vec<u32> {

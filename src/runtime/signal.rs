@@ -160,17 +160,7 @@ mod loom_tests {
     use loom::sync::atomic::fence;
     use loom::thread;
 
-    /// The preemption bound of every model in this module.
-    const PREEMPTIONS: usize = 3;
-
-    fn check(f: impl Fn() + Sync + Send + 'static) {
-        let mut builder = loom::model::Builder::new();
-        builder.preemption_bound = Some(PREEMPTIONS);
-        // Each back-off round is a yield, i.e. a branch: two waiters' spins and a
-        // publisher's polling exceed loom's default of 1,000 branches per execution.
-        builder.max_branches = 10_000;
-        builder.check(f);
-    }
+    use super::super::sync::loom_check as check;
 
     /// A value written by the publisher before `publish`, read by a waiter after `wait_until`:
     /// loom reports a data race if the read is not ordered after the write.

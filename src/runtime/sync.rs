@@ -69,3 +69,14 @@ impl Backoff {
         true
     }
 }
+
+/// Runs a loom model with the runtime's bounds: three preemptions, and up to 10,000 branches
+/// per execution (each back-off round is a yield, i.e. a branch: two waiters' spins and a
+/// publisher's polling exceed loom's default of 1,000). Shared by every loom test module.
+#[cfg(all(test, loom))]
+pub(crate) fn loom_check(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(3);
+    builder.max_branches = 10_000;
+    builder.check(f);
+}

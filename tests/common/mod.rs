@@ -2,7 +2,9 @@
 //! uses a subset, hence the `dead_code` allowance).
 #![allow(dead_code)]
 
-use tagstream::{CompileConfig, CompileStats, Compiled, DType, Mode, Tensor, stream_activity};
+use tagstream::{
+    CompileConfig, CompileStats, Compiled, DType, Error, Mode, Tensor, stream_activity,
+};
 
 /// `Mode::ReduceOverhead` with the default capture limit.
 pub(crate) fn ro() -> CompileConfig {
@@ -51,4 +53,15 @@ pub(crate) fn issued(tag: &str) -> Option<u64> {
         .iter()
         .find(|s| s.tag == tag)
         .map(|s| s.issued)
+}
+
+/// Asserts that `err`'s message contains every needle.
+pub(crate) fn assert_mentions(err: &Error, needles: &[&str]) {
+    let msg = err.to_string();
+    for n in needles {
+        assert!(
+            msg.contains(n),
+            "message of {err:?} should contain {n:?}: {msg}"
+        );
+    }
 }
