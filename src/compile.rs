@@ -8,8 +8,11 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use crate::device::Device;
+use crate::dispatch::{self, CompiledGraph};
+use crate::dtype::DType;
 use crate::error::Result;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::handle::Tensor;
 
 /// How [`Compiled::run`] executes the closure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -96,13 +99,13 @@ pub struct MemoryStats {
     pub output_bytes: usize,
 }
 
-/// The ordered `(shape, dtype)` of a call's inputs (semantics §0).
-pub(crate) type Signature = Vec<(Vec<usize>, DType)>;
+/// The ordered `(shape, dtype, device)` of a call's inputs (semantics §0).
+pub(crate) type Signature = Vec<(Vec<usize>, DType, Device)>;
 
 pub(crate) fn signature_of(inputs: &[Tensor]) -> Signature {
     inputs
         .iter()
-        .map(|t| (t.shape().to_vec(), t.dtype()))
+        .map(|t| (t.shape().to_vec(), t.dtype(), t.device()))
         .collect()
 }
 
@@ -113,7 +116,7 @@ pub struct Compiled {
     f: Closure,
     config: CompileConfig,
     stats: CompileStats,
-    graphs: HashMap<Signature, crate::graph::Captured>,
+    graphs: HashMap<Signature, CompiledGraph>,
     /// The signature of the graph the latest run used, for the dump and memory figures.
     latest: Option<Signature>,
 }
@@ -189,7 +192,7 @@ impl Compiled {
         self.graphs.len()
     }
 
-    fn latest_graph(&self) -> Option<&crate::graph::Captured> {
+    fn latest_graph(&self) -> Option<&CompiledGraph> {
         self.latest.as_ref().and_then(|s| self.graphs.get(s))
     }
 
@@ -238,8 +241,8 @@ impl Compiled {
     /// any error the closure returns, unchanged. After an error nothing is cached and no counter
     /// changes (R4.12, R5.10).
     pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        crate::scope::take_pending_error()?;
-        crate::graph::refuse_in_capture("Compiled::run", None)?;
+        crate::scope::stack::take_pending_error()?;
+        dispatch::refuse_in_capture("Compiled::run", None)?;
         if self.config.mode == Mode::Eager || self.stats.fell_back_to_eager {
             return self.run_eager(inputs);
         }
@@ -264,7 +267,7 @@ impl Compiled {
             self.latest = None;
             return self.run_eager(inputs);
         }
-        let mut graph = crate::graph::capture(&mut self.f, inputs)?;
+        let mut graph = dispatch::capture(&mut self.f, inputs)?;
         let outputs = graph.replay(inputs)?;
         self.stats.captures += 1;
         self.graphs.insert(signature.clone(), graph);
@@ -273,7 +276,7 @@ impl Compiled {
     }
 
     fn run_eager(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        let outputs = crate::graph::run_eager(&mut self.f, inputs)?;
+        let outputs = dispatch::run_eager(&mut self.f, inputs)?;
         self.stats.eager_runs += 1;
         self.latest = None;
         Ok(outputs)

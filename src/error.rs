@@ -4,7 +4,8 @@
 //! offending call: the op by name, tags in quotes, streams by their tag, shapes and dtypes by value
 //! (semantics §7, R7.2). This module knows nothing about how errors are detected.
 
-use crate::tensor::DType;
+use crate::device::Device;
+use crate::dtype::DType;
 
 /// `Result` with tagstream's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -153,11 +154,45 @@ pub enum Error {
         graph: String,
     },
 
-    /// E16: the CUDA backend was requested but no driver or device is available.
+    /// Operands on two devices, or a capture whose inputs are on two devices (R10.1, R10.7,
+    /// E17). Nothing is issued.
+    #[error(
+        "{op}: operands are on two devices, {lhs} and {rhs}; move one with `to_device` first \
+         (R10.1)"
+    )]
+    DeviceMismatch {
+        /// The op (or `Compiled::run (inputs)`).
+        op: String,
+        /// The first operand's device.
+        lhs: Device,
+        /// The device of the first operand that differs.
+        rhs: Device,
+    },
+
+    /// A device name that is not `cpu`, `cuda` or `cuda:N` (parsing, CLI).
+    #[error("unknown device \"{name}\"; accepted names are cpu, cuda, cuda:N")]
+    UnknownDevice {
+        /// The name given.
+        name: String,
+    },
+
+    /// E16, E18: a CUDA device was requested but no driver or device is available.
     #[error("no GPU: {what}")]
     NoGpu {
         /// Which library or device lookup failed.
         what: String,
+    },
+
+    /// A call that needs this thread's tagstream state (a scope, a compiled call) was made
+    /// from a thread-local destructor after that state was destroyed.
+    #[error(
+        "{call}: called while this thread is exiting, after tagstream's per-thread state was \
+         destroyed (from a thread-local destructor); ops issued there run on the main stream, \
+         but no scope can be opened and no compiled call can run"
+    )]
+    ThreadExiting {
+        /// The call that was refused.
+        call: &'static str,
     },
 
     // ---- execution -------------------------------------------------------------------------
@@ -190,6 +225,17 @@ pub enum Error {
         /// The OS error.
         message: String,
     },
+}
+
+impl Error {
+    /// [`Error::ForeignGraphValue`] for `op` using a value of graph `graph` made by `made_by`
+    /// (R4.1): the one place its message is built.
+    pub(crate) fn foreign(op: &'static str, graph: u64, made_by: &str) -> Error {
+        Error::ForeignGraphValue {
+            op,
+            graph: format!("#{graph} (produced by {made_by})"),
+        }
+    }
 }
 
 fn describe_unbalanced(dropped: Option<&str>, innermost: Option<&str>, open: &[String]) -> String {

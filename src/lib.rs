@@ -42,24 +42,108 @@
 //! The rules are in `docs/semantics.md` (shared with the team as `shared/docs/semantics.md`);
 //! rule ids such as R3.5 in these docs refer to it. `docs/architecture.md` maps the modules.
 
+mod backend;
 pub mod compile;
+mod device;
+mod dispatch;
+mod dtype;
 pub mod error;
-pub(crate) mod graph;
-pub(crate) mod kernels;
+mod graph;
+mod kernels;
 pub mod models;
 pub mod ops;
 pub mod reference;
-pub(crate) mod runtime;
+mod runtime;
 pub mod scope;
 pub mod tensor;
 pub mod trace;
 
 pub use compile::{CompileConfig, CompileStats, Compiled, MemoryStats, Mode, compile};
+pub use device::{Device, cuda_is_available};
 pub use error::{Error, Result};
-pub use runtime::{
-    StreamActivity, set_chaos, set_threads_per_stream, stream_activity, synchronize,
-};
 pub use tensor::{DType, Tensor};
+
+/// How much work one stream has been given, from [`stream_activity`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamActivity {
+    /// The stream's tag (`"default"` for the main stream).
+    pub tag: String,
+    /// Entries (ops, records, waits) issued on the stream so far.
+    pub issued: u64,
+    /// Entries the stream's worker has executed so far.
+    pub executed: u64,
+}
+
+/// Every stream created so far in this process, main stream first, with its entry counts.
+///
+/// ```
+/// let before = tagstream::stream_activity();
+/// assert_eq!(before[0].tag, "default");
+/// ```
+pub fn stream_activity() -> Vec<StreamActivity> {
+    dispatch::stream_activity()
+        .into_iter()
+        .map(|(tag, issued, executed)| StreamActivity {
+            tag: tag.to_string(),
+            issued,
+            executed,
+        })
+        .collect()
+}
+
+/// Chaos mode (SC37): with `Some(seed)`, every stream worker stalls at seeded random points
+/// (yields, spins, sleeps of up to a fraction of a millisecond) before each entry and each
+/// replay instruction; `None` turns it off. Results never change (R3.10, R5.6): tests run the
+/// same program with and without chaos and compare bits. Process-wide; also set by the
+/// environment variable `TAGSTREAM_CHAOS=<seed>` at start-up.
+///
+/// ```
+/// tagstream::set_chaos(Some(42));
+/// let x = tagstream::Tensor::full(&[4], 1.0, tagstream::DType::F32)?;
+/// assert_eq!(x.add(&x)?.to_vec_f32()?, vec![2.0; 4]);
+/// tagstream::set_chaos(None);
+/// # Ok::<(), tagstream::Error>(())
+/// ```
+pub fn set_chaos(seed: Option<u64>) {
+    backend::cpu::set_chaos(seed);
+}
+
+/// Caps the threads one op may use on a stream (`0` restores the default split,
+/// `max(1, cores / busy streams)`).
+///
+/// With `1`, every matmul runs on its stream's worker thread alone, so independent branches on
+/// different streams are what uses the cores. Results never depend on it (R6.4). Process-wide;
+/// takes effect for ops that start after the call.
+///
+/// ```
+/// tagstream::set_threads_per_stream(1);
+/// let a = tagstream::Tensor::full(&[64, 64], 1.0, tagstream::DType::F32)?;
+/// assert_eq!(a.matmul(&a)?.to_vec_f32()?[0], 64.0);
+/// tagstream::set_threads_per_stream(0);
+/// # Ok::<(), tagstream::Error>(())
+/// ```
+pub fn set_threads_per_stream(n: usize) {
+    backend::cpu::cpu().set_threads_per_stream(n);
+}
+
+/// Blocks until every entry issued on any stream before the call has executed (R3.3).
+///
+/// Afterwards every stream treats that work as done (R3.6). Returns the first failure a
+/// worker reported since the last `synchronize`, if any.
+///
+/// # Errors
+/// A pending [`Error::UnbalancedStreamSwitch`] of this thread (R2.8); a worker failure;
+/// [`Error::HostSyncInCapture`] on a thread that is capturing a graph (R4.3).
+///
+/// ```
+/// let x = tagstream::Tensor::full(&[2, 2], 1.0, tagstream::DType::F32)?;
+/// let y = x.exp()?; // enqueued on the main stream, returns at once
+/// tagstream::synchronize()?; // y is computed now
+/// # Ok::<(), tagstream::Error>(())
+/// ```
+pub fn synchronize() -> Result<()> {
+    dispatch::synchronize()
+}
 
 /// The README's Rust example, compiled and run as a doctest so it stays true.
 #[cfg(doctest)]

@@ -12,9 +12,9 @@ use crate::error::Result;
 use crate::kernels::{BinaryOp, MatmulDims};
 use crate::ops::{TaggedEvent, create_tagged_event, tagged_event_record, tagged_event_wait};
 use crate::reference;
-use crate::runtime::{stream_activity, synchronize};
 use crate::scope::stream_switch;
 use crate::tensor::{DType, Tensor};
+use crate::{stream_activity, synchronize};
 
 /// Names of the seed model's four outputs, in order.
 pub const SEED_OUTPUTS: [&str; 4] = ["add", "mm", "mm1", "add2"];

@@ -14,9 +14,10 @@
 use std::sync::Arc;
 
 pub(crate) use super::memory::EntryRef;
+use crate::dtype::DType;
 use crate::ops::op::Op;
 use crate::runtime::StreamId;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::handle::Tensor;
 
 /// A value of the graph: the output of a copy-in or an op.
 pub(crate) type ValueId = usize;

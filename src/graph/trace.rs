@@ -24,8 +24,8 @@ use super::ir::{EntryKind, EntryRef, EventName, Graph, GraphStream, Operand, Out
 use crate::error::{Error, Result};
 use crate::ops::op::Op;
 use crate::runtime::{MAIN, MAIN_TAG, StreamId, runtime};
-use crate::scope::current_stream_id;
-use crate::tensor::{Kind, Tensor};
+use crate::scope::stack::current_stream_id;
+use crate::tensor::handle::{Kind, Tensor};
 
 /// A wait that found no earlier record of its event (R4.6).
 #[derive(Debug)]

@@ -31,10 +31,11 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::dispatch;
 use crate::error::{Error, Result};
 use crate::runtime::runtime;
-use crate::scope::{current_stream_id, take_pending_error};
-use crate::tensor::Tensor;
+use crate::scope::stack::take_pending_error;
+use crate::tensor::handle::Tensor;
 
 /// A process-unique event, created by [`create_tagged_event`] (R1.6).
 ///
@@ -49,6 +50,14 @@ pub struct TaggedEvent {
 struct EventInner {
     tag: Arc<str>,
     id: u64,
+}
+
+impl Drop for EventInner {
+    fn drop(&mut self) {
+        // The last handle is gone: no wait can bind to this event again, so its latest record
+        // (a position and a full vector clock) is freed; only the tag stays reserved (R1.4).
+        runtime().forget_event(self.id);
+    }
 }
 
 impl TaggedEvent {
@@ -115,11 +124,7 @@ pub fn create_tagged_event(tag: &str) -> Result<TaggedEvent> {
 /// # Errors
 /// A pending [`Error::UnbalancedStreamSwitch`] of this thread.
 pub fn tagged_event_record(ev: &TaggedEvent) -> Result<()> {
-    take_pending_error()?;
-    if let Some(traced) = crate::graph::trace_record(ev.inner.id, &ev.inner.tag) {
-        return traced;
-    }
-    runtime().record(current_stream_id(), ev.inner.id, &ev.inner.tag)
+    dispatch::record(ev.inner.id, &ev.inner.tag)
 }
 
 /// Makes the calling thread's current stream wait for the latest record of `ev` (R1.8).
@@ -132,11 +137,7 @@ pub fn tagged_event_record(ev: &TaggedEvent) -> Result<()> {
 /// earlier record of `ev` in the graph makes the capture fail with
 /// [`Error::WaitWithoutRecord`] when the closure returns (R4.6).
 pub fn tagged_event_wait(ev: &TaggedEvent) -> Result<()> {
-    take_pending_error()?;
-    if let Some(traced) = crate::graph::trace_wait(ev.inner.id, &ev.inner.tag) {
-        return traced;
-    }
-    runtime().wait(current_stream_id(), ev.inner.id, &ev.inner.tag)
+    dispatch::wait(ev.inner.id, &ev.inner.tag)
 }
 
 /// Declares that stream `tag` uses `tensor` (torchair's `npu_record_tagged_stream`).
@@ -156,8 +157,5 @@ pub fn record_tagged_stream(tensor: &Tensor, tag: &str) -> Result<()> {
             call: "record_tagged_stream",
         });
     }
-    if let Some(traced) = crate::graph::trace_record_stream(tensor, tag) {
-        return traced;
-    }
-    Ok(())
+    dispatch::record_stream(tensor, tag)
 }

@@ -1,14 +1,13 @@
 //! [`Op`]: the one description of a tensor operation that every path shares.
 //!
-//! Owns shape/dtype validation (semantics R6.11 and §7 rows E3–E7) and the dispatch from a
-//! validated op to the dtype-specific kernel. Validation runs on the host before anything is
-//! issued (R3.9); execution runs on a stream worker and only ever sees operands that passed
-//! validation. This module does not know which stream runs an op or how it is ordered.
+//! Owns shape/dtype validation (semantics R6.11 and §7 rows E3–E7). Validation runs on the host
+//! before anything is issued (R3.9); a backend runs the op later and only ever sees operands
+//! that passed validation. This module does not know which stream or backend runs an op, or how
+//! it is ordered.
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::kernels::{self, BinaryOp, MatmulDims, UnaryOp};
-use crate::tensor::storage::{Data, DataMut, DataRef};
-use crate::tensor::{DType, Element};
+use crate::kernels::{BinaryOp, MatmulDims, UnaryOp};
 
 /// What an op computes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,38 +30,6 @@ pub(crate) struct Op {
 
 /// A tensor's shape and dtype, all validation needs to know about an operand.
 pub(crate) type Meta<'a> = (&'a [usize], DType);
-
-/// Runs `$body` with `$a` and `$o` bound to the typed slices of one input and the output,
-/// instantiating the generic kernel once per dtype.
-macro_rules! typed1 {
-    ($a:expr, $out:expr, |$x:ident, $o:ident| $body:expr) => {
-        match ($a, $out) {
-            (DataRef::F32($x), DataMut::F32($o)) => $body,
-            (DataRef::F16($x), DataMut::F16($o)) => $body,
-            (DataRef::BF16($x), DataMut::BF16($o)) => $body,
-            (a, o) => return Err(format!("operand {} vs output {}", a.dtype(), o.dtype())),
-        }
-    };
-}
-
-/// As [`typed1!`], for two inputs of the output's dtype.
-macro_rules! typed2 {
-    ($a:expr, $b:expr, $out:expr, |$x:ident, $y:ident, $o:ident| $body:expr) => {
-        match ($a, $b, $out) {
-            (DataRef::F32($x), DataRef::F32($y), DataMut::F32($o)) => $body,
-            (DataRef::F16($x), DataRef::F16($y), DataMut::F16($o)) => $body,
-            (DataRef::BF16($x), DataRef::BF16($y), DataMut::BF16($o)) => $body,
-            (a, b, o) => {
-                return Err(format!(
-                    "operands {}, {} vs output {}",
-                    a.dtype(),
-                    b.dtype(),
-                    o.dtype()
-                ));
-            }
-        }
-    };
-}
 
 impl Op {
     /// The op's user-facing name, used in every error message.
@@ -188,7 +155,7 @@ impl Op {
         } else {
             vec![m, n]
         };
-        if crate::tensor::checked_len(&out_shape, a.1).is_none() {
+        if crate::dtype::checked_len(&out_shape, a.1).is_none() {
             return Err(mismatch(format!(
                 "the output {out_shape:?} would hold more than isize::MAX bytes"
             )));
@@ -205,71 +172,6 @@ impl Op {
             out_shape,
             out_dtype: a.1,
         })
-    }
-
-    /// Runs the kernel on validated operands and returns a freshly allocated output (eager).
-    ///
-    /// `threads` is the number of cores a matmul may use (the runtime's core split).
-    /// Returns `Err` with a description only if an operand does not match the validated op,
-    /// which would be a tagstream bug.
-    pub(crate) fn execute(&self, inputs: &[DataRef<'_>], threads: usize) -> Result<Data, String> {
-        let mut out = Data::try_zeroed(self.out_dtype, self.out_len()).ok_or_else(|| {
-            format!(
-                "out of memory: cannot allocate {} bytes for the output",
-                self.out_len() * self.out_dtype.size_in_bytes()
-            )
-        })?;
-        self.execute_into(inputs, out.view_mut(), threads)?;
-        Ok(out)
-    }
-
-    /// Runs the kernel on validated operands, writing every element of `out` (its previous
-    /// contents are never read, so a reused replay buffer needs no clearing). Allocates nothing
-    /// once the calling thread's scratch has grown to the op's size.
-    ///
-    /// # Errors
-    /// A description if an operand or the output does not match the validated op (a bug).
-    pub(crate) fn execute_into(
-        &self,
-        inputs: &[DataRef<'_>],
-        out: DataMut<'_>,
-        threads: usize,
-    ) -> Result<(), String> {
-        if out.dtype() != self.out_dtype || out.len() != self.out_len() {
-            return Err(format!(
-                "{}: output is {} x{}, the op writes {} x{}",
-                self.name(),
-                out.dtype(),
-                out.len(),
-                self.out_dtype,
-                self.out_len()
-            ));
-        }
-        let mut out = out;
-        match (self.kind, inputs) {
-            (OpKind::Binary(op), [a, b]) => {
-                typed2!(*a, *b, &mut out, |a, b, o| kernels::binary(op, a, b, o))
-            }
-            (OpKind::Unary(op), [a]) => typed1!(*a, &mut out, |a, o| kernels::unary(op, a, o)),
-            (OpKind::Softmax, [a]) => {
-                let n = self.out_shape.last().copied().unwrap_or(0);
-                typed1!(*a, &mut out, |a, o| kernels::softmax(a, o, n))
-            }
-            (OpKind::RmsNorm { eps }, [a, w]) => {
-                let n = self.out_shape.last().copied().unwrap_or(0);
-                typed2!(*a, *w, &mut out, |a, w, o| kernels::rms_norm(
-                    a, w, eps, o, n
-                ))
-            }
-            (OpKind::Matmul(dims), [a, b]) => {
-                typed2!(*a, *b, &mut out, |a, b, o| kernels::matmul(
-                    a, b, o, dims, threads
-                ))
-            }
-            (OpKind::ToDType(_), [a]) => convert(*a, out),
-            _ => return Err(format!("{} got {} operands", self.name(), inputs.len())),
-        }
-        Ok(())
     }
 }
 
@@ -291,20 +193,5 @@ fn same_dtype(op: &'static str, lhs: DType, rhs: DType) -> Result<()> {
         Ok(())
     } else {
         Err(Error::DTypeMismatch { op, lhs, rhs })
-    }
-}
-
-fn convert(a: DataRef<'_>, out: DataMut<'_>) {
-    fn go<S: Element>(a: &[S], out: DataMut<'_>) {
-        match out {
-            DataMut::F32(o) => kernels::convert(a, o),
-            DataMut::F16(o) => kernels::convert(a, o),
-            DataMut::BF16(o) => kernels::convert(a, o),
-        }
-    }
-    match a {
-        DataRef::F32(a) => go(a, out),
-        DataRef::F16(a) => go(a, out),
-        DataRef::BF16(a) => go(a, out),
     }
 }

@@ -1,49 +1,34 @@
-//! The CPU backend: streams, their workers, the issue path and eager happens-before tracking.
+//! The happens-before tracker: logical streams, vector clocks, race checks, latest records.
 //!
-//! Owns the process-wide stream registry (tag → stream, R2.1–R2.2), one worker thread per
-//! stream, the vector clocks of R3.4 (one per stream plus the host frontier `H`), each event's
-//! latest record (R1.7–R1.10), and the host waits (`to_vec_f32`, [`synchronize`]). It does not
-//! validate shapes (that is `ops::op`) and does not know about scopes (the caller passes the
-//! stream). See `README.md` beside this file for the worker/event protocol.
+//! Owns the process-wide stream registry (tag → logical stream, R2.1–R2.2), the vector clocks of
+//! R3.4 (one per stream plus the host frontier `H`), each event's latest record (R1.7–R1.10) and
+//! the race check of R3.5. It executes nothing: every accepted entry is handed to a backend
+//! through a `submit` callback called under the runtime's lock, so the backend's FIFO order on
+//! each stream equals issue order whatever the backend (R10.2). It knows nothing of shapes,
+//! buffers, kernels, scopes or devices.
 //!
 //! # The happens-before tracker
 //! *Why this exists*: results must never depend on thread timing (R3.10), so whether a read is
 //! ordered after its producer is decided when the read is issued, not observed when it runs.
 //!
 //! *Strategy*: every issue happens under one lock (`Runtime::state`), so issue order is a total
-//! order, stream FIFO order agrees with it, and a refused call can return before it changes
-//! anything (R3.9). Issuing on stream `s` computes `V_s ⊔ H`, checks every input's producer
-//! position against it (R3.5), then ticks `V_s[s]` and pushes the entry.
+//! order. Issuing on stream `s` computes `V_s ⊔ H`, checks every input's producer position
+//! against it (R3.5), lets the backend enqueue the entry (which may fail, e.g. a worker that
+//! cannot start: then nothing changed, R3.9), then commits the ticked clock.
 //!
 //! *Invariant*: an accepted entry's inputs are produced by entries that hb it, so when it runs
-//! they have executed: stream order, or a chain of waits each of which blocked until the
-//! producer's progress was published (release/acquire through [`Progress`]).
-//!
-//! *Fast path*: the lock is held for a clock join (a few words) and a queue push.
+//! they have executed: stream order, or a chain of waits each of which the backend blocks until
+//! the bound record has executed.
 
-mod chaos;
 pub(crate) mod clock;
-mod queue;
-mod signal;
-mod sync;
-pub(crate) mod worker;
-
-pub(crate) use self::chaos::point as chaos_point;
-pub(crate) use self::worker::{SegmentCtx, SegmentJob};
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use self::clock::VClock;
-pub(crate) use self::signal::Progress;
-use self::sync::{Mutex, lock};
-use self::worker::{CoreSplit, Entry, FailureSink, Task, WorkerShared};
 use crate::error::{Error, Result};
-use crate::ops::op::Op;
-use crate::tensor::storage::Buffer;
-use crate::trace::Label;
 
-/// Index of a stream in the registry. Streams are never removed, so ids are stable.
+/// Index of a logical stream in the registry. Streams are never removed, so ids are stable.
 pub(crate) type StreamId = usize;
 
 /// The main stream's id; its tag is [`MAIN_TAG`].
@@ -62,133 +47,109 @@ pub(crate) struct Position {
     pub(crate) clock: VClock,
 }
 
+/// What a backend is told about an entry it must enqueue: stream `stream` (tag `tag`), at
+/// 1-based position `seq` of that stream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Issue<'a> {
+    pub(crate) stream: StreamId,
+    pub(crate) tag: &'a Arc<str>,
+    pub(crate) seq: u64,
+}
+
+/// The record a wait is bound to: entry `seq` of stream `stream` (tag `tag`).
+#[derive(Debug, Clone)]
+pub(crate) struct Bound {
+    pub(crate) stream: StreamId,
+    pub(crate) tag: Arc<str>,
+    pub(crate) seq: u64,
+}
+
 #[derive(Debug)]
 struct Stream {
+    tag: Arc<str>,
     clock: VClock,
-    shared: Arc<WorkerShared>,
-    started: bool,
 }
 
 #[derive(Debug, Default)]
 struct State {
     streams: Vec<Stream>,
-    by_tag: HashMap<String, StreamId>,
+    by_tag: HashMap<Arc<str>, StreamId>,
     host: VClock,
     /// Latest record of each event, by event id.
     latest_record: HashMap<u64, Arc<Position>>,
 }
 
-/// The process-wide CPU runtime.
+/// The process-wide happens-before tracker.
 #[derive(Debug)]
 pub(crate) struct Runtime {
     state: Mutex<State>,
-    split: CoreSplit,
-    failures: Mutex<Vec<Error>>,
 }
 
 /// The runtime, created on first use.
 pub(crate) fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
-        chaos::init_from_env();
         let mut state = State::default();
-        add_stream(&mut state, MAIN_TAG);
+        state.add_stream(MAIN_TAG);
         Runtime {
             state: Mutex::new(state),
-            split: CoreSplit::new(),
-            failures: Mutex::default(),
         }
     })
 }
 
-fn add_stream(state: &mut State, tag: &str) -> StreamId {
-    let id = state.streams.len();
-    let shared = Arc::new(WorkerShared {
-        tag: Arc::from(tag),
-        salt: id as u64,
-        queue: Default::default(),
-        progress: Arc::new(Progress::default()),
-    });
-    state.streams.push(Stream {
-        clock: VClock::default(),
-        shared,
-        started: false,
-    });
-    state.by_tag.insert(tag.to_string(), id);
-    id
-}
-
-impl FailureSink for Runtime {
-    fn report(&self, error: Error) {
-        lock(&self.failures).push(error);
-    }
+/// Locks `m`, ignoring poisoning: every critical section validates before it mutates (R3.9),
+/// so the state stays consistent even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl State {
-    /// Starts the stream's worker thread if it is not running yet. Done before any state
-    /// changes, so a spawn failure leaves everything as it was (R3.9).
-    fn ensure_started(&mut self, s: StreamId) -> Result<()> {
-        let stream = &mut self.streams[s];
-        if stream.started {
-            return Ok(());
-        }
-        let shared = stream.shared.clone();
-        std::thread::Builder::new()
-            // Thread names cannot hold NUL bytes; any other tag is a valid stream tag (R2.10).
-            .name(format!("tagstream:{}", shared.tag.replace('\0', "\\0")))
-            .spawn(move || {
-                let rt = runtime();
-                worker::run(shared, &rt.split, rt);
-            })
-            .map_err(|e| Error::WorkerSpawn {
-                stream: stream.shared.tag.to_string(),
-                message: e.to_string(),
-            })?;
-        stream.started = true;
-        Ok(())
+    fn add_stream(&mut self, tag: &str) -> StreamId {
+        let id = self.streams.len();
+        let tag: Arc<str> = Arc::from(tag);
+        self.streams.push(Stream {
+            tag: tag.clone(),
+            clock: VClock::default(),
+        });
+        self.by_tag.insert(tag, id);
+        id
     }
 
     fn tag(&self, s: StreamId) -> String {
-        self.streams[s].shared.tag.to_string()
+        self.streams[s].tag.to_string()
     }
 
-    /// Commits the clock `clock` (already `V_s ⊔ H ⊔ ...`) as stream `s`'s, ticks it and pushes
-    /// the entry. Everything that can fail must have been checked before.
+    /// `V_s ⊔ H`: the point that an entry issued now on `s` starts from (R3.4).
+    fn start_point(&self, s: StreamId) -> VClock {
+        let mut c = self.streams[s].clock.clone();
+        c.join(&self.host);
+        c
+    }
+
+    /// Lets the backend enqueue an entry at the next position of `s`, then commits `clock`
+    /// (already `V_s ⊔ H ⊔ ...`) ticked as the stream's. If `submit` fails nothing changes.
     fn issue(
         &mut self,
         s: StreamId,
         mut clock: VClock,
         op: &'static str,
-        task: Task,
-    ) -> Arc<Position> {
-        let seq = clock.tick(s);
-        let stream = &mut self.streams[s];
-        stream.clock = clock.clone();
-        stream.shared.queue.push(Entry { seq, task });
-        Arc::new(Position {
+        submit: impl FnOnce(Issue<'_>) -> Result<()>,
+    ) -> Result<Arc<Position>> {
+        let seq = clock.get(s) + 1;
+        let stream = &self.streams[s];
+        submit(Issue {
+            stream: s,
+            tag: &stream.tag,
+            seq,
+        })?;
+        clock.tick(s);
+        self.streams[s].clock = clock.clone();
+        Ok(Arc::new(Position {
             stream: s,
             seq,
             op,
             clock,
-        })
-    }
-
-    fn issue_record(&mut self, s: StreamId, label: Label) -> Result<Arc<Position>> {
-        self.ensure_started(s)?;
-        let start = self.start_point(s);
-        Ok(self.issue(s, start, "tagged_event_record", Task::Record { label }))
-    }
-
-    fn issue_wait(&mut self, s: StreamId, bound: Option<&Position>, label: Label) -> Result<()> {
-        self.ensure_started(s)?;
-        let mut start = self.start_point(s);
-        let on = bound.map(|rec| {
-            start.join(&rec.clock);
-            let other = &self.streams[rec.stream].shared;
-            (other.progress.clone(), rec.seq, other.tag.clone())
-        });
-        self.issue(s, start, "tagged_event_wait", Task::Wait { on, label });
-        Ok(())
+        }))
     }
 
     fn check_inputs(&self, producers: &[Option<&Arc<Position>>]) -> Result<()> {
@@ -207,81 +168,132 @@ impl State {
         }
         Ok(())
     }
-
-    /// `V_s ⊔ H`: the point that an entry issued now on `s` starts from (R3.4).
-    fn start_point(&self, s: StreamId) -> VClock {
-        let mut c = self.streams[s].clock.clone();
-        c.join(&self.host);
-        c
-    }
 }
 
 impl Runtime {
-    /// The stream with `tag`, created (with its worker) on first use (R2.1).
-    pub(crate) fn stream_for_tag(&self, tag: &str) -> Result<StreamId> {
-        let mut st = lock(&self.state);
-        let id = match st.by_tag.get(tag) {
-            Some(&id) => id,
-            None => add_stream(&mut st, tag),
-        };
-        st.ensure_started(id)?;
-        Ok(id)
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
     }
 
-    /// Issues `op` on stream `s`, reading `inputs` (their buffers and producers).
+    /// The logical stream with `tag`, registered on first use (R2.1). Backends open their
+    /// physical stream when the first entry is enqueued on it.
+    pub(crate) fn stream_for_tag(&self, tag: &str) -> StreamId {
+        let mut st = self.state();
+        match st.by_tag.get(tag) {
+            Some(&id) => id,
+            None => st.add_stream(tag),
+        }
+    }
+
+    /// The stream with `tag` if it exists; never creates one (R4.10, SC23).
+    pub(crate) fn lookup_stream(&self, tag: &str) -> Option<StreamId> {
+        self.state().by_tag.get(tag).copied()
+    }
+
+    /// The tag of stream `s`.
+    pub(crate) fn stream_tag(&self, s: StreamId) -> String {
+        self.state().tag(s)
+    }
+
+    /// Issues an op named `op` on stream `s` that reads tensors made by `producers`.
     ///
     /// # Errors
-    /// [`Error::DataRace`] if an input's producer does not happen-before `s`'s current point;
-    /// nothing is issued then.
-    pub(crate) fn launch(
+    /// [`Error::DataRace`] if a producer does not happen-before `s`'s current point (R3.5);
+    /// whatever `submit` returns. Nothing is issued then.
+    pub(crate) fn issue_op(
         &self,
         s: StreamId,
-        op: Op,
-        inputs: &[(&Arc<Buffer>, Option<&Arc<Position>>)],
-    ) -> Result<(Arc<Buffer>, Arc<Position>)> {
-        let mut st = lock(&self.state);
-        st.ensure_started(s)?;
+        op: &'static str,
+        producers: &[&Position],
+        submit: impl FnOnce(Issue<'_>) -> Result<()>,
+    ) -> Result<Arc<Position>> {
+        let mut st = self.state();
         let start = st.start_point(s);
-        for p in inputs.iter().filter_map(|(_, producer)| *producer) {
+        for p in producers {
             if start.get(p.stream) < p.seq {
                 return Err(Error::DataRace {
-                    reader: op.name().to_string(),
+                    reader: op.to_string(),
                     reader_stream: st.tag(s),
                     producer: p.op.to_string(),
                     producer_stream: st.tag(p.stream),
                 });
             }
         }
-        let name = op.name();
-        let output = Arc::new(Buffer::pending());
-        let task = Task::Op {
-            op,
-            inputs: inputs.iter().map(|(b, _)| Arc::clone(b)).collect(),
-            output: output.clone(),
-        };
-        let pos = st.issue(s, start, name, task);
-        Ok((output, pos))
+        st.issue(s, start, op, submit)
     }
 
-    /// Issues a record of event `event` on stream `s` (R1.7); waits issued later bind to it.
-    pub(crate) fn record(&self, s: StreamId, event: u64, tag: &Arc<str>) -> Result<()> {
-        let mut st = lock(&self.state);
-        let pos = st.issue_record(s, Label::Tag(tag.clone()))?;
-        st.latest_record.insert(event, pos);
+    /// Issues a record on stream `s`. With `event`, it becomes that event's latest record
+    /// (R1.7) and waits issued later bind to it; without, it belongs to no tagged event (the
+    /// join of an eager compiled run, R3.11) and its position is returned for [`Runtime::wait_on`].
+    pub(crate) fn record(
+        &self,
+        s: StreamId,
+        event: Option<u64>,
+        submit: impl FnOnce(Issue<'_>) -> Result<()>,
+    ) -> Result<Arc<Position>> {
+        let mut st = self.state();
+        let start = st.start_point(s);
+        let pos = st.issue(s, start, "tagged_event_record", submit)?;
+        if let Some(event) = event {
+            st.latest_record.insert(event, pos.clone());
+        }
+        Ok(pos)
+    }
+
+    /// Forgets the latest record of `event` (its last handle was dropped, so no wait can bind
+    /// to it again): memory follows what is alive (R1.4 keeps only the tag).
+    pub(crate) fn forget_event(&self, event: u64) {
+        self.state().latest_record.remove(&event);
+    }
+
+    /// Issues a wait on stream `s`, bound to the latest record of `event` (R1.8), or a no-op
+    /// wait if it was never recorded (R1.9). `submit` gets the bound record.
+    pub(crate) fn wait(
+        &self,
+        s: StreamId,
+        event: u64,
+        submit: impl FnOnce(Issue<'_>, Option<Bound>) -> Result<()>,
+    ) -> Result<()> {
+        let mut st = self.state();
+        let bound = st.latest_record.get(&event).cloned();
+        Self::issue_wait(&mut st, s, bound.as_deref(), submit)
+    }
+
+    /// Issues a wait on stream `s` bound to the entry at `on` (closure events of a compiled
+    /// run).
+    pub(crate) fn wait_on(
+        &self,
+        s: StreamId,
+        on: &Position,
+        submit: impl FnOnce(Issue<'_>, Option<Bound>) -> Result<()>,
+    ) -> Result<()> {
+        Self::issue_wait(&mut self.state(), s, Some(on), submit)
+    }
+
+    fn issue_wait(
+        st: &mut State,
+        s: StreamId,
+        on: Option<&Position>,
+        submit: impl FnOnce(Issue<'_>, Option<Bound>) -> Result<()>,
+    ) -> Result<()> {
+        let mut start = st.start_point(s);
+        let bound = on.map(|rec| {
+            start.join(&rec.clock);
+            Bound {
+                stream: rec.stream,
+                tag: st.streams[rec.stream].tag.clone(),
+                seq: rec.seq,
+            }
+        });
+        st.issue(s, start, "tagged_event_wait", |at| submit(at, bound))?;
         Ok(())
-    }
-
-    /// Issues a record on stream `s` that belongs to no tagged event (the join of an eager
-    /// compiled run's scope, R3.11) and returns its position for [`Runtime::wait_on`].
-    pub(crate) fn record_internal(&self, s: StreamId) -> Result<Arc<Position>> {
-        lock(&self.state).issue_record(s, Label::Static("join"))
     }
 
     /// The main stream's current point as a position that a wait can bind to: waiting on it
     /// orders exactly what a record issued now on the main stream would (the fork of an eager
     /// compiled run, R3.11), without issuing an entry.
     pub(crate) fn main_point(&self) -> Arc<Position> {
-        let st = lock(&self.state);
+        let st = self.state();
         let clock = st.start_point(MAIN);
         Arc::new(Position {
             stream: MAIN,
@@ -291,71 +303,40 @@ impl Runtime {
         })
     }
 
-    /// Issues a wait on stream `s`, bound to the latest record of `event` (R1.8), or a no-op
-    /// wait if it was never recorded (R1.9).
-    pub(crate) fn wait(&self, s: StreamId, event: u64, tag: &Arc<str>) -> Result<()> {
-        let mut st = lock(&self.state);
-        let bound = st.latest_record.get(&event).cloned();
-        st.issue_wait(s, bound.as_deref(), Label::Tag(tag.clone()))
-    }
-
-    /// Issues a wait on stream `s` bound to the entry at `on` (internal closure events, named
-    /// `label` in timelines).
-    pub(crate) fn wait_on(&self, s: StreamId, on: &Position, label: &'static str) -> Result<()> {
-        lock(&self.state).issue_wait(s, Some(on), Label::Static(label))
-    }
-
     /// R5.2: every input of a compiled call must be ready or produced by an entry that
     /// happens-before the main stream's current point.
     ///
     /// # Errors
     /// [`Error::DataRace`] naming the input index and its producer.
     pub(crate) fn check_inputs(&self, producers: &[Option<&Arc<Position>>]) -> Result<()> {
-        lock(&self.state).check_inputs(producers)
+        self.state().check_inputs(producers)
     }
 
     /// Whether the entry at `p` happens-before the current point of the main stream or of
     /// stream `s` (used by capture for tensors made outside the graph, R4.8).
     pub(crate) fn visible_from(&self, p: &Position, s: StreamId) -> bool {
-        let st = lock(&self.state);
+        let st = self.state();
         st.start_point(MAIN).get(p.stream) >= p.seq || st.start_point(s).get(p.stream) >= p.seq
     }
 
-    /// The stream with `tag` if it exists; never creates one (R4.10, SC23).
-    pub(crate) fn lookup_stream(&self, tag: &str) -> Option<StreamId> {
-        lock(&self.state).by_tag.get(tag).copied()
-    }
-
-    /// The tag of stream `s`.
-    pub(crate) fn stream_tag(&self, s: StreamId) -> String {
-        lock(&self.state).tag(s)
-    }
-
-    /// The progress counter of stream `s`, which replays wait on directly.
-    pub(crate) fn progress_of(&self, s: StreamId) -> Arc<Progress> {
-        lock(&self.state).streams[s].shared.progress.clone()
-    }
-
-    /// Issues one replay of a captured graph: one segment entry per stream of `batch`, all
-    /// under the runtime lock, so the replay takes effect at one point of the issue order.
+    /// Issues one replay of a captured graph at one point of the issue order: `submit` gets
+    /// each batch stream's issue (its `seq` is the stream's base: entries issued on it before
+    /// the replay) and enqueues the replay's work on every stream.
     ///
     /// Afterwards the clocks, the latest record of every event recorded in the graph and the
     /// returned output positions are what issuing the graph's entries one by one would have
-    /// produced (R5.8). `make_job` receives each stream's base (entries issued on it before
-    /// the replay) so the job can translate graph positions into stream positions.
+    /// produced (R5.8).
     ///
     /// # Errors
-    /// [`Error::DataRace`] if an input is not ordered before the main stream (R5.2);
-    /// [`Error::WorkerSpawn`]. Nothing is issued then.
+    /// [`Error::DataRace`] if an input is not ordered before the main stream (R5.2); whatever
+    /// `submit` returns. Nothing is issued then.
     pub(crate) fn issue_batch(
         &self,
         batch: &Batch<'_>,
-        make_job: impl FnOnce(&[u64]) -> Arc<dyn SegmentJob>,
+        submit: impl FnOnce(&[Issue<'_>]) -> Result<()>,
     ) -> Result<Vec<Arc<Position>>> {
-        let mut st = lock(&self.state);
-        for bs in batch.streams {
-            st.ensure_started(bs.stream)?;
-        }
+        let mut guard = self.state();
+        let st = &mut *guard;
         st.check_inputs(batch.input_producers)?;
         let before: Vec<VClock> = batch
             .streams
@@ -367,6 +348,17 @@ impl Runtime {
             .iter()
             .map(|b| st.streams[b.stream].clock.get(b.stream))
             .collect();
+        let issues: Vec<Issue<'_>> = batch
+            .streams
+            .iter()
+            .zip(&bases)
+            .map(|(b, &seq)| Issue {
+                stream: b.stream,
+                tag: &st.streams[b.stream].tag,
+                seq,
+            })
+            .collect();
+        submit(&issues)?;
         let translate = |local: &[u64]| -> VClock {
             let mut c = VClock::default();
             for (t, &l) in local.iter().enumerate() {
@@ -381,23 +373,12 @@ impl Runtime {
             }
             c
         };
-        let job = make_job(&bases);
-        for (j, bs) in batch.streams.iter().enumerate() {
-            if bs.entries == 0 {
-                // A graph with no entry on this stream (only possible for the main stream of
-                // an empty graph) leaves it untouched.
-                continue;
+        for bs in batch.streams {
+            // A graph with no entry on a stream (only the main stream of an empty graph)
+            // leaves it untouched.
+            if bs.entries > 0 {
+                st.streams[bs.stream].clock = translate(bs.last_clock);
             }
-            let clock = translate(bs.last_clock);
-            let stream = &mut st.streams[bs.stream];
-            stream.clock = clock;
-            stream.shared.queue.push(Entry {
-                seq: bases[j] + bs.entries,
-                task: Task::Segment {
-                    job: job.clone(),
-                    index: j,
-                },
-            });
         }
         let position = |at: &BatchPoint<'_>| {
             Arc::new(Position {
@@ -413,46 +394,39 @@ impl Runtime {
         }
         Ok(batch.outputs.iter().map(position).collect())
     }
-    /// Blocks until the entry at `pos` has executed, then adds what it had seen to the host
-    /// frontier (R3.6).
-    pub(crate) fn host_wait(&self, pos: &Position) {
-        let progress = lock(&self.state).streams[pos.stream]
-            .shared
-            .progress
-            .clone();
-        progress.wait_until(pos.seq);
-        lock(&self.state).host.join(&pos.clock);
+
+    /// Adds what the entry at `pos` had seen to the host frontier (R3.6); called once the host
+    /// has waited for it.
+    pub(crate) fn host_saw(&self, pos: &Position) {
+        self.state().host.join(&pos.clock);
     }
 
-    /// See [`synchronize`].
-    fn synchronize(&self) -> Result<()> {
-        // (progress, entries issued so far, clock) of every started stream. A stream's own
-        // clock component counts the entries issued on it.
-        let targets: Vec<(Arc<Progress>, u64, VClock)> = {
-            let st = lock(&self.state);
-            st.streams
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.started)
-                .map(|(id, s)| (s.shared.progress.clone(), s.clock.get(id), s.clock.clone()))
-                .collect()
-        };
-        for (progress, issued, _) in &targets {
-            progress.wait_until(*issued);
+    /// Every stream with the entries issued on it so far and its clock, for `synchronize`.
+    pub(crate) fn issued(&self) -> Vec<(StreamId, u64, VClock)> {
+        let st = self.state();
+        st.streams
+            .iter()
+            .enumerate()
+            .map(|(id, s)| (id, s.clock.get(id), s.clock.clone()))
+            .collect()
+    }
+
+    /// Adds every clock of `seen` to the host frontier (after `synchronize` waited for them).
+    pub(crate) fn host_saw_all(&self, seen: &[(StreamId, u64, VClock)]) {
+        let mut st = self.state();
+        for (_, _, clock) in seen {
+            st.host.join(clock);
         }
-        {
-            let mut st = lock(&self.state);
-            for (_, _, clock) in &targets {
-                st.host.join(clock);
-            }
-        }
-        let mut failures = lock(&self.failures);
-        if failures.is_empty() {
-            return Ok(());
-        }
-        let first = failures.remove(0);
-        failures.clear();
-        Err(first)
+    }
+
+    /// Every stream's tag and the entries issued on it, main stream first.
+    pub(crate) fn streams(&self) -> Vec<(Arc<str>, u64)> {
+        let st = self.state();
+        st.streams
+            .iter()
+            .enumerate()
+            .map(|(id, s)| (s.tag.clone(), s.clock.get(id)))
+            .collect()
     }
 }
 
@@ -487,132 +461,57 @@ pub(crate) struct Batch<'a> {
     pub(crate) outputs: &'a [BatchPoint<'a>],
 }
 
-/// How much work one stream has been given, from [`stream_activity`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamActivity {
-    /// The stream's tag (`"default"` for the main stream).
-    pub tag: String,
-    /// Entries (ops, records, waits) issued on the stream so far.
-    pub issued: u64,
-    /// Entries the stream's worker has executed so far.
-    pub executed: u64,
-}
-
-/// Every stream created so far in this process, main stream first, with its entry counts.
-///
-/// ```
-/// let before = tagstream::stream_activity();
-/// assert_eq!(before[0].tag, "default");
-/// ```
-pub fn stream_activity() -> Vec<StreamActivity> {
-    let st = lock(&runtime().state);
-    st.streams
-        .iter()
-        .enumerate()
-        .map(|(id, s)| StreamActivity {
-            tag: s.shared.tag.to_string(),
-            issued: s.clock.get(id),
-            executed: s.shared.progress.done(),
-        })
-        .collect()
-}
-
-/// Chaos mode (SC37): with `Some(seed)`, every stream worker stalls at seeded random points
-/// (yields, spins, sleeps of up to a fraction of a millisecond) before each entry and each
-/// replay instruction; `None` turns it off. Results never change (R3.10, R5.6): tests run the
-/// same program with and without chaos and compare bits. Process-wide; also set by the
-/// environment variable `TAGSTREAM_CHAOS=<seed>` at start-up.
-///
-/// ```
-/// tagstream::set_chaos(Some(42));
-/// let x = tagstream::Tensor::full(&[4], 1.0, tagstream::DType::F32)?;
-/// assert_eq!(x.add(&x)?.to_vec_f32()?, vec![2.0; 4]);
-/// tagstream::set_chaos(None);
-/// # Ok::<(), tagstream::Error>(())
-/// ```
-pub fn set_chaos(seed: Option<u64>) {
-    runtime(); // reads TAGSTREAM_CHAOS first, so an explicit call wins
-    chaos::set(seed);
-}
-
-/// Caps the threads one op may use on a stream (`0` restores the default split,
-/// `max(1, cores / busy streams)`; design.md §3 "Threads per stream").
-///
-/// With `1`, every matmul runs on its stream's worker thread alone, so independent branches on
-/// different streams are what uses the cores. Results never depend on it (R6.4). Process-wide;
-/// takes effect for ops that start after the call.
-///
-/// ```
-/// tagstream::set_threads_per_stream(1);
-/// let a = tagstream::Tensor::full(&[64, 64], 1.0, tagstream::DType::F32)?;
-/// assert_eq!(a.matmul(&a)?.to_vec_f32()?[0], 64.0);
-/// tagstream::set_threads_per_stream(0);
-/// # Ok::<(), tagstream::Error>(())
-/// ```
-pub fn set_threads_per_stream(n: usize) {
-    runtime().split.set_cap(n);
-}
-
-/// Blocks until every entry issued on any stream before the call has executed (R3.3).
-///
-/// Afterwards every stream treats that work as done (R3.6). Returns the first failure a
-/// worker reported since the last `synchronize`, if any.
-///
-/// # Errors
-/// A pending [`Error::UnbalancedStreamSwitch`] of this thread (R2.8); a worker failure;
-/// [`Error::HostSyncInCapture`] on a thread that is capturing a graph (R4.3).
-///
-/// ```
-/// let x = tagstream::Tensor::full(&[2, 2], 1.0, tagstream::DType::F32)?;
-/// let y = x.exp()?; // enqueued on the main stream, returns at once
-/// tagstream::synchronize()?; // y is computed now
-/// # Ok::<(), tagstream::Error>(())
-/// ```
-pub fn synchronize() -> Result<()> {
-    crate::scope::take_pending_error()?;
-    crate::graph::refuse_in_capture("synchronize", None)?;
-    runtime().synchronize()
-}
-
-#[cfg(all(test, not(loom)))]
+#[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::BinaryOp;
-    use crate::tensor::DType;
-    use crate::tensor::storage::Data;
 
-    /// A worker that hits a failing entry reports it, publishes its position anyway (no waiter
-    /// hangs), propagates the failure to dependent ops, and keeps serving later entries.
+    /// R3.9: a refused submit (a backend that cannot enqueue) changes nothing: the next entry
+    /// gets the same position.
     #[test]
-    fn worker_failure_surfaces_and_nothing_hangs() {
+    fn a_failed_submit_changes_nothing_r3_9() {
         let rt = runtime();
-        let s = rt.stream_for_tag("runtime-test-failure").unwrap();
-        // An op validated for f32 but handed f16 data: execute() refuses it.
-        let op = Op::binary(BinaryOp::Add, (&[2], DType::F32), (&[2], DType::F32)).unwrap();
-        let bad = Arc::new(Buffer::ready(Data::zeroed(DType::F16, 2)));
-        let (out, pos) = rt
-            .launch(s, op.clone(), &[(&bad, None), (&bad, None)])
+        let s = rt.stream_for_tag("runtime-test-failed-submit");
+        let refused = rt.issue_op(s, "add", &[], |_| {
+            Err(Error::WorkerSpawn {
+                stream: "x".into(),
+                message: "refused".into(),
+            })
+        });
+        assert!(refused.is_err());
+        let mut seen = 0;
+        let pos = rt
+            .issue_op(s, "add", &[], |at| {
+                seen = at.seq;
+                Ok(())
+            })
             .unwrap();
-        // A dependent op on the same stream fails with the same cause.
-        let (dep, dep_pos) = rt
-            .launch(s, op.clone(), &[(&out, Some(&pos)), (&out, Some(&pos))])
-            .unwrap();
-        rt.host_wait(&dep_pos);
-        let first = out.get().unwrap().clone().unwrap_err();
-        assert!(
-            matches!(&first, Error::ExecutionFailed { op, stream, .. } if op == "add" && stream == "runtime-test-failure"),
-            "{first}"
-        );
-        assert_eq!(dep.get().unwrap().clone().unwrap_err(), first);
-        assert!(synchronize().is_err(), "synchronize reports the failure");
-        synchronize().unwrap(); // ... once
-        // The stream still works.
-        let good = Arc::new(Buffer::ready(Data::from_f32(&[1.0, 2.0], DType::F32)));
-        let (ok, ok_pos) = rt.launch(s, op, &[(&good, None), (&good, None)]).unwrap();
-        rt.host_wait(&ok_pos);
+        assert_eq!((seen, pos.seq), (1, 1));
+    }
+
+    /// R3.5: a read on another stream with no event between is refused, and names both sides.
+    #[test]
+    fn unordered_read_is_a_data_race_r3_5() {
+        let rt = runtime();
+        let a = rt.stream_for_tag("runtime-test-race-a");
+        let b = rt.stream_for_tag("runtime-test-race-b");
+        let p = rt.issue_op(a, "exp", &[], |_| Ok(())).unwrap();
+        let err = rt.issue_op(b, "add", &[&p], |_| Ok(())).unwrap_err();
         assert_eq!(
-            ok.get().unwrap().as_ref().unwrap().to_f32_vec(),
-            vec![2.0, 4.0]
+            err,
+            Error::DataRace {
+                reader: "add".into(),
+                reader_stream: "runtime-test-race-b".into(),
+                producer: "exp".into(),
+                producer_stream: "runtime-test-race-a".into(),
+            }
         );
+        // Ordered by a record and a wait, the same read is accepted (R1.8).
+        let rec = rt.record(a, None, |_| Ok(())).unwrap();
+        rt.wait_on(b, &rec, |_, bound| {
+            assert_eq!(bound.map(|b| (b.stream, b.seq)), Some((a, rec.seq)));
+            Ok(())
+        })
+        .unwrap();
+        rt.issue_op(b, "add", &[&p], |_| Ok(())).unwrap();
     }
 }

@@ -5,103 +5,22 @@
 //! An op method goes validate (`ops::op`) → issue on the current stream (`runtime`) → kernel
 //! (on the worker); it never computes on the calling thread.
 
-pub(crate) mod dtype;
+pub(crate) mod handle;
 pub(crate) mod storage;
-
-use std::fmt;
-use std::sync::Arc;
 
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
-pub use self::dtype::DType;
-pub(crate) use self::dtype::Element;
-use self::storage::{Buffer, Data, DataMut};
+pub use self::handle::Tensor;
+use self::storage::{Data, DataMut};
+use crate::device::Device;
+use crate::dispatch;
+pub use crate::dtype::DType;
+pub(crate) use crate::dtype::Element;
 use crate::error::{Error, Result};
 use crate::kernels::{BinaryOp, UnaryOp};
-use crate::ops::op::{Meta, Op};
-use crate::runtime::{Position, runtime};
-use crate::scope::{current_stream_id, take_pending_error};
-
-/// A cheap, immutable handle to an n-dimensional array on the streams.
-///
-/// Every op returns a new tensor at once (R3.1): the work is queued on the calling thread's
-/// current stream and runs asynchronously. Only [`to_vec_f32`](Tensor::to_vec_f32) and
-/// [`synchronize`](crate::synchronize) wait. Tensors are never written after they are produced
-/// (R3.7), so clones can be shared freely across threads.
-///
-/// ```
-/// use tagstream::{DType, Tensor};
-/// let a = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], &[2, 2], DType::F16)?;
-/// let b = Tensor::full(&[2, 2], 0.5, DType::F16)?;
-/// let c = a.matmul(&b)?.relu()?;
-/// assert_eq!(c.to_vec_f32()?, vec![1.5, 1.5, 3.5, 3.5]);
-/// # Ok::<(), tagstream::Error>(())
-/// ```
-#[derive(Clone)]
-pub struct Tensor {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    shape: Vec<usize>,
-    dtype: DType,
-    kind: Kind,
-}
-
-/// Where a tensor's elements are.
-///
-/// A tensor made while a graph is being captured is only a name for a value of that graph
-/// (R4.1): it has no elements, and using it outside its capture is
-/// [`Error::ForeignGraphValue`]. Everything else holds a real buffer.
-pub(crate) enum Kind {
-    Eager {
-        buffer: Arc<Buffer>,
-        /// The entry that writes `buffer`; `None` for host-built tensors, which are ready on
-        /// every stream (R3.6).
-        producer: Option<Arc<Position>>,
-    },
-    Graph {
-        /// The capture that made it.
-        graph: u64,
-        /// The value's index in that graph.
-        value: usize,
-        /// The name of the entry that writes it, for error messages.
-        op: &'static str,
-    },
-}
-
-impl fmt::Debug for Tensor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("Tensor");
-        d.field("shape", &self.inner.shape)
-            .field("dtype", &self.inner.dtype);
-        match &self.inner.kind {
-            Kind::Eager { producer: None, .. } => d.field("producer", &"host"),
-            Kind::Eager {
-                producer: Some(p), ..
-            } => d.field(
-                "producer",
-                &format_args!("{} (stream {}, #{})", p.op, p.stream, p.seq),
-            ),
-            Kind::Graph { graph, value, op } => d.field(
-                "producer",
-                &format_args!("{op} (value {value} of graph #{graph})"),
-            ),
-        };
-        d.finish()
-    }
-}
-
-/// Product of the dims, or `None` if it overflows or its byte size in `dtype` exceeds
-/// `isize::MAX` (the most any allocation can hold).
-pub(crate) fn checked_len(shape: &[usize], dtype: DType) -> Option<usize> {
-    let n = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
-    let bytes = n.checked_mul(dtype.size_in_bytes())?;
-    (bytes <= isize::MAX as usize).then_some(n)
-}
+use crate::ops::op::Op;
+use crate::scope::stack::take_pending_error;
 
 /// `len` zeroed elements for a host-built tensor; an allocator refusal is an error (R7.1).
 fn host_alloc(op: &str, dtype: DType, len: usize) -> Result<Data> {
@@ -112,26 +31,13 @@ fn host_alloc(op: &str, dtype: DType, len: usize) -> Result<Data> {
 }
 
 impl Tensor {
-    fn host(shape: &[usize], data: Data) -> Tensor {
-        Tensor {
-            inner: Arc::new(Inner {
-                shape: shape.to_vec(),
-                dtype: data.dtype(),
-                kind: Kind::Eager {
-                    buffer: Arc::new(Buffer::ready(data)),
-                    producer: None,
-                },
-            }),
-        }
-    }
-
     fn len_of(
         op: &'static str,
         shape: &[usize],
         dtype: DType,
         data_len: Option<usize>,
     ) -> Result<usize> {
-        checked_len(shape, dtype).ok_or_else(|| Error::ShapeMismatch {
+        crate::dtype::checked_len(shape, dtype).ok_or_else(|| Error::ShapeMismatch {
             op,
             lhs: shape.to_vec(),
             rhs: data_len.map(|l| vec![l]).unwrap_or_default(),
@@ -222,19 +128,9 @@ impl Tensor {
         Ok(Tensor::host(shape, data))
     }
 
-    /// The shape. Never blocks.
-    pub fn shape(&self) -> &[usize] {
-        &self.inner.shape
-    }
-
-    /// The dtype. Never blocks.
-    pub fn dtype(&self) -> DType {
-        self.inner.dtype
-    }
-
     /// Number of elements.
     pub fn len(&self) -> usize {
-        self.inner.shape.iter().product()
+        self.shape().iter().product()
     }
 
     /// Whether the tensor has no elements.
@@ -251,121 +147,36 @@ impl Tensor {
     /// A pending [`Error::UnbalancedStreamSwitch`]; [`Error::ExecutionFailed`] if the producing
     /// entry (or one it depended on) failed on its worker.
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
-        take_pending_error()?;
-        let (buffer, producer) = match &self.inner.kind {
-            Kind::Eager { buffer, producer } => (buffer, producer),
-            Kind::Graph { graph, op, .. } => {
-                crate::graph::refuse_in_capture("to_vec_f32", Some(op.to_string()))?;
-                return Err(Error::ForeignGraphValue {
-                    op: "to_vec_f32",
-                    graph: format!("#{graph} (produced by {op})"),
-                });
-            }
-        };
-        crate::graph::refuse_in_capture(
-            "to_vec_f32",
-            Some(
-                producer
-                    .as_ref()
-                    .map_or("host data".to_string(), |p| p.op.to_string()),
-            ),
-        )?;
-        if let Some(p) = producer {
-            runtime().host_wait(p);
-        }
-        match buffer.get() {
-            Some(Ok(data)) => Ok(data.to_f32_vec()),
-            Some(Err(e)) => Err(e.clone()),
-            None => Err(Error::ExecutionFailed {
-                op: "to_vec_f32".into(),
-                stream: "host".into(),
-                message: "the producer completed without writing its output".into(),
-            }),
-        }
+        dispatch::to_vec_f32(self)
     }
 
-    fn meta(&self) -> Meta<'_> {
-        (&self.inner.shape, self.inner.dtype)
+    /// The device the tensor lives on (R10.1). Constructors make CPU tensors.
+    pub fn device(&self) -> Device {
+        self.handle_device()
     }
 
-    /// Where the elements are (a buffer, or a value of a graph being captured).
-    pub(crate) fn kind(&self) -> &Kind {
-        &self.inner.kind
-    }
-
-    /// A tensor with a ready buffer or one that `producer` fills.
-    pub(crate) fn from_buffer(
-        shape: Vec<usize>,
-        dtype: DType,
-        buffer: Arc<Buffer>,
-        producer: Option<Arc<Position>>,
-    ) -> Tensor {
-        Tensor {
-            inner: Arc::new(Inner {
-                shape,
-                dtype,
-                kind: Kind::Eager { buffer, producer },
-            }),
-        }
-    }
-
-    /// A name for value `value` of the graph being captured (R4.1).
-    pub(crate) fn graph_value(
-        shape: Vec<usize>,
-        dtype: DType,
-        graph: u64,
-        value: usize,
-        op: &'static str,
-    ) -> Tensor {
-        Tensor {
-            inner: Arc::new(Inner {
-                shape,
-                dtype,
-                kind: Kind::Graph { graph, value, op },
-            }),
-        }
-    }
-
-    /// Whether two handles denote the same tensor.
-    pub(crate) fn same(&self, other: &Tensor) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
-    }
-
-    /// Validates an op and issues it on the current stream, or records it in the graph being
-    /// captured on this thread. A pending scope error of this thread (R2.8) comes first, before
-    /// any validation error.
-    fn launch(validate: impl FnOnce() -> Result<Op>, inputs: &[&Tensor]) -> Result<Tensor> {
-        take_pending_error()?;
-        let op = validate()?;
-        if let Some(traced) = crate::graph::trace_op(&op, inputs) {
-            return traced;
-        }
-        let mut operands = Vec::with_capacity(inputs.len());
-        for t in inputs {
-            match &t.inner.kind {
-                Kind::Eager { buffer, producer } => operands.push((buffer, producer.as_ref())),
-                Kind::Graph {
-                    graph, op: made_by, ..
-                } => {
-                    return Err(Error::ForeignGraphValue {
-                        op: op.name(),
-                        graph: format!("#{graph} (produced by {made_by})"),
-                    });
-                }
-            }
-        }
-        let shape = op.out_shape.clone();
-        let dtype = op.out_dtype;
-        let (buffer, producer) = runtime().launch(current_stream_id(), op, &operands)?;
-        Ok(Tensor::from_buffer(shape, dtype, buffer, Some(producer)))
+    /// A copy of the tensor on `device`, enqueued on the current stream like any op (R10.4).
+    /// To the device it is already on, it returns the same tensor.
+    ///
+    /// ```
+    /// use tagstream::{DType, Device, Tensor};
+    /// let x = Tensor::full(&[2], 1.0, DType::F32)?;
+    /// assert_eq!(x.to_device(Device::Cpu)?.device(), Device::Cpu);
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NoGpu`] where `device` does not exist (R10.9).
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        dispatch::to_device(self, device)
     }
 
     fn binary(&self, op: BinaryOp, rhs: &Tensor) -> Result<Tensor> {
-        Self::launch(|| Op::binary(op, self.meta(), rhs.meta()), &[self, rhs])
+        dispatch::op(|| Op::binary(op, self.meta(), rhs.meta()), &[self, rhs])
     }
 
     fn unary(&self, op: UnaryOp) -> Result<Tensor> {
-        Self::launch(|| Ok(Op::unary(op, self.meta())), &[self])
+        dispatch::op(|| Ok(Op::unary(op, self.meta())), &[self])
     }
 
     /// Elementwise `self + rhs`; shapes and dtypes must match (no broadcasting).
@@ -407,7 +218,7 @@ impl Tensor {
     /// [`Error::ShapeMismatch`] (rank, inner dimension or batch), [`Error::DTypeMismatch`],
     /// [`Error::DataRace`].
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
-        Self::launch(|| Op::matmul(self.meta(), rhs.meta()), &[self, rhs])
+        dispatch::op(|| Op::matmul(self.meta(), rhs.meta()), &[self, rhs])
     }
 
     /// `max(x, 0)` elementwise (NaN stays NaN).
@@ -447,7 +258,7 @@ impl Tensor {
     /// # Errors
     /// [`Error::ShapeMismatch`] for a rank-0 tensor; [`Error::DataRace`].
     pub fn softmax(&self) -> Result<Tensor> {
-        Self::launch(|| Op::softmax(self.meta()), &[self])
+        dispatch::op(|| Op::softmax(self.meta()), &[self])
     }
 
     /// RMS normalisation over the last dimension: `x / sqrt(mean(x²) + eps) · weight`.
@@ -456,7 +267,7 @@ impl Tensor {
     /// [`Error::ShapeMismatch`] if the rank is 0 or `weight` is not `[last dim]`;
     /// [`Error::DTypeMismatch`] if `weight` has another dtype; [`Error::DataRace`].
     pub fn rms_norm(&self, weight: &Tensor, eps: f32) -> Result<Tensor> {
-        Self::launch(
+        dispatch::op(
             || Op::rms_norm(self.meta(), weight.meta(), eps),
             &[self, weight],
         )
@@ -467,6 +278,6 @@ impl Tensor {
     /// # Errors
     /// [`Error::DataRace`].
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
-        Self::launch(|| Ok(Op::to_dtype(self.meta(), dtype)), &[self])
+        dispatch::op(|| Ok(Op::to_dtype(self.meta(), dtype)), &[self])
     }
 }

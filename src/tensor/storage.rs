@@ -16,8 +16,8 @@ use std::sync::OnceLock;
 
 use half::{bf16, f16};
 
+use crate::dtype::DType;
 use crate::error::Error;
-use crate::tensor::DType;
 
 /// An owned array of elements of one dtype.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,7 +51,7 @@ impl Data {
 
     /// Converts f32 values to `dtype` (R6.1 rounding).
     pub(crate) fn from_f32(values: &[f32], dtype: DType) -> Data {
-        use crate::tensor::Element;
+        use crate::dtype::Element;
         fn conv<T: Element>(values: &[f32]) -> Vec<T> {
             let mut out = vec![T::default(); values.len()];
             T::store_f32(values, &mut out);
@@ -66,7 +66,7 @@ impl Data {
 
     /// Exact conversion to f32.
     pub(crate) fn to_f32_vec(&self) -> Vec<f32> {
-        use crate::tensor::Element;
+        use crate::dtype::Element;
         fn conv<T: Element>(values: &[T]) -> Vec<f32> {
             let mut out = vec![0.0; values.len()];
             T::load_f32(values, &mut out);

@@ -210,6 +210,20 @@ impl Element for bf16 {
     }
 }
 
+/// Number of elements of `shape`, or `None` if it overflows or its byte size in `dtype`
+/// exceeds `isize::MAX` (the most any allocation can hold). A zero dimension anywhere makes
+/// the tensor empty, whatever the other dimensions.
+pub(crate) fn checked_len(shape: &[usize], dtype: DType) -> Option<usize> {
+    if shape.contains(&0) {
+        return Some(0);
+    }
+    let n = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
+    let bytes = n.checked_mul(dtype.size_in_bytes())?;
+    (bytes <= isize::MAX as usize).then_some(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,9 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
+use super::execute;
 use super::queue::WorkQueue;
 use super::signal::Progress;
 use super::sync::Ordering;
+use crate::backend::Inputs;
 use crate::error::Error;
 use crate::ops::op::Op;
 use crate::tensor::storage::Buffer;
@@ -27,7 +29,7 @@ pub(crate) enum Task {
     /// Run a kernel. The entry holds its input and output buffers alive until it completes (R3.8).
     Op {
         op: Op,
-        inputs: Vec<Arc<Buffer>>,
+        inputs: Inputs,
         output: Arc<Buffer>,
     },
     /// A tagged-event record: completing it is what publishes the event.
@@ -116,7 +118,16 @@ impl CoreSplit {
         }
     }
 
-    pub(crate) fn threads_per_busy_stream(&self) -> usize {
+    /// The threads `op` may use now: the split for a multithreaded kernel, else 1.
+    pub(crate) fn threads_for(&self, op: &Op) -> usize {
+        if op.is_multithreaded() {
+            self.threads_per_busy_stream()
+        } else {
+            1
+        }
+    }
+
+    fn threads_per_busy_stream(&self) -> usize {
         let busy = self.busy.load(Ordering::Relaxed).max(1);
         let split = (self.cores / busy).max(1);
         match self.cap.load(Ordering::Relaxed) {
@@ -164,12 +175,8 @@ pub(crate) fn run(shared: Arc<WorkerShared>, split: &CoreSplit, failures: &dyn F
         let mut span = None;
         match entry.task {
             Task::Op { op, inputs, output } => {
-                let threads = if op.is_multithreaded() {
-                    split.threads_per_busy_stream()
-                } else {
-                    1
-                };
-                let result = execute(&shared.tag, &op, &inputs, threads);
+                let result =
+                    execute::execute(&shared.tag, &op, inputs.as_slice(), split.threads_for(&op));
                 if let Err(e) = &result {
                     failures.report(e.clone());
                 }
@@ -186,11 +193,7 @@ pub(crate) fn run(shared: Arc<WorkerShared>, split: &CoreSplit, failures: &dyn F
             Task::Record { label } => span = Some((SpanKind::Record, label, None)),
             Task::Wait { on, label } => {
                 let waits_for = on.map(|(progress, until, tag)| {
-                    if progress.done() < until {
-                        split.leave();
-                        progress.wait_until(until);
-                        split.enter();
-                    }
+                    wait_for(&progress, until, split);
                     (tag, until)
                 });
                 span = Some((SpanKind::Wait, label, waits_for));
@@ -235,41 +238,12 @@ pub(crate) fn run(shared: Arc<WorkerShared>, split: &CoreSplit, failures: &dyn F
     }
 }
 
-/// Runs one op, turning a missing input, a failed input or a kernel panic into an error value.
-fn execute(
-    stream: &str,
-    op: &Op,
-    inputs: &[Arc<Buffer>],
-    threads: usize,
-) -> Result<crate::tensor::storage::Data, Error> {
-    let fail = |message: String| Error::ExecutionFailed {
-        op: op.name().to_string(),
-        stream: stream.to_string(),
-        message,
-    };
-    let mut data = Vec::with_capacity(inputs.len());
-    for input in inputs {
-        match input.get() {
-            Some(Ok(d)) => data.push(d.view()),
-            // An input that failed makes this output fail with the same cause.
-            Some(Err(e)) => return Err(e.clone()),
-            None => {
-                return Err(fail(
-                    "an input was not produced yet: the happens-before invariant is broken".into(),
-                ));
-            }
-        }
-    }
-    match catch_unwind(AssertUnwindSafe(|| op.execute(&data, threads))) {
-        Ok(Ok(out)) => Ok(out),
-        Ok(Err(msg)) => Err(fail(msg)),
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "kernel panicked".into());
-            Err(fail(format!("kernel panicked: {msg}")))
-        }
+/// Blocks a worker until `progress` reaches `until`. A blocked stream is not busy, so the
+/// core split gives its share to the streams that run meanwhile.
+pub(crate) fn wait_for(progress: &Progress, until: u64, split: &CoreSplit) {
+    if progress.done() < until {
+        split.leave();
+        progress.wait_until(until);
+        split.enter();
     }
 }

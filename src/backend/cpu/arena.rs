@@ -14,7 +14,7 @@ use std::cell::UnsafeCell;
 
 use half::{bf16, f16};
 
-use crate::tensor::DType;
+use crate::dtype::DType;
 use crate::tensor::storage::{DataMut, DataRef};
 
 /// The arena's alignment unit (a cache line: slots never share one, so two streams writing

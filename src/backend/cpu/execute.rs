@@ -1,0 +1,184 @@
+//! The CPU kernels' dispatch: a validated [`Op`] run on typed slices.
+//!
+//! Owns the dtype dispatch from an op to its generic kernel in `kernels`, eager execution of an
+//! entry (allocating its output) and execution into a pre-planned replay output. A failed
+//! input, an operand that does not match the op (a bug) or a kernel panic becomes an error
+//! value, never a panic on the worker. It knows nothing of streams or ordering.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use crate::dtype::Element;
+use crate::error::Error;
+use crate::kernels;
+use crate::ops::op::{Op, OpKind};
+use crate::tensor::storage::{Buffer, Data, DataMut, DataRef};
+
+/// Runs `$body` with `$a` and `$o` bound to the typed slices of one input and the output,
+/// instantiating the generic kernel once per dtype.
+macro_rules! typed1 {
+    ($a:expr, $out:expr, |$x:ident, $o:ident| $body:expr) => {
+        match ($a, $out) {
+            (DataRef::F32($x), DataMut::F32($o)) => $body,
+            (DataRef::F16($x), DataMut::F16($o)) => $body,
+            (DataRef::BF16($x), DataMut::BF16($o)) => $body,
+            (a, o) => return Err(format!("operand {} vs output {}", a.dtype(), o.dtype())),
+        }
+    };
+}
+
+/// As [`typed1!`], for two inputs of the output's dtype.
+macro_rules! typed2 {
+    ($a:expr, $b:expr, $out:expr, |$x:ident, $y:ident, $o:ident| $body:expr) => {
+        match ($a, $b, $out) {
+            (DataRef::F32($x), DataRef::F32($y), DataMut::F32($o)) => $body,
+            (DataRef::F16($x), DataRef::F16($y), DataMut::F16($o)) => $body,
+            (DataRef::BF16($x), DataRef::BF16($y), DataMut::BF16($o)) => $body,
+            (a, b, o) => {
+                return Err(format!(
+                    "operands {}, {} vs output {}",
+                    a.dtype(),
+                    b.dtype(),
+                    o.dtype()
+                ));
+            }
+        }
+    };
+}
+
+/// The error of an op whose output cannot be allocated (eager or replay): the one place its
+/// message is built.
+pub(crate) fn out_of_memory(op: &Op, stream: &str) -> Error {
+    Error::ExecutionFailed {
+        op: op.name().to_string(),
+        stream: stream.to_string(),
+        message: format!(
+            "out of memory: cannot allocate {} bytes for the output",
+            op.out_len().saturating_mul(op.out_dtype.size_in_bytes())
+        ),
+    }
+}
+
+/// Runs `op` eagerly on `stream`: reads its inputs (a failed input makes the output fail with
+/// the same cause), allocates the output and runs the kernel with `threads` threads.
+pub(crate) fn execute(
+    stream: &str,
+    op: &Op,
+    inputs: &[Arc<Buffer>],
+    threads: usize,
+) -> Result<Data, Error> {
+    let mut views = [None, None];
+    for (slot, input) in views.iter_mut().zip(inputs) {
+        match input.get() {
+            Some(Ok(d)) => *slot = Some(d.view()),
+            // An input that failed makes this output fail with the same cause (R3.12).
+            Some(Err(e)) => return Err(e.clone()),
+            None => {
+                return Err(failed(
+                    op,
+                    stream,
+                    "an input was not produced yet: the happens-before invariant is broken".into(),
+                ));
+            }
+        }
+    }
+    let views: Vec<DataRef<'_>> = views.into_iter().flatten().collect();
+    let mut out =
+        Data::try_zeroed(op.out_dtype, op.out_len()).ok_or_else(|| out_of_memory(op, stream))?;
+    run_kernel(stream, op, &views, out.view_mut(), threads)?;
+    Ok(out)
+}
+
+/// Runs the kernel of `op` into `out`, catching a kernel panic.
+pub(crate) fn run_kernel(
+    stream: &str,
+    op: &Op,
+    inputs: &[DataRef<'_>],
+    out: DataMut<'_>,
+    threads: usize,
+) -> Result<(), Error> {
+    match catch_unwind(AssertUnwindSafe(|| execute_into(op, inputs, out, threads))) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(msg)) => Err(failed(op, stream, msg)),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            Err(failed(op, stream, format!("kernel panicked: {msg}")))
+        }
+    }
+}
+
+fn failed(op: &Op, stream: &str, message: String) -> Error {
+    Error::ExecutionFailed {
+        op: op.name().to_string(),
+        stream: stream.to_string(),
+        message,
+    }
+}
+
+/// Runs the kernel on validated operands, writing every element of `out` (its previous
+/// contents are never read, so a reused replay buffer needs no clearing). Allocates nothing
+/// once the calling thread's scratch has grown to the op's size.
+///
+/// # Errors
+/// A description if an operand or the output does not match the validated op (a bug).
+pub(crate) fn execute_into(
+    op: &Op,
+    inputs: &[DataRef<'_>],
+    out: DataMut<'_>,
+    threads: usize,
+) -> Result<(), String> {
+    if out.dtype() != op.out_dtype || out.len() != op.out_len() {
+        return Err(format!(
+            "{}: output is {} x{}, the op writes {} x{}",
+            op.name(),
+            out.dtype(),
+            out.len(),
+            op.out_dtype,
+            op.out_len()
+        ));
+    }
+    let mut out = out;
+    match (op.kind, inputs) {
+        (OpKind::Binary(kind), [a, b]) => {
+            typed2!(*a, *b, &mut out, |a, b, o| kernels::binary(kind, a, b, o))
+        }
+        (OpKind::Unary(kind), [a]) => typed1!(*a, &mut out, |a, o| kernels::unary(kind, a, o)),
+        (OpKind::Softmax, [a]) => {
+            let n = op.out_shape.last().copied().unwrap_or(0);
+            typed1!(*a, &mut out, |a, o| kernels::softmax(a, o, n))
+        }
+        (OpKind::RmsNorm { eps }, [a, w]) => {
+            let n = op.out_shape.last().copied().unwrap_or(0);
+            typed2!(*a, *w, &mut out, |a, w, o| kernels::rms_norm(
+                a, w, eps, o, n
+            ))
+        }
+        (OpKind::Matmul(dims), [a, b]) => {
+            typed2!(*a, *b, &mut out, |a, b, o| kernels::matmul(
+                a, b, o, dims, threads
+            ))
+        }
+        (OpKind::ToDType(_), [a]) => convert(*a, out),
+        _ => return Err(format!("{} got {} operands", op.name(), inputs.len())),
+    }
+    Ok(())
+}
+
+fn convert(a: DataRef<'_>, out: DataMut<'_>) {
+    fn go<S: Element>(a: &[S], out: DataMut<'_>) {
+        match out {
+            DataMut::F32(o) => kernels::convert(a, o),
+            DataMut::F16(o) => kernels::convert(a, o),
+            DataMut::BF16(o) => kernels::convert(a, o),
+        }
+    }
+    match a {
+        DataRef::F32(a) => go(a, out),
+        DataRef::F16(a) => go(a, out),
+        DataRef::BF16(a) => go(a, out),
+    }
+}
