@@ -84,20 +84,7 @@ pub struct CompileStats {
     pub fell_back_to_eager: bool,
 }
 
-/// Memory figures of a captured graph's static plan (R4.9).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MemoryStats {
-    /// Bytes of the one arena that holds every input and intermediate value of the graph.
-    pub arena_bytes: usize,
-    /// Sum of the sizes of those values (what an arena without sharing would need).
-    pub value_bytes: usize,
-    /// Number of values placed in the arena.
-    pub values: usize,
-    /// Number of distinct slots the values were packed into.
-    pub slots: usize,
-    /// Bytes of the graph outputs, which live in their own buffers (R5.5).
-    pub output_bytes: usize,
-}
+pub use crate::graph::program::MemoryStats;
 
 /// The ordered `(shape, dtype, device)` of a call's inputs (semantics §0).
 pub(crate) type Signature = Vec<(Vec<usize>, DType, Device)>;

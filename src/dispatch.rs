@@ -29,9 +29,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backend::cpu::{Cpu, cpu};
 use crate::backend::{Backend, Inputs, Work};
-use crate::compile::MemoryStats;
 use crate::device::{self, Device};
 use crate::error::{Error, Result};
+use crate::graph::program::MemoryStats;
 use crate::graph::{Captured, Tracer};
 use crate::ops::op::Op;
 use crate::runtime::{MAIN, Position, StreamId, runtime};

@@ -21,9 +21,9 @@ pub(crate) mod trace;
 use std::sync::Arc;
 
 use self::ir::Graph;
+use self::program::MemoryStats;
 use self::program::Program;
 pub(crate) use self::trace::Tracer;
-use crate::compile::MemoryStats;
 use crate::error::Result;
 
 /// A captured graph: its IR (for dumps) and its program.

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use super::ir::{EntryKind, EntryRef, EventName, Graph, Operand, Output};
 use super::memory::{ClockOracle, ValueLife, plan_memory};
-use crate::compile::MemoryStats;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::op::Op;
@@ -19,6 +18,21 @@ use crate::runtime::{Batch, BatchPoint, BatchStream, Position, StreamId};
 use crate::tensor::handle::{Kind, Tensor};
 use crate::tensor::storage::Buffer;
 use crate::trace::{Label, SpanKind};
+
+/// Memory figures of a captured graph's static plan (R4.9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemoryStats {
+    /// Bytes of the one arena that holds every input and intermediate value of the graph.
+    pub arena_bytes: usize,
+    /// Sum of the sizes of those values (what an arena without sharing would need).
+    pub value_bytes: usize,
+    /// Number of values placed in the arena.
+    pub values: usize,
+    /// Number of distinct slots the values were packed into.
+    pub slots: usize,
+    /// Bytes of the graph outputs, which live in their own buffers (R5.5).
+    pub output_bytes: usize,
+}
 
 /// Where a value's elements sit in the arena: a byte offset, a shape and element strides.
 ///

@@ -10,7 +10,7 @@
 
 use super::{BinaryOp, CHUNK, UnaryOp};
 use super::{f16c, scalar};
-use crate::tensor::Element;
+use crate::dtype::Element;
 
 /// Buffer size for tiny tensors (see the module docs).
 const SMALL: usize = 64;

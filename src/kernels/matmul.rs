@@ -13,7 +13,7 @@
 use gemm::Parallelism;
 
 use super::MatmulDims;
-use crate::tensor::Element;
+use crate::dtype::Element;
 
 /// `out[b] = a[b] × rhs(b)` for every batch `b`.
 pub(crate) fn matmul<T: Element>(

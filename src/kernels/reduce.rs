@@ -5,7 +5,7 @@
 //! vectorizes and the summation order depends on `n` only, R6.4), and rounded once.
 
 use super::scalar;
-use crate::tensor::Element;
+use crate::dtype::Element;
 
 /// Partial accumulators per reduction.
 const LANES: usize = 8;

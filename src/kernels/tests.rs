@@ -6,8 +6,8 @@ use proptest::prelude::*;
 use rand::{RngExt, SeedableRng};
 
 use super::*;
+use crate::dtype::{DType, Element};
 use crate::reference;
-use crate::tensor::{DType, Element};
 
 const SIZES: [usize; 6] = [0, 1, 7, 1023, 1024, 4097];
 
