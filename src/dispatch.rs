@@ -128,6 +128,7 @@ fn eager_op<B: Backend>(backend: &B, device: Device, op: Op, inputs: &[&Tensor])
     if backend.device() != device {
         return Err(device::no_gpu(device, name));
     }
+    // Operands and producers on the stack: the eager issue path allocates only the output.
     let mut buffers = [None, None];
     let mut producers = [None, None];
     for ((b, p), t) in buffers.iter_mut().zip(&mut producers).zip(inputs) {
@@ -135,15 +136,17 @@ fn eager_op<B: Backend>(backend: &B, device: Device, op: Op, inputs: &[&Tensor])
         *b = Some(buffer);
         *p = producer.map(|p| &**p);
     }
-    let buffers: Vec<&Arc<Buffer>> = buffers.into_iter().flatten().collect();
-    let Some(operands) = Inputs::new(&buffers) else {
-        return Err(Error::ExecutionFailed {
-            op: name.to_string(),
-            stream: "host".into(),
-            message: format!("internal error: {} operands", inputs.len()),
-        });
+    let operands = match buffers {
+        [Some(a), None] => Inputs::One([a.clone()]),
+        [Some(a), Some(b)] => Inputs::Two([a.clone(), b.clone()]),
+        _ => {
+            return Err(Error::ExecutionFailed {
+                op: name.to_string(),
+                stream: "host".into(),
+                message: format!("internal error: {} operands", inputs.len()),
+            });
+        }
     };
-    let producers: Vec<&Position> = producers.into_iter().flatten().collect();
     let shape = op.out_shape.clone();
     let dtype = op.out_dtype;
     let output = Arc::new(Buffer::pending());

@@ -47,15 +47,6 @@ pub(crate) enum Inputs {
 }
 
 impl Inputs {
-    /// Builds the operand list; ops have one or two inputs (validated by `ops::op`).
-    pub(crate) fn new(buffers: &[&Arc<Buffer>]) -> Option<Inputs> {
-        match buffers {
-            [a] => Some(Inputs::One([Arc::clone(a)])),
-            [a, b] => Some(Inputs::Two([Arc::clone(a), Arc::clone(b)])),
-            _ => None,
-        }
-    }
-
     pub(crate) fn as_slice(&self) -> &[Arc<Buffer>] {
         match self {
             Inputs::One(b) => b,

@@ -204,12 +204,12 @@ impl Runtime {
         &self,
         s: StreamId,
         op: &'static str,
-        producers: &[&Position],
+        producers: &[Option<&Position>],
         submit: impl FnOnce(Issue<'_>) -> Result<()>,
     ) -> Result<Arc<Position>> {
         let mut st = self.state();
         let start = st.start_point(s);
-        for p in producers {
+        for p in producers.iter().flatten() {
             if start.get(p.stream) < p.seq {
                 return Err(Error::DataRace {
                     reader: op.to_string(),
@@ -495,7 +495,7 @@ mod tests {
         let a = rt.stream_for_tag("runtime-test-race-a");
         let b = rt.stream_for_tag("runtime-test-race-b");
         let p = rt.issue_op(a, "exp", &[], |_| Ok(())).unwrap();
-        let err = rt.issue_op(b, "add", &[&p], |_| Ok(())).unwrap_err();
+        let err = rt.issue_op(b, "add", &[Some(&p)], |_| Ok(())).unwrap_err();
         assert_eq!(
             err,
             Error::DataRace {
@@ -512,6 +512,6 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        rt.issue_op(b, "add", &[&p], |_| Ok(())).unwrap();
+        rt.issue_op(b, "add", &[Some(&p)], |_| Ok(())).unwrap();
     }
 }

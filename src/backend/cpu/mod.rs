@@ -213,7 +213,7 @@ mod tests {
         s: StreamId,
         op: &Op,
         a: &Arc<Buffer>,
-        deps: &[&crate::runtime::Position],
+        deps: &[Option<&crate::runtime::Position>],
     ) -> (Arc<Buffer>, Arc<crate::runtime::Position>) {
         let out = Arc::new(Buffer::pending());
         let pos = runtime()
@@ -222,7 +222,7 @@ mod tests {
                     at,
                     Work::Op {
                         op: op.clone(),
-                        inputs: Inputs::new(&[a, a]).unwrap(),
+                        inputs: Inputs::Two([a.clone(), a.clone()]),
                         output: out.clone(),
                     },
                 )
@@ -241,7 +241,7 @@ mod tests {
         let bad = Arc::new(Buffer::ready(Data::zeroed(DType::F16, 2)));
         let (out, pos) = launch(s, &op, &bad, &[]);
         // A dependent op on the same stream fails with the same cause.
-        let (dep, dep_pos) = launch(s, &op, &out, &[&pos]);
+        let (dep, dep_pos) = launch(s, &op, &out, &[Some(&*pos)]);
         cpu().host_wait(s, dep_pos.seq);
         let first = out.get().unwrap().clone().unwrap_err();
         assert!(
