@@ -437,6 +437,74 @@ fn matmul_bits_do_not_depend_on_thread_count_r6_4() {
     }
 }
 
+#[test]
+fn matmul_bits_do_not_depend_on_thread_count_batched_r6_4() {
+    // Batched products just above gemm's threading threshold go through tagstream's pool with
+    // threads > 1; the same products below it run on the calling thread. Same bits either way.
+    for dtype in [DType::F32, DType::BF16] {
+        for (m, k, n) in [(96, 256, 97), (8, 8, 8)] {
+            let d = MatmulDims {
+                batch: 3,
+                m,
+                k,
+                n,
+                rhs_batched: true,
+            };
+            let a = values(3 * m * k, 21, 1.0, dtype);
+            let b = values(3 * k * n, 22, 1.0, dtype);
+            let one = kernel_matmul(&a, &b, d, dtype, 1);
+            assert_bits(
+                &kernel_matmul(&a, &b, d, dtype, 2),
+                &one,
+                &format!("{dtype} {d:?} threads=2"),
+            );
+        }
+    }
+}
+
+/// Issue 10 item 6: the per-thread f16/bf16 scratch keeps at most `SCRATCH_KEEP_BYTES`. A
+/// medium product's scratch is kept and reused (no allocation in steady-state replay); a large
+/// one gets its own buffer, freed when it returns, instead of growing the kept one for good.
+#[test]
+fn matmul_scratch_kept_per_thread_is_capped() {
+    use matmul::{SCRATCH_KEEP_BYTES, kept_scratch_bytes};
+    // A fresh thread, so no other test's products are in its scratch.
+    std::thread::spawn(|| {
+        let run = |m: usize, k: usize, n: usize, threads: usize| {
+            let d = MatmulDims {
+                batch: 1,
+                m,
+                k,
+                n,
+                rhs_batched: false,
+            };
+            let a = vec![f16::from_f32(0.5); m * k];
+            let b = vec![f16::from_f32(0.25); k * n];
+            let mut o = vec![f16::NAN; m * n];
+            matmul::<f16>(&a, &b, &mut o, d, threads);
+            // 0.5 · 0.25 · k is exact in f16 for these k: every element must be it.
+            let want = f16::from_f32(0.125 * k as f32);
+            assert!(o.iter().all(|&x| x == want), "[{m},{k}]x[{k},{n}]");
+        };
+        assert_eq!(kept_scratch_bytes(), 0);
+        run(512, 512, 512, 1);
+        let medium = kept_scratch_bytes();
+        assert!(
+            (3 * 512 * 512 * 4..=SCRATCH_KEEP_BYTES).contains(&medium),
+            "a 512^3 product keeps its 3 MiB of scratch: {medium} B"
+        );
+        run(512, 512, 512, 2);
+        assert_eq!(kept_scratch_bytes(), medium, "the kept scratch is reused");
+        // 2048x2048 · 2048x64 needs (4 Mi + 2 · 128 Ki) f32 = 17.0 MiB > 16 MiB.
+        run(2048, 2048, 64, 2);
+        let after = kept_scratch_bytes();
+        eprintln!("kept f32 scratch: {medium} B after 512^3, {after} B after 2048x2048x64");
+        assert_eq!(after, medium, "a large product's scratch is not kept");
+    })
+    .join()
+    .expect("the scratch test thread");
+}
+
 /// Every f16 bit pattern, in order (NaNs and subnormals included).
 fn all_f16() -> Vec<f16> {
     (0..=u16::MAX).map(f16::from_bits).collect()
