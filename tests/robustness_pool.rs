@@ -1,4 +1,5 @@
-//! Issue 10 item 1: tagstream's compute never depends on a thread pool its callers can block.
+//! Issue 10 item 1: tagstream's compute never depends on a thread pool its callers can block;
+//! item 6's scratch figure; item 7: odd characters in tags keep the timeline exports valid.
 //!
 //! Users run rayon everywhere. Before the fix a multithreaded matmul sent gemm's parallel loop to
 //! rayon's *global* pool; when every thread of that pool was blocked in a host read
@@ -12,8 +13,10 @@ use std::thread;
 use std::time::Duration;
 
 use rayon::prelude::*;
+use serde_json::Value;
+use tagstream::ops::{create_tagged_event, tagged_event_record, tagged_event_wait};
 use tagstream::scope::stream_switch;
-use tagstream::{CompileConfig, Compiled, DType, Mode, Tensor, compile};
+use tagstream::{CompileConfig, Compiled, DType, Mode, Tensor, compile, trace};
 
 /// Long enough for a slow debug machine, short enough that a hang fails the run.
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -166,7 +169,10 @@ fn f16_matmul_scratch_memory_after_4_streams() {
     // Start the workers first so their stacks are not counted.
     for tag in streams {
         let _s = stream_switch(tag).unwrap();
-        Tensor::zeros(&[1], DType::F16).unwrap().to_vec_f32().unwrap();
+        Tensor::zeros(&[1], DType::F16)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
     }
     let before = rss_bytes();
     {
@@ -189,5 +195,146 @@ fn f16_matmul_scratch_memory_after_4_streams() {
         before as f64 / 1e6,
         after as f64 / 1e6,
         (after as f64 - before as f64) / 1e6
+    );
+}
+
+/// The XML 1.0 well-formedness rules a writer of SVG text can break: every character is a
+/// `Char` of XML 1.0 §2.2, every `&` starts a predefined entity or a character reference, no
+/// `<` sits inside a tag or attribute value, and the elements nest with one root.
+fn check_xml(doc: &str) -> Result<(), String> {
+    if let Some((i, c)) = doc.char_indices().find(|&(_, c)| {
+        !matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+    }) {
+        return Err(format!("character {c:?} at byte {i} cannot appear in XML 1.0"));
+    }
+    for (i, _) in doc.match_indices('&') {
+        let name = doc[i + 1..]
+            .split_once(';')
+            .map(|(name, _)| name)
+            .ok_or(format!("'&' at byte {i} starts no reference"))?;
+        let char_ref = |digits: Option<&str>, radix| {
+            digits.is_some_and(|d| u32::from_str_radix(d, radix).is_ok())
+        };
+        let ok = matches!(name, "amp" | "lt" | "gt" | "quot" | "apos")
+            || char_ref(name.strip_prefix("#x"), 16)
+            || char_ref(name.strip_prefix('#'), 10);
+        if !ok {
+            return Err(format!("'&' at byte {i} starts no reference: &{name};"));
+        }
+    }
+    let (mut open, mut roots, mut rest) = (Vec::new(), 0, doc);
+    while let Some(p) = rest.find('<') {
+        let after = &rest[p + 1..];
+        let mut quote = None;
+        let mut end = None;
+        for (i, c) in after.char_indices() {
+            match (quote, c) {
+                (None, '"' | '\'') => quote = Some(c),
+                (Some(q), c) if c == q => quote = None,
+                (_, '<') => return Err(format!("'<' inside a tag: <{}", &after[..i])),
+                (None, '>') => {
+                    end = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let tag = &after[..end.ok_or("a tag is not closed")?];
+        let name_of = |t: &str| {
+            t.split(|c: char| c.is_whitespace() || c == '/')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        };
+        if let Some(closing) = tag.strip_prefix('/') {
+            let name = open.pop().ok_or(format!("</{closing}> closes nothing"))?;
+            if name != closing.trim() {
+                return Err(format!("</{closing}> closes <{name}>"));
+            }
+        } else {
+            let name = name_of(tag);
+            let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c));
+            if !valid {
+                return Err(format!("bad element name in <{tag}>"));
+            }
+            if open.is_empty() {
+                roots += 1;
+            }
+            if !tag.ends_with('/') {
+                open.push(name);
+            }
+        }
+        rest = &after[end.unwrap_or(0) + 1..];
+    }
+    match (open.last(), roots) {
+        (Some(name), _) => Err(format!("<{name}> is never closed")),
+        (None, 1) => Ok(()),
+        (None, n) => Err(format!("{n} root elements")),
+    }
+}
+
+#[test]
+fn the_xml_checker_rejects_what_it_must() {
+    assert_eq!(check_xml("<a x=\"1\"><b/>t &amp; &#x41; &#65;</a>"), Ok(()));
+    for bad in [
+        "<a>\0</a>",
+        "<a>\u{1b}</a>",
+        "<a>&</a>",
+        "<a>&nul;</a>",
+        "<a x=\"<\"/>",
+        "<a><b></a>",
+        "<a>",
+        "<a/><b/>",
+        "<a>x<y</a>",
+    ] {
+        assert!(check_xml(bad).is_err(), "{bad:?} is not well-formed XML");
+    }
+}
+
+/// Issue 10 item 7: a stream tag and an event tag with NUL, an escape character and every XML
+/// markup character, and a panel title with control characters: the SVG stays well-formed XML
+/// and shows them as visible escapes; the Chrome trace stays valid JSON and keeps them exactly.
+#[test]
+fn odd_characters_in_tags_keep_the_timeline_exports_valid() {
+    let tag = "odd\0<&>\"'\u{1b}\n\u{FFFF}";
+    let title = "run \0 <1> & \"2\"\r";
+    let ev = create_tagged_event("ev\0<&>").unwrap();
+    let x = Tensor::randn(&[8, 8], DType::F32, 6).unwrap();
+    let (y, t) = trace::record(|| {
+        let y = {
+            let _s = stream_switch(tag)?;
+            let y = x.exp()?;
+            tagged_event_record(&ev)?;
+            y
+        };
+        tagged_event_wait(&ev)?;
+        y.relu()
+    })
+    .unwrap();
+    y.to_vec_f32().unwrap();
+    assert!(t.streams().iter().any(|s| s == tag), "{:?}", t.streams());
+
+    let svg = trace::svg(&[(title, &t)]);
+    check_xml(&svg).unwrap_or_else(|e| panic!("the SVG is not well-formed XML: {e}"));
+    let lane = r#"stream &quot;odd\0&lt;&amp;&gt;\&quot;&apos;\u{1b}\n\u{ffff}&quot;"#;
+    assert!(svg.contains(lane), "the lane shows the tag escaped: {lane}");
+    assert!(svg.contains(r#"run \0 &lt;1&gt; &amp; &quot;2&quot;\r"#));
+    assert!(svg.contains(r#"record(&quot;ev\0&lt;&amp;&gt;&quot;)"#));
+
+    let json: Value = serde_json::from_str(&trace::chrome_json(&[(title, &t)]))
+        .unwrap_or_else(|e| panic!("the Chrome trace is not valid JSON: {e}"));
+    let names: Vec<&str> = json["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["args"]["name"].as_str())
+        .collect();
+    assert!(names.contains(&title), "{names:?}");
+    assert!(
+        names.contains(&format!("stream {tag:?}").as_str()),
+        "{names:?}"
     );
 }
