@@ -697,3 +697,63 @@ proptest! {
         }
     }
 }
+
+/// On-CPU time of the calling thread in ns (Linux schedstat), `None` elsewhere: on a loaded
+/// machine the single-threaded figure is read from it instead of the wall clock.
+fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Issue 12 preview: the 1000³ f32 GEMM time on 1 and 2 threads (median of 9 after a warm-up;
+/// with 1 thread also the calling thread's on-CPU time, which a busy machine distorts less).
+/// Prints figures only: `cargo test --release --lib gemm_1000_timing -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints timings; run alone on an idle machine"]
+fn gemm_1000_timing() {
+    let n = 1000;
+    let d = MatmulDims {
+        batch: 1,
+        m: n,
+        k: n,
+        n,
+        rhs_batched: false,
+    };
+    let a = values(n * n, 31, 1.0, DType::F32);
+    let b = values(n * n, 32, 1.0, DType::F32);
+    let mut o = vec![0f32; n * n];
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0])
+    };
+    for threads in [1, 2] {
+        matmul::<f32>(&a, &b, &mut o, d, threads);
+        let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+        for _ in 0..9 {
+            let (t, c) = (std::time::Instant::now(), thread_cpu_ns());
+            matmul::<f32>(&a, &b, &mut o, d, threads);
+            wall.push(t.elapsed().as_secs_f64() * 1e3);
+            if let (Some(c0), Some(c1)) = (c, thread_cpu_ns()) {
+                cpu.push((c1 - c0) as f64 / 1e6);
+            }
+        }
+        let (w, w_min) = median(wall);
+        let cpu = if threads == 1 && !cpu.is_empty() {
+            format!(", on-CPU median {:.2} ms", median(cpu).0)
+        } else {
+            String::new()
+        };
+        // A checksum of the bits: equal across threads (R6.4); a different kernel path (the
+        // AVX-512 one) may block its reductions differently and change it.
+        let bits = o.iter().fold(0u64, |h, x| {
+            (h ^ u64::from(x.to_bits())).wrapping_mul(0x100_0000_01b3)
+        });
+        println!(
+            "gemm 1000^3 f32, {threads} thread(s): wall median {w:.2} ms (min {w_min:.2}){cpu}, bits {bits:016x}"
+        );
+    }
+}
