@@ -141,7 +141,9 @@ pub fn check_matmul(
 
 /// R6.8 check of a softmax/rms_norm output `y` against the reference `y_ref` (rows of `n`):
 /// for f32, `|y − y_ref| ≤ 2·n·u·|y_ref|`; for f16/bf16, `y` is `y_ref` or one of its two
-/// neighbours in the dtype. Returns the largest `|y − y_ref|`.
+/// neighbours in the dtype. An infinity or NaN on either side must be matched exactly (any NaN
+/// matches any NaN): a tolerance measured from an infinity is infinite and would accept
+/// anything, and an overflow is not a rounding step. Returns the largest `|y − y_ref|`.
 ///
 /// # Errors
 /// A description of the first element out of tolerance.
@@ -153,6 +155,11 @@ pub fn check_reduction(y: &[f32], y_ref: &[f32], n: usize, dtype: DType) -> Resu
     for (i, (&got, &want)) in y.iter().zip(y_ref).enumerate() {
         if got.is_nan() && want.is_nan() || got == want {
             continue;
+        }
+        if !got.is_finite() || !want.is_finite() {
+            return Err(format!(
+                "element {i}: got {got}, reference {want} (infinities and NaN must match)"
+            ));
         }
         let err = (f64::from(got) - f64::from(want)).abs();
         let ok = match dtype {
@@ -213,4 +220,42 @@ pub fn first_mismatch(a: &[f32], b: &[f32]) -> Option<usize> {
         return Some(i);
     }
     (a.len() != b.len()).then(|| a.len().min(b.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10 item 7: a finite result where the reference is ±inf (or NaN) fails R6.8, as do
+    /// an infinity or NaN where the reference is finite, in every dtype; matching specials pass.
+    #[test]
+    fn check_reduction_requires_infinities_and_nan_to_match_r6_8() {
+        let (inf, max16) = (f32::INFINITY, 65504.0);
+        for dtype in DType::ALL {
+            let max = dtype.max_finite();
+            for (got, want) in [
+                (max, inf),
+                (-max, -inf),
+                (1.0, inf),
+                (-inf, inf),
+                (inf, -inf),
+                (1.0, f32::NAN),
+                (f32::NAN, 1.0),
+                (inf, max),
+                (f32::NAN, inf),
+            ] {
+                let r = check_reduction(&[0.5, got], &[0.5, want], 8, dtype);
+                let err = r.expect_err(&format!("{dtype}: got {got} for reference {want}"));
+                assert!(err.starts_with("element 1:"), "{dtype}: {err}");
+            }
+            for (got, want) in [(inf, inf), (-inf, -inf), (f32::NAN, -f32::NAN), (0.5, 0.5)] {
+                check_reduction(&[got], &[want], 8, dtype)
+                    .unwrap_or_else(|e| panic!("{dtype}: {got} vs {want}: {e}"));
+            }
+        }
+        // Finite neighbours still pass (R6.8 unchanged for finite values).
+        let next = half::f16::from_bits(half::f16::from_f32(max16).to_bits() - 1).to_f32();
+        assert!(check_reduction(&[next], &[max16], 8, DType::F16).is_ok());
+        assert!(check_reduction(&[1.0 + 2f32.powi(-23)], &[1.0], 8, DType::F32).is_ok());
+    }
 }

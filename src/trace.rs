@@ -271,11 +271,26 @@ pub fn chrome_json(runs: &[(&str, &Timeline)]) -> String {
     serde_json::json!({ "traceEvents": events, "displayTimeUnit": "ns" }).to_string()
 }
 
+/// `s` as XML 1.0 text or attribute value: the five markup characters as entities, and every
+/// control character as a visible Rust escape (`\0`, `\n`, `\u{1b}`), as are U+FFFE and U+FFFF.
+/// XML 1.0 cannot hold NUL and most C0 controls at all, not even as character references, and
+/// the rest (tab, newlines, DEL, C1) would be invisible or normalised away (issue 10 item 7).
 fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c if c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}' => {
+                out.extend(c.escape_debug())
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// An SVG with one panel per `(title, timeline)`: a lane per stream, a box per span (ops
@@ -340,7 +355,8 @@ pub fn svg(runs: &[(&str, &Timeline)]) -> String {
                 body,
                 r#"<rect x="{x0:.1}" y="{top:.1}" width="{w:.1}" height="{h:.1}" fill="{fill}"><title>{} on {} at {}: {:.1} µs</title></rect>"#,
                 xml(&s.name),
-                xml(&s.stream),
+                // Quoted like the lane labels, so a tag reads the same (and unambiguously) there.
+                xml(&format!("{:?}", s.stream)),
                 s.position,
                 (s.end_ns - s.start_ns) as f64 / 1e3
             );
@@ -380,4 +396,24 @@ pub fn svg(runs: &[(&str, &Timeline)]) -> String {
         W - 10.0,
         y0 - 6.0
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::xml;
+
+    #[test]
+    fn xml_escapes_markup_and_makes_controls_visible() {
+        assert_eq!(xml("a&b<c>d\"e'f"), "a&amp;b&lt;c&gt;d&quot;e&apos;f");
+        assert_eq!(xml("n\0l"), "n\\0l");
+        assert_eq!(
+            xml("\t\n\r\u{1b}\u{7f}\u{85}\u{FFFE}\u{FFFF}"),
+            "\\t\\n\\r\\u{1b}\\u{7f}\\u{85}\\u{fffe}\\u{ffff}"
+        );
+        assert_eq!(
+            xml("ünï 流 🦀 \\0"),
+            "ünï 流 🦀 \\0",
+            "printable text is kept"
+        );
+    }
 }

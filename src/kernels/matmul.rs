@@ -3,12 +3,20 @@
 //! f32 operands go straight to `gemm::gemm::<f32>`. f16/bf16 operands are widened to f32
 //! scratch, multiplied in f32 and rounded once: gemm-f16 0.19 rounds its f16 destination after
 //! every k-block, which would round more than once (R6.3). Widening costs O(mk + kn) against the
-//! product's O(mkn). The f32 scratch is per thread and reused, so steady-state replays
-//! allocate nothing.
+//! product's O(mkn). The f32 scratch is per thread and reused up to [`SCRATCH_KEEP_BYTES`], so
+//! steady-state replays of small and medium products allocate nothing; a larger product gets
+//! a one-off buffer that is freed when it finishes, so memory follows what is running.
 //!
-//! Threads: `1` runs on the calling thread (`Parallelism::None`); more uses that many rayon
-//! threads. gemm splits output tiles across threads and keeps its k-blocking a function of the
-//! shape, so the bits do not depend on the thread count (R6.4, tested below).
+//! Threads: `1`, or a product too small for gemm to split, runs on the calling thread
+//! (`Parallelism::None`). A larger one runs `Parallelism::Rayon(threads)` inside
+//! [`gemm_pool`], a rayon pool tagstream owns: gemm's parallel loop uses rayon's *current*
+//! pool (`into_par_iter` in `gemm_common::gemm::par_for_each`), and the global pool belongs to
+//! the user, whose threads may all be blocked reading this very product (issue 10 item 1).
+//! gemm splits output tiles across threads and keeps its k-blocking a function of the shape,
+//! so the bits do not depend on the thread count (R6.4, tested below).
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
 
 use gemm::Parallelism;
 
@@ -60,12 +68,24 @@ pub(crate) fn matmul<T: Element>(
     }
 }
 
-/// Runs `f` on `len` f32 of this thread's scratch. The scratch only grows, so a stream worker
-/// that replays the same graph allocates nothing after the first run (its contents are
-/// overwritten by `load_f32` before they are read).
+/// The most scratch a thread keeps between products. 16 MiB holds the widened operands and
+/// output of a 1024×1024×1024 product (3 × 4 MiB), so replays up to that size reuse it; a larger
+/// product allocates its own (zeroed by the allocator, lazily) and frees it, which costs little
+/// next to its O(mkn) work.
+pub(crate) const SCRATCH_KEEP_BYTES: usize = 16 << 20;
+
+thread_local! {
+    /// Widened f16/bf16 operands and f32 output, reused by later products on this thread.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` f32 of scratch: this thread's kept buffer when `len` fits under
+/// [`SCRATCH_KEEP_BYTES`] (its contents are overwritten by `load_f32` before they are read),
+/// else a one-off buffer freed on return.
 fn with_scratch(len: usize, f: impl FnOnce(&mut [f32])) {
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    if len > SCRATCH_KEEP_BYTES / size_of::<f32>() {
+        f(&mut vec![0.0; len]);
+        return;
     }
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut scratch) => {
@@ -80,6 +100,34 @@ fn with_scratch(len: usize, f: impl FnOnce(&mut [f32])) {
     });
 }
 
+/// Bytes of f32 scratch this thread keeps between products.
+#[cfg(test)]
+pub(crate) fn kept_scratch_bytes() -> usize {
+    SCRATCH.with(|cell| cell.borrow().capacity() * size_of::<f32>())
+}
+
+/// tagstream's own pool for gemm's parallel loops, built on first use with one thread per core
+/// (the core split hands out at most that many threads in total); `None` if the threads could
+/// not be spawned, and products then run on the calling thread (same bits, R6.4).
+///
+/// Nothing but gemm's loops runs here, and those never block on anything outside the pool, so
+/// every job finishes: stream workers (plain threads, never pool threads) may `install` into it
+/// at the same time, each blocking until its own product is done, and a pool thread waiting in
+/// a join that steals another worker's product only delays its own, it cannot deadlock. No user
+/// code, host read or stream wait ever runs on these threads.
+fn gemm_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(cores)
+            .thread_name(|i| format!("tagstream-gemm-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
 fn batched_f32(a: &[f32], b: &[f32], out: &mut [f32], dims: MatmulDims, threads: usize) {
     let MatmulDims {
         m,
@@ -88,31 +136,46 @@ fn batched_f32(a: &[f32], b: &[f32], out: &mut [f32], dims: MatmulDims, threads:
         rhs_batched,
         ..
     } = dims;
-    for (i, (a, o)) in a
-        .chunks_exact(m * k)
-        .zip(out.chunks_exact_mut(m * n))
-        .enumerate()
-    {
-        let b = if rhs_batched {
-            &b[i * k * n..(i + 1) * k * n]
-        } else {
-            b
-        };
-        gemm_f32(a, b, o, m, k, n, threads);
+    let mut run = |parallelism: Parallelism| {
+        for (i, (a, o)) in a
+            .chunks_exact(m * k)
+            .zip(out.chunks_exact_mut(m * n))
+            .enumerate()
+        {
+            let b = if rhs_batched {
+                &b[i * k * n..(i + 1) * k * n]
+            } else {
+                b
+            };
+            gemm_f32(a, b, o, m, k, n, parallelism);
+        }
+    };
+    // gemm splits a block only when m·n_chunk·k_chunk reaches its threading threshold, and a
+    // block is at most m·n·k: below that it runs on one thread anyway, so skip the pool's
+    // hand-off (a wake-up and a park per product) and run here, exactly as with `threads = 1`.
+    let splits =
+        threads > 1 && m.saturating_mul(n).saturating_mul(k) >= gemm::get_threading_threshold();
+    match gemm_pool() {
+        Some(pool) if splits => pool.install(|| run(Parallelism::Rayon(threads))),
+        _ => run(Parallelism::None),
     }
 }
 
 /// `out = a × b` for row-major `a: [m,k]`, `b: [k,n]`, `out: [m,n]`, all non-empty.
-fn gemm_f32(a: &[f32], b: &[f32], out: &mut [f32], m: usize, k: usize, n: usize, threads: usize) {
+/// `Parallelism::Rayon` is only passed inside [`gemm_pool`]'s `install`.
+fn gemm_f32(
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    parallelism: Parallelism,
+) {
     assert!(
         m > 0 && k > 0 && n > 0 && a.len() == m * k && b.len() == k * n && out.len() == m * n,
         "gemm_f32: slices do not match [{m},{k}]x[{k},{n}]"
     );
-    let parallelism = if threads <= 1 {
-        Parallelism::None
-    } else {
-        Parallelism::Rayon(threads)
-    };
     let (k_i, n_i) = (to_isize(k), to_isize(n));
     // SAFETY: the assert above established a.len() == m*k, b.len() == k*n, out.len() == m*n.
     // With row-major strides (column stride 1, row stride k for a, n for b and out), the last

@@ -437,6 +437,74 @@ fn matmul_bits_do_not_depend_on_thread_count_r6_4() {
     }
 }
 
+#[test]
+fn matmul_bits_do_not_depend_on_thread_count_batched_r6_4() {
+    // Batched products just above gemm's threading threshold go through tagstream's pool with
+    // threads > 1; the same products below it run on the calling thread. Same bits either way.
+    for dtype in [DType::F32, DType::BF16] {
+        for (m, k, n) in [(96, 256, 97), (8, 8, 8)] {
+            let d = MatmulDims {
+                batch: 3,
+                m,
+                k,
+                n,
+                rhs_batched: true,
+            };
+            let a = values(3 * m * k, 21, 1.0, dtype);
+            let b = values(3 * k * n, 22, 1.0, dtype);
+            let one = kernel_matmul(&a, &b, d, dtype, 1);
+            assert_bits(
+                &kernel_matmul(&a, &b, d, dtype, 2),
+                &one,
+                &format!("{dtype} {d:?} threads=2"),
+            );
+        }
+    }
+}
+
+/// Issue 10 item 6: the per-thread f16/bf16 scratch keeps at most `SCRATCH_KEEP_BYTES`. A
+/// medium product's scratch is kept and reused (no allocation in steady-state replay); a large
+/// one gets its own buffer, freed when it returns, instead of growing the kept one for good.
+#[test]
+fn matmul_scratch_kept_per_thread_is_capped() {
+    use matmul::{SCRATCH_KEEP_BYTES, kept_scratch_bytes};
+    // A fresh thread, so no other test's products are in its scratch.
+    std::thread::spawn(|| {
+        let run = |m: usize, k: usize, n: usize, threads: usize| {
+            let d = MatmulDims {
+                batch: 1,
+                m,
+                k,
+                n,
+                rhs_batched: false,
+            };
+            let a = vec![f16::from_f32(0.5); m * k];
+            let b = vec![f16::from_f32(0.25); k * n];
+            let mut o = vec![f16::NAN; m * n];
+            matmul::<f16>(&a, &b, &mut o, d, threads);
+            // 0.5 · 0.25 · k is exact in f16 for these k: every element must be it.
+            let want = f16::from_f32(0.125 * k as f32);
+            assert!(o.iter().all(|&x| x == want), "[{m},{k}]x[{k},{n}]");
+        };
+        assert_eq!(kept_scratch_bytes(), 0);
+        run(512, 512, 512, 1);
+        let medium = kept_scratch_bytes();
+        assert!(
+            (3 * 512 * 512 * 4..=SCRATCH_KEEP_BYTES).contains(&medium),
+            "a 512^3 product keeps its 3 MiB of scratch: {medium} B"
+        );
+        run(512, 512, 512, 2);
+        assert_eq!(kept_scratch_bytes(), medium, "the kept scratch is reused");
+        // 2048x2048 · 2048x64 needs (4 Mi + 2 · 128 Ki) f32 = 17.0 MiB > 16 MiB.
+        run(2048, 2048, 64, 2);
+        let after = kept_scratch_bytes();
+        eprintln!("kept f32 scratch: {medium} B after 512^3, {after} B after 2048x2048x64");
+        assert_eq!(after, medium, "a large product's scratch is not kept");
+    })
+    .join()
+    .expect("the scratch test thread");
+}
+
 /// Every f16 bit pattern, in order (NaNs and subnormals included).
 fn all_f16() -> Vec<f16> {
     (0..=u16::MAX).map(f16::from_bits).collect()
@@ -627,5 +695,65 @@ proptest! {
             let c = run_typed!(dtype, |T| { let mut o = vec![T::default(); 1]; convert::<f32, T>(&[x], &mut o); to_f32(&o)[0] });
             prop_assert!(c.to_bits() == once.to_bits() || (c.is_nan() && once.is_nan()));
         }
+    }
+}
+
+/// On-CPU time of the calling thread in ns (Linux schedstat), `None` elsewhere: on a loaded
+/// machine the single-threaded figure is read from it instead of the wall clock.
+fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Issue 12 preview: the 1000³ f32 GEMM time on 1 and 2 threads (median of 9 after a warm-up;
+/// with 1 thread also the calling thread's on-CPU time, which a busy machine distorts less).
+/// Prints figures only: `cargo test --release --lib gemm_1000_timing -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints timings; run alone on an idle machine"]
+fn gemm_1000_timing() {
+    let n = 1000;
+    let d = MatmulDims {
+        batch: 1,
+        m: n,
+        k: n,
+        n,
+        rhs_batched: false,
+    };
+    let a = values(n * n, 31, 1.0, DType::F32);
+    let b = values(n * n, 32, 1.0, DType::F32);
+    let mut o = vec![0f32; n * n];
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0])
+    };
+    for threads in [1, 2] {
+        matmul::<f32>(&a, &b, &mut o, d, threads);
+        let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+        for _ in 0..9 {
+            let (t, c) = (std::time::Instant::now(), thread_cpu_ns());
+            matmul::<f32>(&a, &b, &mut o, d, threads);
+            wall.push(t.elapsed().as_secs_f64() * 1e3);
+            if let (Some(c0), Some(c1)) = (c, thread_cpu_ns()) {
+                cpu.push((c1 - c0) as f64 / 1e6);
+            }
+        }
+        let (w, w_min) = median(wall);
+        let cpu = if threads == 1 && !cpu.is_empty() {
+            format!(", on-CPU median {:.2} ms", median(cpu).0)
+        } else {
+            String::new()
+        };
+        // A checksum of the bits: equal across threads (R6.4); a different kernel path (the
+        // AVX-512 one) may block its reductions differently and change it.
+        let bits = o.iter().fold(0u64, |h, x| {
+            (h ^ u64::from(x.to_bits())).wrapping_mul(0x100_0000_01b3)
+        });
+        println!(
+            "gemm 1000^3 f32, {threads} thread(s): wall median {w:.2} ms (min {w_min:.2}){cpu}, bits {bits:016x}"
+        );
     }
 }
