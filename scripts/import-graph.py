@@ -41,16 +41,43 @@ def strip_tests(src):
 
 
 def resolve(mods, path):
-    for n in range(len(path), 0, -1):
+    for n in range(len(path), -1, -1):
         if tuple(path[:n]) in mods:
             return mods[tuple(path[:n])]
     return None
 
 
+def expand_groups(src):
+    """`a::b::{c, d::e}` becomes `a::b::c a::b::d::e` (one level of braces at a time)."""
+    group = re.compile(r"((?:\b\w+::)+)\{([^{}]*)\}")
+    while True:
+        new = group.sub(
+            lambda m: " ".join(m.group(1) + item.strip() for item in m.group(2).split(",") if item.strip()),
+            src,
+        )
+        if new == src:
+            return src
+        src = new
+
+
+def inline_modules(src):
+    """(start, end, name) of every inline `mod name { ... }` block."""
+    spans = []
+    for m in re.finditer(r"\bmod\s+(\w+)\s*\{", src):
+        depth, i = 1, m.end()
+        while i < len(src) and depth:
+            depth += {"{": 1, "}": -1}.get(src[i], 0)
+            i += 1
+        spans.append((m.start(), i, m.group(1)))
+    return spans
+
+
 def imports(mods, key, src):
-    module = list(key)  # the file's module path; `self` is it, `super` its parent
+    spans = inline_modules(src)
     found = set()
     for m in re.finditer(r"\b(crate|super|self)((?:::\w+)+)", src):
+        # The module the path is written in: the file's, plus any inline `mod x { .. }` around it.
+        module = list(key) + [n for (a, b, n) in spans if a <= m.start() < b]
         head, tail = m.group(1), [p for p in m.group(2).split("::") if p]
         if head == "crate":
             path = tail
@@ -69,7 +96,7 @@ def imports(mods, key, src):
     children = set(re.findall(r"\bmod\s+(\w+)\s*;", src))
     for m in re.finditer(r"(?<![:\w])(\w+)((?:::\w+)+)", src):
         if m.group(1) in children:
-            path = module + [m.group(1)] + [p for p in m.group(2).split("::") if p]
+            path = list(key) + [m.group(1)] + [p for p in m.group(2).split("::") if p]
             target = resolve(mods, path)
             if target and target != mods[key]:
                 found.add(target)
@@ -115,7 +142,7 @@ def main():
     graph = {}
     for key, rel in mods.items():
         with open(os.path.join(ROOT, rel)) as f:
-            graph[rel] = imports(mods, key, strip_tests(f.read()))
+            graph[rel] = imports(mods, key, expand_groups(strip_tests(f.read())))
     worst = 0
     for comp in sccs(graph):
         if len(comp) > 1:

@@ -40,7 +40,7 @@ use crate::scope::stack::{
 };
 use crate::tensor::handle::{Kind, Tensor};
 use crate::tensor::storage::Buffer;
-use crate::trace::Label;
+use crate::trace::spans::Label;
 
 /// The event closure of a compiled eager run (R3.11).
 #[derive(Debug)]

@@ -14,7 +14,8 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use crate::error::Error;
-use crate::kernels;
+use crate::kernels::bf16 as bf16_slices;
+use crate::kernels::f16c;
 
 /// The element type of a tensor.
 ///
@@ -175,13 +176,13 @@ impl Element for f16 {
     }
     #[inline]
     fn load_f32(src: &[Self], dst: &mut [f32]) {
-        if !kernels::f16_to_f32(src, dst) {
+        if !f16c::f16_to_f32(src, dst) {
             src.convert_to_f32_slice(dst);
         }
     }
     #[inline]
     fn store_f32(src: &[f32], dst: &mut [Self]) {
-        if !kernels::f32_to_f16(src, dst) {
+        if !f16c::f32_to_f16(src, dst) {
             dst.convert_from_f32_slice(src);
         }
     }
@@ -202,11 +203,11 @@ impl Element for bf16 {
     }
     #[inline]
     fn load_f32(src: &[Self], dst: &mut [f32]) {
-        kernels::bf16_to_f32(src, dst);
+        bf16_slices::bf16_to_f32(src, dst);
     }
     #[inline]
     fn store_f32(src: &[f32], dst: &mut [Self]) {
-        kernels::f32_to_bf16(src, dst);
+        bf16_slices::f32_to_bf16(src, dst);
     }
 }
 

@@ -21,7 +21,7 @@ use crate::graph::program::Program;
 use crate::ops::op::Op;
 use crate::runtime::{Bound, Issue, StreamId};
 use crate::tensor::storage::Buffer;
-use crate::trace::Label;
+use crate::trace::spans::Label;
 
 /// One eager entry for a backend to enqueue.
 #[derive(Debug)]

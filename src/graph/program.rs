@@ -17,7 +17,7 @@ use crate::ops::op::Op;
 use crate::runtime::{Batch, BatchPoint, BatchStream, Position, StreamId};
 use crate::tensor::handle::{Kind, Tensor};
 use crate::tensor::storage::Buffer;
-use crate::trace::{Label, SpanKind};
+use crate::trace::spans::{Label, SpanKind};
 
 /// Memory figures of a captured graph's static plan (R4.9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

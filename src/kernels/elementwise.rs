@@ -8,7 +8,7 @@
 //! [`SMALL`]-sized buffers instead, so a tiny op does not pay for zeroing 4 KiB of stack per
 //! buffer (that memset once dominated a 16-element f16 op).
 
-use super::{BinaryOp, CHUNK, UnaryOp};
+use super::kind::{BinaryOp, CHUNK, UnaryOp};
 use super::{f16c, scalar};
 use crate::dtype::Element;
 

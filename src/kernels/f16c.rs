@@ -26,7 +26,7 @@
 
 use half::f16;
 
-use super::{BinaryOp, UnaryOp};
+use super::kind::{BinaryOp, UnaryOp};
 
 /// Whether the CPU can run this module's kernels.
 #[inline]
@@ -108,8 +108,8 @@ mod x86 {
 
     use half::f16;
 
+    use super::super::kind::{BinaryOp, UnaryOp};
     use super::super::scalar;
-    use super::super::{BinaryOp, UnaryOp};
 
     /// Lanes per conversion instruction.
     const LANES: usize = 8;

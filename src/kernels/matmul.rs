@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 use gemm::Parallelism;
 
-use super::MatmulDims;
+use super::kind::MatmulDims;
 use crate::dtype::Element;
 
 /// `out[b] = a[b] × rhs(b)` for every batch `b`.

@@ -5,6 +5,8 @@ use half::{bf16, f16};
 use proptest::prelude::*;
 use rand::{RngExt, SeedableRng};
 
+use super::bf16::{bf16_to_f32, f32_to_bf16};
+use super::f16c::{f16_to_f32, f32_to_f16};
 use super::*;
 use crate::dtype::{DType, Element};
 use crate::reference;

@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::graph::program::{Instr, Loc, Program, View};
 use crate::ops::op::Op;
 use crate::tensor::storage::{Buffer, Data, DataRef};
-use crate::trace::{self, RawSpan};
+use crate::trace::spans::{self, RawSpan};
 
 fn internal(message: &str) -> Error {
     Error::ExecutionFailed {
@@ -365,7 +365,7 @@ impl SegmentJob for Frame {
         for (i, instr) in stream.instrs.iter().enumerate() {
             chaos::point(ctx.salt);
             // Timeline: one relaxed load when off.
-            let started = trace::recording().then(Instant::now);
+            let started = spans::recording().then(Instant::now);
             match instr {
                 Instr::Record { .. } => ctx.progress.publish(base + i as u64 + 1),
                 Instr::Wait { stream, pos, .. } => {
@@ -386,7 +386,7 @@ impl SegmentJob for Frame {
                     }
                     _ => None,
                 };
-                trace::push(RawSpan {
+                spans::push(RawSpan {
                     stream: stream.tag.clone(),
                     kind,
                     label,

@@ -21,7 +21,7 @@ use crate::backend::Inputs;
 use crate::error::Error;
 use crate::ops::op::Op;
 use crate::tensor::storage::Buffer;
-use crate::trace::{Label, RawSpan, SpanKind};
+use crate::trace::spans::{self, Label, RawSpan, SpanKind};
 
 /// What an entry does when its worker reaches it.
 #[derive(Debug)]
@@ -171,7 +171,7 @@ pub(crate) fn run(shared: Arc<WorkerShared>, split: &CoreSplit, failures: &dyn F
         }
         super::chaos::point(shared.salt);
         // Timeline: one relaxed load when off; the span is built only when on.
-        let started = crate::trace::recording().then(Instant::now);
+        let started = spans::recording().then(Instant::now);
         let mut span = None;
         match entry.task {
             Task::Op { op, inputs, output } => {
@@ -221,7 +221,7 @@ pub(crate) fn run(shared: Arc<WorkerShared>, split: &CoreSplit, failures: &dyn F
             }
         }
         if let (Some(start), Some((kind, label, waits_for))) = (started, span) {
-            crate::trace::push(RawSpan {
+            spans::push(RawSpan {
                 stream: shared.tag.clone(),
                 kind,
                 label,

@@ -20,25 +20,17 @@
 //! # Ok::<(), tagstream::Error>(())
 //! ```
 
+pub(crate) mod spans;
+
+use std::cell::Cell;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+pub use self::spans::SpanKind;
+use self::spans::{Label, RawSpan, buffer, set_recording};
+use crate::dispatch;
 use crate::error::Result;
-
-/// What kind of entry a span is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpanKind {
-    /// A kernel.
-    Op,
-    /// A replay's copy of an input into the graph's static buffer.
-    CopyIn,
-    /// An event record (an instant: it fires when the stream reaches it).
-    Record,
-    /// An event wait: the span is the time the stream was blocked.
-    Wait,
-}
 
 /// One entry as a stream ran it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,41 +51,9 @@ pub struct Span {
     pub waits_for: Option<(String, u64)>,
 }
 
-/// A label without allocating on the worker: a static name or a shared tag.
-#[derive(Debug, Clone)]
-pub(crate) enum Label {
-    Static(&'static str),
-    Tag(Arc<str>),
-}
-
-/// A span as a worker reports it (stream ids, not tags: tags are resolved at the end).
-#[derive(Debug)]
-pub(crate) struct RawSpan {
-    pub(crate) stream: Arc<str>,
-    pub(crate) kind: SpanKind,
-    pub(crate) label: Label,
-    pub(crate) start: Instant,
-    pub(crate) end: Instant,
-    pub(crate) position: u64,
-    /// `(stream tag, position)` the wait was bound to.
-    pub(crate) waits_for: Option<(Arc<str>, u64)>,
-}
-
-static RECORDING: AtomicBool = AtomicBool::new(false);
-static SPANS: Mutex<Vec<RawSpan>> = Mutex::new(Vec::new());
+/// One recording at a time (a second `record` call waits for the first).
 /// One recording at a time (a second `record` call waits for the first).
 static SESSION: Mutex<()> = Mutex::new(());
-
-/// Whether workers should report spans. One relaxed load.
-#[inline]
-pub(crate) fn recording() -> bool {
-    RECORDING.load(Ordering::Relaxed)
-}
-
-/// Appends a span (called by workers only while [`recording`]).
-pub(crate) fn push(span: RawSpan) {
-    SPANS.lock().unwrap_or_else(|p| p.into_inner()).push(span);
-}
 
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -113,30 +73,31 @@ fn epoch() -> Instant {
 /// Whatever `f` returns, or the error of the final `synchronize` (recording stops either way).
 pub fn record<R>(f: impl FnOnce() -> Result<R>) -> Result<(R, Timeline)> {
     thread_local! {
-        static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        static INSIDE: Cell<bool> = const { Cell::new(false) };
     }
-    if INSIDE.get() {
+    // `try_with`: a call from a late thread-local destructor is treated as not nested.
+    if INSIDE.try_with(Cell::get).unwrap_or(false) {
         // Nested in this thread's own recording: the outer timeline gets everything (taking
         // the session lock again would deadlock).
         return f().map(|r| (r, Timeline::default()));
     }
     let _session = SESSION.lock().unwrap_or_else(|p| p.into_inner());
-    INSIDE.set(true);
+    let _ = INSIDE.try_with(|i| i.set(true));
     struct Leave;
     impl Drop for Leave {
         fn drop(&mut self) {
-            INSIDE.set(false);
-            RECORDING.store(false, Ordering::SeqCst);
+            let _ = INSIDE.try_with(|i| i.set(false));
+            set_recording(false);
         }
     }
     let _leave = Leave;
     let start = epoch();
-    crate::synchronize()?; // earlier work is not part of this timeline
-    SPANS.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    RECORDING.store(true, Ordering::SeqCst);
-    let out = f().and_then(|r| crate::synchronize().map(|()| r));
-    RECORDING.store(false, Ordering::SeqCst);
-    let raw = std::mem::take(&mut *SPANS.lock().unwrap_or_else(|p| p.into_inner()));
+    dispatch::synchronize()?; // earlier work is not part of this timeline
+    buffer().clear();
+    set_recording(true);
+    let out = f().and_then(|r| dispatch::synchronize().map(|()| r));
+    set_recording(false);
+    let raw = std::mem::take(&mut *buffer());
     let out = out?;
     Ok((out, Timeline::from_raw(raw, start)))
 }

@@ -1,0 +1,73 @@
+//! What a kernel computes: the op kinds and matmul dimensions every kernel file shares.
+//!
+//! A leaf of `kernels`: the kernel files import their kinds from here, not from `kernels`
+//! itself, so no kernel file depends on the module that re-exports it.
+
+/// An elementwise op of two tensors of equal shape and dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    /// `a + b`
+    Add,
+    /// `a - b`
+    Sub,
+    /// `a * b`
+    Mul,
+    /// `a / b`
+    Div,
+}
+
+impl BinaryOp {
+    /// The op's name as it appears in errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+        }
+    }
+}
+
+/// An elementwise op of one tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    /// `max(x, 0)`, NaN stays NaN.
+    Relu,
+    /// `x / (1 + exp(-x))`
+    Silu,
+    /// `0.5·x·(1 + erf(x/√2))`
+    Gelu,
+    /// `exp(x)`
+    Exp,
+}
+
+impl UnaryOp {
+    /// The op's name as it appears in errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Relu => "relu",
+            UnaryOp::Silu => "silu",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::Exp => "exp",
+        }
+    }
+}
+
+/// The dimensions of a (batched) matrix product: `[batch, m, k] × [batch?, k, n]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatmulDims {
+    /// Number of products (1 for a plain 2-D matmul).
+    pub batch: usize,
+    /// Rows of the left operand and of the output.
+    pub m: usize,
+    /// The reduced dimension.
+    pub k: usize,
+    /// Columns of the right operand and of the output.
+    pub n: usize,
+    /// Whether the right operand has its own batch dimension (`[b,k,n]`) or is shared (`[k,n]`).
+    pub rhs_batched: bool,
+}
+
+/// Elements per conversion chunk: 4 KiB of f32 per buffer, so a chunk's inputs and output stay
+/// in L1 while f16/bf16 go through f32.
+pub(crate) const CHUNK: usize = 1024;
