@@ -159,3 +159,32 @@ pub fn record_tagged_stream(tensor: &Tensor, tag: &str) -> Result<()> {
     }
     dispatch::record_stream(tensor, tag)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Memory follows what is alive (R1.4 keeps only the tag): once the last handle of an event
+    /// is dropped, its latest record (a position and a vector clock) is freed, also when a
+    /// clone outlived the first handle.
+    #[test]
+    fn dropping_the_last_handle_frees_the_latest_record() {
+        let ev = create_tagged_event("ops-unit-freed").unwrap();
+        let id = ev.inner.id;
+        tagged_event_record(&ev).unwrap();
+        assert!(runtime().has_latest_record(id));
+        let clone = ev.clone();
+        drop(ev);
+        assert!(
+            runtime().has_latest_record(id),
+            "a clone still holds the event"
+        );
+        drop(clone);
+        assert!(!runtime().has_latest_record(id));
+        // The tag stays reserved (R1.4).
+        assert!(matches!(
+            create_tagged_event("ops-unit-freed"),
+            Err(Error::TagInUse { .. })
+        ));
+    }
+}

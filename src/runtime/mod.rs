@@ -246,6 +246,12 @@ impl Runtime {
         self.state().latest_record.remove(&event);
     }
 
+    /// Whether `event` has a latest record (tests of what is kept alive).
+    #[cfg(test)]
+    pub(crate) fn has_latest_record(&self, event: u64) -> bool {
+        self.state().latest_record.contains_key(&event)
+    }
+
     /// Issues a wait on stream `s`, bound to the latest record of `event` (R1.8), or a no-op
     /// wait if it was never recorded (R1.9). `submit` gets the bound record.
     pub(crate) fn wait(
