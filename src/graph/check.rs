@@ -66,7 +66,7 @@ pub(crate) fn acyclic(graph: &Graph) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::ir::{EventName, GraphStream};
+    use crate::graph::ir::{EventName, GraphStream, StreamClocks};
     use crate::runtime::MAIN;
 
     fn graph(streams: Vec<Vec<EntryKind>>) -> Graph {
@@ -81,7 +81,7 @@ mod tests {
                     entries,
                 })
                 .collect(),
-            clocks: vec![Vec::new(); n],
+            clocks: (0..n).map(StreamClocks::new).collect(),
             values: Vec::new(),
             consts: Vec::new(),
             outputs: Vec::new(),
