@@ -206,3 +206,4 @@ impl Graph {
         counts
     }
 }
+
