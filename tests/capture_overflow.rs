@@ -62,7 +62,9 @@ fn the_refusal_says_the_values_do_not_fit() {
     let mut c = compile(chain(4, false), ro());
     let msg = c.run(&inputs()).unwrap_err().to_string();
     assert!(
-        msg.starts_with("capture (its values need more than usize::MAX bytes in all): out of memory"),
+        msg.starts_with(
+            "capture (its values need more than usize::MAX bytes in all): out of memory"
+        ),
         "{msg}"
     );
 }

@@ -119,14 +119,14 @@ fn warm_up(shape: Shape) {
 fn capture_once(shape: Shape, ops: usize) -> (Duration, Duration, Compiled) {
     let x = inputs();
     let mut c = compile(closure(shape, ops), ro());
-    let start = Instant::now();
-    drop(c.run(&x).unwrap());
-    synchronize().unwrap();
-    let first = start.elapsed();
-    let start = Instant::now();
-    drop(c.run(&x).unwrap());
-    synchronize().unwrap();
-    let replay = start.elapsed();
+    let timed = |c: &mut Compiled| {
+        let start = Instant::now();
+        drop(c.run(&x).unwrap());
+        synchronize().unwrap();
+        start.elapsed()
+    };
+    let first = timed(&mut c);
+    let replay = (0..3).map(|_| timed(&mut c)).min().unwrap();
     // The first call captures and runs the graph once: the capture is the difference.
     (first.saturating_sub(replay), replay, c)
 }
@@ -152,8 +152,14 @@ fn kept_graph_bytes_per_op_do_not_grow() {
     let small = kept_bytes_per_op(Shape::SideStreams { streams: 64 }, 2_048);
     let large = kept_bytes_per_op(Shape::SideStreams { streams: 64 }, 32_768);
     println!("kept bytes per op: 1 stream {one:.0}, 64 streams {small:.0} (2k) {large:.0} (32k)");
-    assert!(large <= 1.25 * small + 16.0, "{small:.0} -> {large:.0} bytes per op");
-    assert!(large <= 1.25 * one + 16.0, "1 stream {one:.0}, 64 streams {large:.0}");
+    assert!(
+        large <= 1.25 * small + 16.0,
+        "{small:.0} -> {large:.0} bytes per op"
+    );
+    assert!(
+        large <= 1.25 * one + 16.0,
+        "1 stream {one:.0}, 64 streams {large:.0}"
+    );
 }
 
 #[test]
@@ -192,8 +198,16 @@ fn capture_time_per_op() {
 fn kept_graph_bytes() {
     let cases = [
         ("weight chain, 1 stream", Shape::WeightChain, 100_000),
-        ("64 side streams", Shape::SideStreams { streams: 64 }, 100_000),
-        ("1000 side streams", Shape::SideStreams { streams: 1000 }, 50_000),
+        (
+            "64 side streams",
+            Shape::SideStreams { streams: 64 },
+            100_000,
+        ),
+        (
+            "1000 side streams",
+            Shape::SideStreams { streams: 1000 },
+            50_000,
+        ),
     ];
     for (name, shape, ops) in cases {
         let per_op = kept_bytes_per_op(shape, ops);

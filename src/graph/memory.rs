@@ -227,9 +227,22 @@ impl StreamClocks {
     }
 
     /// The dense clock of the stream's last entry (`None` for an empty stream), indexed by
-    /// stream up to the highest non-zero component.
+    /// stream up to the highest non-zero component. Cached, so it costs up to 8 bytes × streams
+    /// for as long as the graph is kept: callers that only copy it should call
+    /// [`StreamClocks::last_dense`] instead.
+    // TODO(lead): plan.rs's `graph.clocks[s].last().cloned()` becomes `last_dense()`; then
+    // this accessor and the `last` cache go.
     pub(crate) fn last(&self) -> Option<&Vec<u64>> {
-        (self.len > 0).then(|| self.last.get_or_init(|| self.dense(self.len, 0)))
+        (self.len > 0).then(|| self.last.get_or_init(|| self.last_dense()))
+    }
+
+    /// The dense clock of the stream's last entry, built on each call (empty for an empty
+    /// stream).
+    pub(crate) fn last_dense(&self) -> Vec<u64> {
+        match self.len {
+            0 => Vec::new(),
+            n => self.dense(n, 0),
+        }
     }
 
     /// The first position whose component `t` is at least `value` (`None` if none is).
@@ -254,6 +267,14 @@ impl StreamClocks {
             }
         }
         self.last = OnceLock::new();
+    }
+
+    /// Drops the spare capacity of the change lists.
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.changes.shrink_to_fit();
+        for (_, points) in &mut self.changes {
+            points.shrink_to_fit();
+        }
     }
 
     /// Bytes this stream's clocks hold on the heap.

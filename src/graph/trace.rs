@@ -500,6 +500,15 @@ impl Tracer {
                 self.values[value].add_use(end);
             }
         }
+        // A kept graph should cost what it holds, not the slack of the growth that built it.
+        for s in &mut self.streams {
+            s.entries.shrink_to_fit();
+        }
+        for v in &mut self.values {
+            v.uses.shrink_to_fit();
+        }
+        self.values.shrink_to_fit();
+        self.clocks.iter_mut().for_each(StreamClocks::shrink_to_fit);
         Ok(Graph {
             streams: self.streams,
             clocks: self.clocks,
