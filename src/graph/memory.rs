@@ -84,7 +84,7 @@ pub(crate) trait HappensBefore {
 pub(crate) struct MemoryPlan {
     /// Byte offset of each value in the arena, in the order of the input slice; every offset is a multiple of ALIGN.
     pub(crate) offsets: Vec<usize>,
-    /// Total arena size in bytes (offsets[i] + bytes[i] <= arena_bytes).
+    /// Total arena size in bytes (`offsets[i] + bytes[i] <= arena_bytes`).
     pub(crate) arena_bytes: usize,
     /// Sum of all value sizes (each rounded up to ALIGN).
     pub(crate) value_bytes: usize,
