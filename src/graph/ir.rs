@@ -182,7 +182,9 @@ impl Graph {
         })
     }
 
-    /// "matmul at position 3 of \"1\"": how errors name an entry (R7.2).
+    /// "matmul at position 3 of \"1\"": how checks after tracing (a cycle, a plan that
+    /// cannot be built) name an entry. Errors found while tracing name the closure's n-th op
+    /// instead (`trace`), as the user wrote it.
     pub(crate) fn describe(&self, at: EntryRef) -> String {
         format!(
             "{} at position {} of \"{}\"",
