@@ -175,7 +175,7 @@ fn capture_time_per_op() {
         warm_up(shape);
         for ops in [1_000, 10_000, 100_000] {
             // The least of a few tries: the machine is shared, and small sizes are quick.
-            let tries = (100_000 / ops).clamp(1, 10);
+            let tries = (100_000 / ops).clamp(3, 10);
             let (mut capture, mut replay) = (Duration::MAX, Duration::MAX);
             for _ in 0..tries {
                 let (c, r, compiled) = capture_once(shape, ops);

@@ -362,15 +362,21 @@ struct Slot {
     generation: u64,
 }
 
-/// The latest end (the write or a use) of `value` on each stream it touches.
-fn latest_ends(value: &ValueLife) -> Vec<EntryRef> {
-    let mut ends: Vec<EntryRef> = Vec::with_capacity(1 + value.uses.len());
+/// The latest end (the write or a use) of `value` on each stream it touches, into `ends`.
+fn latest_ends_into(value: &ValueLife, ends: &mut Vec<EntryRef>) {
+    ends.clear();
     for e in std::iter::once(value.write).chain(value.uses.iter().copied()) {
         match ends.iter_mut().find(|x| x.stream == e.stream) {
             Some(x) => x.pos = x.pos.max(e.pos),
             None => ends.push(e),
         }
     }
+}
+
+/// As [`latest_ends_into`], in a new vector.
+fn latest_ends(value: &ValueLife) -> Vec<EntryRef> {
+    let mut ends = Vec::with_capacity(1 + value.uses.len());
+    latest_ends_into(value, &mut ends);
     ends
 }
 
@@ -526,6 +532,7 @@ fn place_queued(values: &[ValueLife], hb: &ClockOracle<'_>) -> (Vec<Option<usize
     let mut free: Vec<BTreeMap<(usize, usize), u64>> = vec![BTreeMap::new(); n];
     let mut slots: Vec<Slot> = Vec::new();
     let mut slot_of: Vec<Option<usize>> = vec![None; values.len()];
+    let mut ends = Vec::new();
     for (i, value) in values.iter().enumerate() {
         let need = rounded(value.bytes);
         if need == 0 {
@@ -555,7 +562,7 @@ fn place_queued(values: &[ValueLife], hb: &ClockOracle<'_>) -> (Vec<Option<usize
         slot_of[i] = Some(k);
         // Only streams that see every end can ever reuse the slot; start from the end with
         // the fewest watchers.
-        let ends = latest_ends(value);
+        latest_ends_into(value, &mut ends);
         let Some(narrow) = ends.iter().min_by_key(|e| watchers[e.stream].len()) else {
             continue;
         };

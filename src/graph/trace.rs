@@ -235,19 +235,24 @@ impl Tracer {
             operands.push(operand);
         }
         let output = self.values.len();
-        let write = self.issue(
-            gs,
-            EntryKind::Op {
-                op: op.clone(),
-                inputs: operands.clone(),
-                output,
-            },
-        );
-        for o in operands {
-            if let Operand::Value(v) = o {
+        let write = EntryRef {
+            stream: gs,
+            pos: self.clocks[gs].len() + 1,
+        };
+        for o in &operands {
+            if let Operand::Value(v) = *o {
                 self.values[v].add_use(write);
             }
         }
+        let issued = self.issue(
+            gs,
+            EntryKind::Op {
+                op: op.clone(),
+                inputs: operands,
+                output,
+            },
+        );
+        debug_assert_eq!(issued, write);
         self.values.push(Value {
             shape: op.out_shape.clone(),
             dtype: op.out_dtype,
