@@ -643,9 +643,9 @@ mod tests {
         assert_eq!(
             err,
             Error::DataRace {
-                reader: "add at position 4 of \"graph-unit-fork\"".into(),
+                reader: "add (op 2 of the closure)".into(),
                 reader_stream: "graph-unit-fork".into(),
-                producer: "add at position 4 of \"default\"".into(),
+                producer: "add (op 1 of the closure)".into(),
                 producer_stream: "default".into(),
             }
         );

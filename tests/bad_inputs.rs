@@ -579,10 +579,10 @@ fn e9_data_race() {
     let err = refused(|| c.run(std::slice::from_ref(&x)));
     assert_eq!(
         err.to_string(),
-        "data race: add at position 2 of \"default\" on stream \"default\" reads the output of \
-         add (outside the graph) on stream \"bad-e9-side\", which is not ordered before it; \
-         record a tagged event on \"bad-e9-side\" after add (outside the graph) and wait on it \
-         in \"default\" before add at position 2 of \"default\" (R3.5)"
+        "data race: add (op 1 of the closure) on stream \"default\" reads the output of add \
+         (outside the graph) on stream \"bad-e9-side\", which is not ordered before it; record \
+         a tagged event on \"bad-e9-side\" after add (outside the graph) and wait on it in \
+         \"default\" before add (op 1 of the closure) (R3.5)"
     );
     assert_eq!((counters(&c), c.cached_graphs()), ((0, 0, 0, false), 0));
 

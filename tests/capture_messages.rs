@@ -1,5 +1,5 @@
 //! Exact messages of capture-time errors (R7.2: tags in quotes, streams by tag, ops by name
-//! with their graph position) and the capture-limit warning, emitted once through `tracing`
+//! and by which op of the closure they were) and the capture-limit warning, emitted once through `tracing`
 //! (R5.4, E15). One scenario per test; tags are prefixed "cap-msg-".
 
 use std::sync::Arc;
@@ -18,9 +18,10 @@ fn x(n: usize) -> Vec<Tensor> {
         .collect()
 }
 
-/// E9 in a capture (SC17): both ops named with their position in the graph.
+/// E9 in a capture (SC17, R7.2): both ops named as the user wrote them, with their streams and
+/// which op of the closure each was (issue 16 item 3), as the eager message does.
 #[test]
-fn data_race_message_names_positions_e9() {
+fn data_race_message_names_closure_ops_e9() {
     let mut c = compile(
         |x: &[Tensor]| -> Result<Vec<Tensor>> {
             let y = {
@@ -34,11 +35,42 @@ fn data_race_message_names_positions_e9() {
     let err = c.run(&x(2)).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "data race: add at position 4 of \"default\" on stream \"default\" reads the output of \
-         matmul at position 2 of \"cap-msg-race\" on stream \"cap-msg-race\", which is not \
-         ordered before it; record a tagged event on \"cap-msg-race\" after matmul at position \
-         2 of \"cap-msg-race\" and wait on it in \"default\" before add at position 4 of \
-         \"default\" (R3.5)"
+        "data race: add (op 2 of the closure) on stream \"default\" reads the output of matmul \
+         (op 1 of the closure) on stream \"cap-msg-race\", which is not ordered before it; \
+         record a tagged event on \"cap-msg-race\" after matmul (op 1 of the closure) and wait \
+         on it in \"default\" before add (op 2 of the closure) (R3.5)"
+    );
+}
+
+/// E9: records, waits and scope changes are not ops; the count is the closure's ops only, on
+/// whatever stream each ran.
+#[test]
+fn data_race_counts_ops_across_streams_e9() {
+    let ev = create_tagged_event("cap-msg-count").unwrap();
+    let mut c = compile(
+        move |x: &[Tensor]| -> Result<Vec<Tensor>> {
+            let a = x[0].exp()?;
+            tagged_event_record(&ev)?;
+            let b = {
+                let _s = stream_switch("cap-msg-count-side")?;
+                tagged_event_wait(&ev)?;
+                let b = a.relu()?;
+                b.silu()?
+            };
+            let c = x[1].add(&x[0])?;
+            Ok(vec![c.mul(&b)?])
+        },
+        ro(),
+    );
+    let err = c.run(&x(2)).unwrap_err();
+    assert_eq!(
+        err,
+        Error::DataRace {
+            reader: "mul (op 5 of the closure)".into(),
+            reader_stream: "default".into(),
+            producer: "silu (op 3 of the closure)".into(),
+            producer_stream: "cap-msg-count-side".into(),
+        }
     );
 }
 

@@ -12,9 +12,9 @@
 //! (R3.4, R4.4). `Mode::Eager` (R3.11) refuses the first read not ordered after its producer
 //! with `DataRace` naming both ops and streams (R3.5, R7.2); a wait with no earlier record in
 //! the program is a no-op (R1.9; each run starts after `synchronize`, so a record left by an
-//! earlier run orders nothing new, R1.8, R3.6). A capture refuses the same read, with
-//! positions (R4.8), unless such a wait comes first in issue order: `WaitWithoutRecord` (R4.6,
-//! SC33, SC34). Accepted programs give bit-identical outputs (NaN == NaN) eagerly, in the
+//! earlier run orders nothing new, R1.8, R3.6). A capture refuses the same read, naming
+//! which op of the closure each was (R4.8, R7.2), unless such a wait comes first in issue
+//! order: `WaitWithoutRecord` (R4.6, SC33, SC34). Accepted programs give bit-identical outputs (NaN == NaN) eagerly, in the
 //! capturing call, in two replays on fresh inputs and in a serial single-stream run of the same
 //! ops (R4.13, R5.6, R6.4; the kernels themselves are checked against the serial reference of
 //! R6.5 in `src/kernels/tests.rs`); held outputs survive
@@ -253,8 +253,9 @@ fn exec_serial(nodes: &[Node], pool: &mut Vec<Tensor>, w: &Tensor) -> tagstream:
 
 /// Where an entry is: (stream index, 1-based position on that stream in the graph).
 type Pos = (usize, u32);
-/// A refused read: (reader op, its position, producer op, its position).
-type Race = (&'static str, Pos, &'static str, Pos);
+/// A refused read: (reader op, its position, producer op, its position); each op with which
+/// op of the closure it was, counted from 1 (R7.2, issue 16 item 3).
+type Race = ((&'static str, u32), Pos, (&'static str, u32), Pos);
 
 /// Vector clocks over the program's entries (R3.4), with the closure of R4.4.
 #[derive(Default)]
@@ -262,8 +263,11 @@ struct Oracle {
     clock: [[u32; 4]; 4],
     fork: [u32; 4],
     latest: [Option<[u32; 4]>; EVENTS],
-    /// Producer of each value; `None` for inputs (copied in before the fork, R4.8) and constants.
-    producers: Vec<Option<(Pos, &'static str)>>,
+    /// Producer of each value and which op of the closure it was; `None` for inputs (copied in
+    /// before the fork, R4.8) and constants.
+    producers: Vec<Option<(Pos, (&'static str, u32))>>,
+    /// Ops the closure has issued (a `to_dtype` round trip is two).
+    ops: u32,
     /// User records: (event, issue index, position).
     records: Vec<(usize, usize, Pos)>,
     /// The first wait with no earlier record in the program: (issue index, event, position).
@@ -300,14 +304,17 @@ impl Oracle {
                         if let Some(((t, k), producer)) = self.producers[v]
                             && self.clock[s][t] < k
                         {
-                            return Err((op, (s, self.clock[s][s] + 1), producer, (t, k)));
+                            let reader = (op, self.ops + 1);
+                            return Err((reader, (s, self.clock[s][s] + 1), producer, (t, k)));
                         }
                     }
                     let mut pos = self.tick(s);
+                    self.ops += 1;
                     if op == "to_dtype" {
                         pos = self.tick(s);
+                        self.ops += 1;
                     }
-                    self.producers.push(Some((pos, op)));
+                    self.producers.push(Some((pos, (op, self.ops))));
                 }
                 Node::Record(e) => {
                     let issued = self.issued;
@@ -344,7 +351,8 @@ impl Oracle {
 }
 
 /// Predicts the errors of `Mode::Eager` and of the capture (`None`: accepted). Eager names the
-/// ops, a capture names them with their positions (R7.2).
+/// ops, a capture names them with which op of the closure each was (R7.2); `WaitWithoutRecord`
+/// names graph positions (R4.6).
 fn predict(p: &Program) -> (Option<Error>, Option<Error>) {
     let mut o = Oracle::default();
     o.producers.resize(p.inputs, None); // inputs: copied in before the fork (R4.8)
@@ -358,16 +366,15 @@ fn predict(p: &Program) -> (Option<Error>, Option<Error>) {
         true => (s, k - 1),
         false => (s, k),
     };
-    let at = |op: &str, pos: Pos| {
-        let (s, k) = graph_pos(pos);
-        format!("{op} at position {k} of \"{}\"", STREAMS[s])
-    };
     let data_race = |graph: bool| {
-        let name = |op: &str, pos| if graph { at(op, pos) } else { op.into() };
+        let name = |(op, n): (&str, u32)| match graph {
+            true => format!("{op} (op {n} of the closure)"),
+            false => op.into(),
+        };
         race.map(|(reader, r, producer, q)| Error::DataRace {
-            reader: name(reader, r),
+            reader: name(reader),
             reader_stream: STREAMS[r.0].into(),
-            producer: name(producer, q),
+            producer: name(producer),
             producer_stream: STREAMS[q.0].into(),
         })
     };

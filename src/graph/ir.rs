@@ -7,13 +7,15 @@
 //!
 //! # Positions and clocks
 //! Graph stream 0 is always the main stream. An entry is named by [`EntryRef`] `(stream, pos)`
-//! with `pos` counted from 1 on its graph stream. `clocks[s][pos - 1][t]` is the highest
-//! position on graph stream `t` that happens-before-or-equals entry `(s, pos)` in the graph's
-//! hb relation (stream order, bound waits and closure events; R4.4, R4.7).
+//! with `pos` counted from 1 on its graph stream. Component `t` of entry `(s, pos)`'s clock
+//! ([`Graph::clock`]) is the highest position on graph stream `t` that happens-before-or-equals
+//! the entry in the graph's hb relation (stream order, bound waits and closure events; R4.4,
+//! R4.7). Clocks are kept by change points ([`StreamClocks`]), so a kept graph costs the same per
+//! entry whatever its number of streams.
 
 use std::sync::Arc;
 
-pub(crate) use super::memory::EntryRef;
+pub(crate) use super::memory::{EntryRef, StreamClocks};
 use crate::dtype::DType;
 use crate::ops::op::Op;
 use crate::runtime::StreamId;
@@ -107,11 +109,21 @@ pub(crate) struct Value {
     pub(crate) shape: Vec<usize>,
     pub(crate) dtype: DType,
     pub(crate) write: EntryRef,
-    /// Entries that read the value, plus the ends added by `record_tagged_stream` (R4.10).
+    /// The latest entry on each stream that reads the value, counting the ends added by
+    /// `record_tagged_stream` (R4.10). Earlier reads on a stream happen-before the latest one,
+    /// so this is all the planner needs, and a weight read by every op costs one entry.
     pub(crate) uses: Vec<EntryRef>,
 }
 
 impl Value {
+    /// Notes a read (or an R4.10 end) at `at`.
+    pub(crate) fn add_use(&mut self, at: EntryRef) {
+        match self.uses.iter_mut().find(|u| u.stream == at.stream) {
+            Some(u) => u.pos = u.pos.max(at.pos),
+            None => self.uses.push(at),
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.shape.iter().product()
     }
@@ -137,8 +149,8 @@ pub(crate) enum Output {
 pub(crate) struct Graph {
     /// Graph stream 0 is the main stream.
     pub(crate) streams: Vec<GraphStream>,
-    /// `clocks[s][pos - 1]`: the entry's graph-local clock, indexed by graph stream.
-    pub(crate) clocks: Vec<Vec<Vec<u64>>>,
+    /// `clocks[s]`: the graph-local clocks of graph stream `s`'s entries.
+    pub(crate) clocks: Vec<StreamClocks>,
     pub(crate) values: Vec<Value>,
     pub(crate) consts: Vec<Tensor>,
     pub(crate) outputs: Vec<Output>,
@@ -151,8 +163,9 @@ impl Graph {
         &self.streams[at.stream].entries[(at.pos - 1) as usize]
     }
 
-    pub(crate) fn clock(&self, at: EntryRef) -> &[u64] {
-        &self.clocks[at.stream][(at.pos - 1) as usize]
+    /// The entry's graph-local clock, one component per graph stream.
+    pub(crate) fn clock(&self, at: EntryRef) -> Vec<u64> {
+        self.clocks[at.stream].dense(at.pos, self.streams.len())
     }
 
     /// Every entry, stream by stream.
@@ -170,7 +183,9 @@ impl Graph {
         })
     }
 
-    /// "matmul at position 3 of \"1\"": how errors name an entry (R7.2).
+    /// "matmul at position 3 of \"1\"": how checks after tracing (a cycle, a plan that
+    /// cannot be built) name an entry. Errors found while tracing name the closure's n-th op
+    /// instead (`trace`), as the user wrote it.
     pub(crate) fn describe(&self, at: EntryRef) -> String {
         format!(
             "{} at position {} of \"{}\"",

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use super::ir::{EntryKind, EntryRef, EventName, Graph, Operand, Output};
-use super::memory::{ClockOracle, ValueLife, plan_memory};
+use super::memory::{ClockOracle, ValueLife, too_large, total_bytes, try_plan_memory};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::op::Op;
@@ -225,17 +225,12 @@ impl Program {
                 });
             }
         }
-        let output_bytes = outs.iter().try_fold(0usize, |acc, o| {
-            o.len()
-                .checked_mul(o.dtype.size_in_bytes())
-                .and_then(|b| acc.checked_add(b))
-        });
-        let Some(output_bytes) = output_bytes else {
-            return Err(Error::OutOfMemory {
-                op: "capture (the graph's outputs)".into(),
-                bytes: usize::MAX,
-            });
-        };
+        let output_bytes = total_bytes(
+            outs.iter()
+                .map(|o| o.len().saturating_mul(o.dtype.size_in_bytes())),
+            false,
+        )
+        .ok_or_else(|| too_large("its outputs"))?;
         let arena_values: Vec<usize> = (0..graph.values.len())
             .filter(|&v| out_slot_of[v].is_none())
             .collect();
@@ -250,12 +245,12 @@ impl Program {
                 }
             })
             .collect();
-        let mem = plan_memory(
+        let mem = try_plan_memory(
             &lives,
             &ClockOracle {
                 clocks: &graph.clocks,
             },
-        );
+        )?;
         let mut view_of = vec![None; graph.values.len()];
         for (i, &v) in arena_values.iter().enumerate() {
             let val = &graph.values[v];
@@ -320,7 +315,7 @@ impl Program {
                 id: gs.id,
                 tag: Arc::from(gs.tag.as_str()),
                 instrs,
-                last_clock: graph.clocks[s].last().cloned().unwrap_or_default(),
+                last_clock: graph.clocks[s].last_dense(),
             });
         }
         let stats = MemoryStats {

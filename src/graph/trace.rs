@@ -12,15 +12,26 @@
 //! *Strategy*: the tracer keeps one graph-local vector clock per graph stream, exactly as the
 //! runtime does for real streams: issuing on `s` ticks `clock[s]`, a bound wait joins the
 //! record's clock. A read of value `v` written at `(t, k)` from stream `s` is accepted iff
-//! `clock[s][t] ≥ k`. Every entry's clock is kept: later passes (planner, checks, R5.8
-//! positions) answer hb queries with one comparison.
+//! `clock[s][t] ≥ k`, one comparison against the stream's current (dense) clock. Every
+//! entry's clock is kept for later passes (planner, checks, R5.8 positions), by change points
+//! ([`StreamClocks`]): only a wait changes a component other than the entry's own, so an op
+//! costs O(1) whatever the number of streams, and a wait O(components of the record's clock).
 //! *Invariant*: every wait is bound to an earlier record in issue order, so every hb edge
 //! points forward and the clocks are exact (R4.7).
+//!
+//! # Naming in errors
+//! Errors name what the user wrote (R7.2, as eager errors do): the op, its stream, and which
+//! op of the closure it was, counting the ops the closure issued from 1 (`add (op 2 of the
+//! closure)`); a copy-in is `input i of the call`. Each op makes exactly one value, after the
+//! copy-ins, so the count is the value's index less the inputs: nothing extra is stored.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::ir::{EntryKind, EntryRef, EventName, Graph, GraphStream, Operand, Output, Value};
+use super::ir::{
+    EntryKind, EntryRef, EventName, Graph, GraphStream, Operand, Output, StreamClocks, Value,
+};
+use super::memory::{too_large, total_bytes};
 use crate::error::{Error, Result};
 use crate::ops::op::Op;
 use crate::runtime::{MAIN, MAIN_TAG, StreamId, runtime};
@@ -41,8 +52,8 @@ struct Unbound {
 pub(crate) struct Tracer {
     id: u64,
     streams: Vec<GraphStream>,
-    clocks: Vec<Vec<Vec<u64>>>,
-    /// Clock of each graph stream's latest entry.
+    clocks: Vec<StreamClocks>,
+    /// Dense clock of each graph stream's latest entry (the race check's one comparison).
     current: Vec<Vec<u64>>,
     values: Vec<Value>,
     consts: Vec<Tensor>,
@@ -60,15 +71,6 @@ pub(crate) struct Tracer {
     extends: Vec<(usize, String)>,
 }
 
-fn join(into: &mut Vec<u64>, other: &[u64]) {
-    if into.len() < other.len() {
-        into.resize(other.len(), 0);
-    }
-    for (a, b) in into.iter_mut().zip(other) {
-        *a = (*a).max(*b);
-    }
-}
-
 fn at(clock: &[u64], s: usize) -> u64 {
     clock.get(s).copied().unwrap_or(0)
 }
@@ -84,7 +86,7 @@ impl Tracer {
                 tag: MAIN_TAG.to_string(),
                 entries: Vec::new(),
             }],
-            clocks: vec![Vec::new()],
+            clocks: vec![StreamClocks::new(0)],
             current: vec![Vec::new()],
             values: Vec::new(),
             consts: Vec::new(),
@@ -120,16 +122,33 @@ impl Tracer {
     }
 
     fn issue(&mut self, gs: usize, kind: EntryKind) -> EntryRef {
+        let pos = self.clocks[gs].push();
         let clock = &mut self.current[gs];
         if clock.len() <= gs {
             clock.resize(gs + 1, 0);
         }
-        clock[gs] += 1;
-        let pos = clock[gs];
-        self.clocks[gs].push(clock.clone());
+        clock[gs] = pos;
         self.streams[gs].entries.push(kind);
         self.issued += 1;
         EntryRef { stream: gs, pos }
+    }
+
+    /// Joins record `r`'s clock into graph stream `gs`'s, for the wait about to be issued on
+    /// `gs`: the components that grow become change points at the wait's position.
+    fn join_record(&mut self, gs: usize, r: EntryRef) {
+        let wait_pos = self.clocks[gs].len() + 1;
+        let record: Vec<(usize, u64)> = self.clocks[r.stream].sparse(r.pos).collect();
+        let clock = &mut self.current[gs];
+        for (t, v) in record {
+            if clock.len() <= t {
+                clock.resize(t + 1, 0);
+            }
+            // A stream's own component is its position: a forward edge never raises it.
+            if t != gs && v > clock[t] {
+                clock[t] = v;
+                self.clocks[gs].raise(wait_pos, t, v);
+            }
+        }
     }
 
     fn graph_stream(&mut self, id: StreamId) -> usize {
@@ -141,7 +160,7 @@ impl Tracer {
             tag: runtime().stream_tag(id),
             entries: Vec::new(),
         });
-        self.clocks.push(Vec::new());
+        self.clocks.push(StreamClocks::new(self.streams.len() - 1));
         self.current.push(Vec::new());
         self.streams.len() - 1
     }
@@ -155,20 +174,20 @@ impl Tracer {
         e
     }
 
-    fn describe_next(&self, gs: usize, name: &str) -> String {
-        format!(
-            "{name} at position {} of \"{}\"",
-            at(&self.current[gs], gs) + 1,
-            self.streams[gs].tag
-        )
+    /// The op the closure is issuing now, as the user wrote it: `add (op 3 of the closure)`.
+    fn describe_next(&self, name: &str) -> String {
+        let n = self.values.len() - self.n_inputs + 1;
+        format!("{name} (op {n} of the closure)")
     }
 
-    fn describe(&self, r: EntryRef) -> String {
-        let name = self.streams[r.stream].entries[(r.pos - 1) as usize].name();
-        format!(
-            "{name} at position {} of \"{}\"",
-            r.pos, self.streams[r.stream].tag
-        )
+    /// What wrote `value`, as the user wrote it: an earlier op of the closure or an input.
+    fn describe_value(&self, value: usize) -> String {
+        if value < self.n_inputs {
+            return format!("input {value} of the call");
+        }
+        let w = self.values[value].write;
+        let name = self.streams[w.stream].entries[(w.pos - 1) as usize].name();
+        format!("{name} (op {} of the closure)", value - self.n_inputs + 1)
     }
 
     /// Records `op` reading `inputs` on the current stream (R4.1, R4.8).
@@ -182,9 +201,9 @@ impl Tracer {
                     let w = self.values[*value].write;
                     if at(&self.current[gs], w.stream) < w.pos {
                         let e = Error::DataRace {
-                            reader: self.describe_next(gs, op.name()),
+                            reader: self.describe_next(op.name()),
                             reader_stream: self.streams[gs].tag.clone(),
-                            producer: self.describe(w),
+                            producer: self.describe_value(*value),
                             producer_stream: self.streams[w.stream].tag.clone(),
                         };
                         return Err(self.fail(e));
@@ -192,18 +211,14 @@ impl Tracer {
                     Operand::Value(*value)
                 }
                 Kind::Graph { graph, op: by, .. } => {
-                    let e = Error::ForeignGraphValue {
-                        op: op.name(),
-                        graph: format!("#{graph} (produced by {by})"),
-                    };
-                    return Err(self.fail(e));
+                    return Err(self.fail(Error::foreign(op.name(), *graph, by)));
                 }
                 Kind::Eager { producer, .. } => {
                     if let Some(p) = producer
                         && !runtime().visible_from(p, sid)
                     {
                         let e = Error::DataRace {
-                            reader: self.describe_next(gs, op.name()),
+                            reader: self.describe_next(op.name()),
                             reader_stream: self.streams[gs].tag.clone(),
                             producer: format!("{} (outside the graph)", p.op),
                             producer_stream: runtime().stream_tag(p.stream),
@@ -216,19 +231,24 @@ impl Tracer {
             operands.push(operand);
         }
         let output = self.values.len();
-        let write = self.issue(
+        let write = EntryRef {
+            stream: gs,
+            pos: self.clocks[gs].len() + 1,
+        };
+        for o in &operands {
+            if let Operand::Value(v) = *o {
+                self.values[v].add_use(write);
+            }
+        }
+        let issued = self.issue(
             gs,
             EntryKind::Op {
                 op: op.clone(),
-                inputs: operands.clone(),
+                inputs: operands,
                 output,
             },
         );
-        for o in operands {
-            if let Operand::Value(v) = o {
-                self.values[v].uses.push(write);
-            }
-        }
+        debug_assert_eq!(issued, write);
         self.values.push(Value {
             shape: op.out_shape.clone(),
             dtype: op.out_dtype,
@@ -277,8 +297,7 @@ impl Tracer {
         let gs = self.graph_stream(current_stream_id());
         let bound = self.latest.get(&event).copied();
         if let Some(r) = bound {
-            let rc = self.clocks[r.stream][(r.pos - 1) as usize].clone();
-            join(&mut self.current[gs], &rc);
+            self.join_record(gs, r);
         }
         let issued = self.issued;
         let w = self.issue(
@@ -308,10 +327,9 @@ impl Tracer {
                 self.extends.push((*value, tag.to_string()));
                 Ok(())
             }
-            Kind::Graph { graph, op, .. } => Err(self.fail(Error::ForeignGraphValue {
-                op: "record_tagged_stream",
-                graph: format!("#{graph} (produced by {op})"),
-            })),
+            Kind::Graph { graph, op, .. } => {
+                Err(self.fail(Error::foreign("record_tagged_stream", *graph, op)))
+            }
             // Memory made outside the graph is not planned: nothing to extend.
             Kind::Eager { .. } => Ok(()),
         }
@@ -324,8 +342,7 @@ impl Tracer {
             None => self.insert_fork(),
         };
         let gs = self.graph_stream(stream);
-        let fc = self.clocks[0][(fork.pos - 1) as usize].clone();
-        join(&mut self.current[gs], &fc);
+        self.join_record(gs, fork);
         self.issue(
             gs,
             EntryKind::Wait {
@@ -351,14 +368,9 @@ impl Tracer {
             stream: 0,
             pos: n + 1,
         };
-        let bump = |c: &mut Vec<u64>| {
-            if let Some(m) = c.first_mut()
-                && *m > n
-            {
-                *m += 1;
-            }
-        };
-        self.clocks[0].iter_mut().for_each(bump);
+        // Main's own component is the position, which moves with the insertion; no other
+        // stream exists yet, so no other clock counted main's entries.
+        self.clocks[0].insert_at(n + 1);
         // Main's latest entry is now the fork or an entry after it: either way one more.
         match self.current[0].first_mut() {
             Some(m) => *m += 1,
@@ -383,8 +395,7 @@ impl Tracer {
         if let Some(u) = &mut self.unbound {
             shift(&mut u.at);
         }
-        // The fork sees exactly the copy-ins.
-        self.clocks[0].insert(n as usize, vec![n + 1]);
+        // The fork sees exactly the copy-ins (main has no change points before it).
         self.streams[0].entries.insert(
             n as usize,
             EntryKind::Record {
@@ -436,9 +447,13 @@ impl Tracer {
             return Err(e);
         }
         let returned = closure?;
+        // Issue 10 item 2: a graph whose values need more bytes than the address space holds
+        // cannot be allocated. Outputs are values too, so every later byte sum fits.
+        if total_bytes(self.values.iter().map(Value::bytes), true).is_none() {
+            return Err(too_large("its values"));
+        }
         for j in std::mem::take(&mut self.joins) {
-            let jc = self.clocks[j.stream][(j.pos - 1) as usize].clone();
-            join(&mut self.current[0], &jc);
+            self.join_record(0, j);
             let EntryKind::Record {
                 event: EventName::Join(n),
             } = self.streams[j.stream].entries[(j.pos - 1) as usize].clone()
@@ -462,10 +477,11 @@ impl Tracer {
                 }
                 Kind::Graph { graph, value, .. } if *graph == self.id => Output::Value(*value),
                 Kind::Graph { graph, op, .. } => {
-                    return Err(Error::ForeignGraphValue {
-                        op: "Compiled::run (returned output)",
-                        graph: format!("#{graph} (produced by {op})"),
-                    });
+                    return Err(Error::foreign(
+                        "Compiled::run (returned output)",
+                        *graph,
+                        op,
+                    ));
                 }
                 Kind::Eager { .. } => Output::Const(self.constant(t)),
             });
@@ -482,9 +498,18 @@ impl Tracer {
                     stream: gs,
                     pos: self.streams[gs].entries.len() as u64,
                 };
-                self.values[value].uses.push(end);
+                self.values[value].add_use(end);
             }
         }
+        // A kept graph should cost what it holds, not the slack of the growth that built it.
+        for s in &mut self.streams {
+            s.entries.shrink_to_fit();
+        }
+        for v in &mut self.values {
+            v.uses.shrink_to_fit();
+        }
+        self.values.shrink_to_fit();
+        self.clocks.iter_mut().for_each(StreamClocks::shrink_to_fit);
         Ok(Graph {
             streams: self.streams,
             clocks: self.clocks,
