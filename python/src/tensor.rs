@@ -176,7 +176,8 @@ pub(crate) fn tensor_from_any(obj: &Bound<'_, PyAny>, kind: Option<Kind>) -> PyR
     // One contiguous f32 copy whatever the layout, byte order or writeability of the source.
     let kwargs = PyDict::new(py);
     kwargs.set_item("dtype", np.getattr("float32")?)?;
-    let f32s = np.call_method("ascontiguousarray", (&arr,), Some(&kwargs))?;
+    kwargs.set_item("order", "C")?;
+    let f32s = np.call_method("asarray", (&arr,), Some(&kwargs))?;
     let ro: PyReadonlyArrayDyn<'_, f32> = f32s.extract()?;
     let shape = ro.shape().to_vec();
     let data = ro
@@ -207,7 +208,8 @@ fn to_numpy<'py>(py: Python<'py>, t: &Tensor, writeable: bool) -> PyResult<Bound
 
 // ---- binary operands -----------------------------------------------------------------------
 
-/// The right operand of a binary op: a tensor, or a Python number broadcast to `like`'s shape.
+/// The right operand of a binary op: a tensor, a numpy array (converted to `like`'s dtype), or
+/// a Python number broadcast to `like`'s shape.
 fn operand(like: &Tensor, other: &Bound<'_, PyAny>) -> PyResult<Option<Tensor>> {
     if let Ok(t) = other.cast::<PyTensor>() {
         return Ok(Some(t.get().inner.clone()));
@@ -216,6 +218,11 @@ fn operand(like: &Tensor, other: &Bound<'_, PyAny>) -> PyResult<Option<Tensor>> 
         let v: f64 = other.extract()?;
         let full = Tensor::full(like.shape(), v as f32, like.dtype()).or_raise()?;
         return Ok(Some(full));
+    }
+    let py = other.py();
+    if other.is_instance(&numpy(py)?.getattr("ndarray")?)? {
+        let kind = Kind::from_rust(like.dtype());
+        return tensor_from_any(other, Some(kind)).map(Some);
     }
     Ok(None)
 }
@@ -259,6 +266,12 @@ fn softmax_checked(t: &Tensor, dim: isize) -> tagstream::Result<Tensor> {
 
 #[pymethods]
 impl PyTensor {
+    /// `None`: numpy defers to the Tensor's operators (`array + t` is a Tensor, as in torch).
+    #[classattr]
+    fn __array_ufunc__(py: Python<'_>) -> Py<PyAny> {
+        py.None()
+    }
+
     /// The shape, as a tuple of ints.
     #[getter]
     fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
