@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -60,15 +61,16 @@ fn call_python(py: Python<'_>, f: &Py<PyAny>, xs: &[Tensor]) -> PyResult<(OutKin
         .map(|t| Py::new(py, PyTensor::wrap(t.clone())))
         .collect::<PyResult<Vec<_>>>()?;
     let out = f.bind(py).call1(PyTuple::new(py, args)?)?;
-    let tensor = |o: &Bound<'_, PyAny>| -> PyResult<Tensor> {
-        o.cast::<PyTensor>().map(|t| t.get().inner.clone()).map_err(|_| {
+    let tensor =
+        |o: &Bound<'_, PyAny>| -> PyResult<Tensor> {
+            o.cast::<PyTensor>().map(|t| t.get().inner.clone()).map_err(|_| {
             PyTypeError::new_err(format!(
                 "a compiled function must return a Tensor or a tuple or list of Tensors; it \
                  returned a {} among them",
                 type_name(o)
             ))
         })
-    };
+        };
     if let Ok(t) = out.cast::<PyTensor>() {
         return Ok((OutKind::Single, vec![t.get().inner.clone()]));
     }
@@ -82,7 +84,10 @@ fn call_python(py: Python<'_>, f: &Py<PyAny>, xs: &[Tensor]) -> PyResult<(OutKin
             type_name(&out)
         )));
     };
-    let items = out.try_iter()?.map(|o| tensor(&o?)).collect::<PyResult<Vec<_>>>()?;
+    let items = out
+        .try_iter()?
+        .map(|o| tensor(&o?))
+        .collect::<PyResult<Vec<_>>>()?;
     Ok((kind, items))
 }
 
@@ -93,6 +98,8 @@ pub(crate) struct PyCompiled {
     shared: Arc<Shared>,
     /// The thread running a call (0: none), to refuse a recursive call instead of deadlocking.
     running: AtomicU64,
+    /// Nanoseconds the latest `Compiled::run` took (for examples/bench.py's overhead figure).
+    last_run_ns: AtomicU64,
     function: Py<PyAny>,
     mode: &'static str,
 }
@@ -100,9 +107,16 @@ pub(crate) struct PyCompiled {
 /// Compiles `fn` (see `tagstream.compile`).
 #[pyfunction]
 #[pyo3(name = "_compile", signature = (function, mode="reduce-overhead", capture_limit=64))]
-pub(crate) fn compile(py: Python<'_>, function: Py<PyAny>, mode: &str, capture_limit: usize) -> PyResult<PyCompiled> {
+pub(crate) fn compile(
+    py: Python<'_>,
+    function: Py<PyAny>,
+    mode: &str,
+    capture_limit: usize,
+) -> PyResult<PyCompiled> {
     if !function.bind(py).is_callable() {
-        return Err(PyTypeError::new_err("compile: the function must be callable"));
+        return Err(PyTypeError::new_err(
+            "compile: the function must be callable",
+        ));
     }
     let (mode, name) = match mode {
         "reduce-overhead" => (Mode::ReduceOverhead, "reduce-overhead"),
@@ -142,11 +156,14 @@ pub(crate) fn compile(py: Python<'_>, function: Py<PyAny>, mode: &str, capture_l
             }
         })
     };
-    let config = CompileConfig::default().mode(mode).capture_limit(capture_limit);
+    let config = CompileConfig::default()
+        .mode(mode)
+        .capture_limit(capture_limit);
     Ok(PyCompiled {
         inner: Mutex::new(tagstream::compile(closure, config)),
         shared,
         running: AtomicU64::new(0),
+        last_run_ns: AtomicU64::new(0),
         function,
         mode: name,
     })
@@ -170,12 +187,14 @@ impl PyCompiled {
             .iter()
             .enumerate()
             .map(|(i, a)| {
-                a.cast::<PyTensor>().map(|t| t.get().inner.clone()).map_err(|_| {
-                    PyTypeError::new_err(format!(
-                        "a compiled function takes tensors; argument {i} is a {}",
-                        type_name(&a)
-                    ))
-                })
+                a.cast::<PyTensor>()
+                    .map(|t| t.get().inner.clone())
+                    .map_err(|_| {
+                        PyTypeError::new_err(format!(
+                            "a compiled function takes tensors; argument {i} is a {}",
+                            type_name(&a)
+                        ))
+                    })
             })
             .collect::<PyResult<Vec<_>>>()?;
         let me = thread_token();
@@ -190,7 +209,10 @@ impl PyCompiled {
             let mut compiled = lock(&self.inner);
             self.running.store(me, Ordering::Release);
             *lock(&self.shared.error) = None;
+            let start = Instant::now();
             let r = compiled.run(&inputs);
+            let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.last_run_ns.store(ns, Ordering::Relaxed);
             self.running.store(0, Ordering::Release);
             r
         });
@@ -219,9 +241,11 @@ impl PyCompiled {
             .map(|t| Py::new(py, PyTensor::wrap(t)))
             .collect::<PyResult<Vec<_>>>()?;
         match kind {
-            OutKind::Single if wrapped.len() == 1 => {
-                Ok(wrapped.into_iter().next().map(|t| t.into_bound(py).into_any()).unwrap_or_else(|| py.None().into_bound(py)))
-            }
+            OutKind::Single if wrapped.len() == 1 => Ok(wrapped
+                .into_iter()
+                .next()
+                .map(|t| t.into_bound(py).into_any())
+                .unwrap_or_else(|| py.None().into_bound(py))),
             OutKind::List => Ok(PyList::new(py, wrapped)?.into_any()),
             _ => Ok(PyTuple::new(py, wrapped)?.into_any()),
         }
@@ -242,6 +266,11 @@ impl PyCompiled {
     /// eagerly).
     fn graph_dump(&self, py: Python<'_>) -> Option<String> {
         py.detach(|| lock(&self.inner).graph_dump())
+    }
+
+    /// Nanoseconds the latest call spent in the Rust `Compiled::run` (for benchmarks).
+    fn _last_run_ns(&self) -> u64 {
+        self.last_run_ns.load(Ordering::Relaxed)
     }
 
     /// The compiled function.

@@ -25,9 +25,9 @@ pub(crate) fn parse(s: &str) -> PyResult<Dev> {
     let lower = s.trim().to_ascii_lowercase();
     let (kind, index) = match lower.split_once(':') {
         Some((k, i)) => {
-            let i = i.parse::<usize>().map_err(|_| {
-                PyValueError::new_err(format!("invalid device index in \"{s}\""))
-            })?;
+            let i = i
+                .parse::<usize>()
+                .map_err(|_| PyValueError::new_err(format!("invalid device index in \"{s}\"")))?;
             (k.to_string(), Some(i))
         }
         None => (lower.clone(), None),

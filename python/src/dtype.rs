@@ -56,14 +56,18 @@ impl Kind {
     /// Parses torch, numpy and Rust spellings (`float16`, `torch.float16`, `f16`, `half`, ...).
     pub(crate) fn parse(name: &str) -> tagstream::Result<Kind> {
         let n = name.trim().to_ascii_lowercase();
-        let n = n.strip_prefix("torch.").or(n.strip_prefix("tagstream.")).unwrap_or(&n);
+        let n = n
+            .strip_prefix("torch.")
+            .or(n.strip_prefix("tagstream."))
+            .unwrap_or(&n);
         match n {
             "int32" | "i32" | "int" => Ok(Kind::I32),
-            other => other.parse::<DType>().map(Kind::from_rust).map_err(|_| {
-                Error::UnknownDType {
+            other => other
+                .parse::<DType>()
+                .map(Kind::from_rust)
+                .map_err(|_| Error::UnknownDType {
                     name: name.to_string(),
-                }
-            }),
+                }),
         }
     }
 }

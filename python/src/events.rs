@@ -149,7 +149,10 @@ impl StreamSwitch {
                     return Err(py_error(
                         py,
                         "UnbalancedStreamSwitchError",
-                        format!("stream_switch(\"{}\") exited without being entered", self.tag),
+                        format!(
+                            "stream_switch(\"{}\") exited without being entered",
+                            self.tag
+                        ),
                     ));
                 }
                 None => {

@@ -21,7 +21,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<events::StreamSwitch>()?;
     m.add_class::<compiled::PyCompiled>()?;
     m.add_class::<errors::RustError>()?;
-    for kind in [dtype::Kind::F32, dtype::Kind::F16, dtype::Kind::BF16, dtype::Kind::I32] {
+    for kind in [
+        dtype::Kind::F32,
+        dtype::Kind::F16,
+        dtype::Kind::BF16,
+        dtype::Kind::I32,
+    ] {
         m.add(kind.name(), dtype::dtype_object(py, kind)?)?;
     }
     m.add_function(wrap_pyfunction!(tensor::tensor, m)?)?;

@@ -152,7 +152,9 @@ pub(crate) fn tensor_from_any(obj: &Bound<'_, PyAny>, kind: Option<Kind>) -> PyR
     if let Ok(t) = obj.cast::<PyTensor>() {
         let t = &t.get().inner;
         return match kind {
-            Some(k) if k != Kind::from_rust(t.dtype()) => t.to_dtype(k.to_rust().or_raise()?).or_raise(),
+            Some(k) if k != Kind::from_rust(t.dtype()) => {
+                t.to_dtype(k.to_rust().or_raise()?).or_raise()
+            }
             _ => Ok(t.clone()),
         };
     }
@@ -185,7 +187,8 @@ pub(crate) fn tensor_from_any(obj: &Bound<'_, PyAny>, kind: Option<Kind>) -> PyR
         .map_err(|e| PyValueError::new_err(e.to_string()))?
         .to_vec();
     drop(ro);
-    py.detach(move || Tensor::from_vec(data, &shape, dtype)).or_raise()
+    py.detach(move || Tensor::from_vec(data, &shape, dtype))
+        .or_raise()
 }
 
 /// The values as a fresh numpy array (f32, f16, or f32 for bf16); waits with the GIL released.
@@ -229,7 +232,13 @@ fn operand(like: &Tensor, other: &Bound<'_, PyAny>) -> PyResult<Option<Tensor>> 
 
 type BinOp = fn(&Tensor, &Tensor) -> tagstream::Result<Tensor>;
 
-fn binary(py: Python<'_>, a: &Tensor, b: &Bound<'_, PyAny>, op: BinOp, reflected: bool) -> PyResult<Py<PyAny>> {
+fn binary(
+    py: Python<'_>,
+    a: &Tensor,
+    b: &Bound<'_, PyAny>,
+    op: BinOp,
+    reflected: bool,
+) -> PyResult<Py<PyAny>> {
     match operand(a, b)? {
         Some(b) => {
             let out = if reflected { op(&b, a) } else { op(a, &b) }.or_raise()?;
@@ -475,36 +484,58 @@ impl PyTensor {
 
     /// `to_dtype(float32)`.
     fn float(&self) -> PyResult<PyTensor> {
-        Ok(PyTensor::wrap(self.inner.to_dtype(tagstream::DType::F32).or_raise()?))
+        Ok(PyTensor::wrap(
+            self.inner.to_dtype(tagstream::DType::F32).or_raise()?,
+        ))
     }
 
     /// `to_dtype(float16)`.
     fn half(&self) -> PyResult<PyTensor> {
-        Ok(PyTensor::wrap(self.inner.to_dtype(tagstream::DType::F16).or_raise()?))
+        Ok(PyTensor::wrap(
+            self.inner.to_dtype(tagstream::DType::F16).or_raise()?,
+        ))
     }
 
     /// `to_dtype(bfloat16)`.
     fn bfloat16(&self) -> PyResult<PyTensor> {
-        Ok(PyTensor::wrap(self.inner.to_dtype(tagstream::DType::BF16).or_raise()?))
+        Ok(PyTensor::wrap(
+            self.inner.to_dtype(tagstream::DType::BF16).or_raise()?,
+        ))
     }
 
     // ---- ops (named like the Rust ops) ----------------------------------------------------
 
     /// Elementwise `self + other` (equal shapes; a number is broadcast).
     fn add(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        required(py, binary(py, &self.inner, other, Tensor::add, false)?, other)
+        required(
+            py,
+            binary(py, &self.inner, other, Tensor::add, false)?,
+            other,
+        )
     }
     /// Elementwise `self - other`.
     fn sub(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        required(py, binary(py, &self.inner, other, Tensor::sub, false)?, other)
+        required(
+            py,
+            binary(py, &self.inner, other, Tensor::sub, false)?,
+            other,
+        )
     }
     /// Elementwise `self * other`.
     fn mul(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        required(py, binary(py, &self.inner, other, Tensor::mul, false)?, other)
+        required(
+            py,
+            binary(py, &self.inner, other, Tensor::mul, false)?,
+            other,
+        )
     }
     /// Elementwise `self / other`.
     fn div(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        required(py, binary(py, &self.inner, other, Tensor::div, false)?, other)
+        required(
+            py,
+            binary(py, &self.inner, other, Tensor::div, false)?,
+            other,
+        )
     }
     /// Matrix product: `[m, k] @ [k, n]`, with an optional leading batch dim.
     fn matmul(&self, other: PyRef<'_, PyTensor>) -> PyResult<PyTensor> {
@@ -512,7 +543,9 @@ impl PyTensor {
     }
     /// Matrix product of two 2-D tensors.
     fn mm(&self, other: PyRef<'_, PyTensor>) -> PyResult<PyTensor> {
-        Ok(PyTensor::wrap(mm_checked(&self.inner, &other.inner).or_raise()?))
+        Ok(PyTensor::wrap(
+            mm_checked(&self.inner, &other.inner).or_raise()?,
+        ))
     }
     /// `max(x, 0)`.
     fn relu(&self) -> PyResult<PyTensor> {
@@ -533,12 +566,16 @@ impl PyTensor {
     /// Softmax over the last dim (`dim` must name it).
     #[pyo3(signature = (dim=-1))]
     fn softmax(&self, dim: isize) -> PyResult<PyTensor> {
-        Ok(PyTensor::wrap(softmax_checked(&self.inner, dim).or_raise()?))
+        Ok(PyTensor::wrap(
+            softmax_checked(&self.inner, dim).or_raise()?,
+        ))
     }
     /// RMS normalisation over the last dim, scaled by `weight`.
     #[pyo3(signature = (weight, eps=1e-6))]
     fn rms_norm(&self, weight: PyRef<'_, PyTensor>, eps: f32) -> PyResult<PyTensor> {
-        Ok(PyTensor::wrap(self.inner.rms_norm(&weight.inner, eps).or_raise()?))
+        Ok(PyTensor::wrap(
+            self.inner.rms_norm(&weight.inner, eps).or_raise()?,
+        ))
     }
 
     // ---- operators -----------------------------------------------------------------------
@@ -569,7 +606,11 @@ impl PyTensor {
     }
     fn __matmul__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         match o.cast::<PyTensor>() {
-            Ok(b) => Ok(Py::new(py, PyTensor::wrap(self.inner.matmul(&b.get().inner).or_raise()?))?.into_any()),
+            Ok(b) => Ok(Py::new(
+                py,
+                PyTensor::wrap(self.inner.matmul(&b.get().inner).or_raise()?),
+            )?
+            .into_any()),
             Err(_) => Ok(py.NotImplemented()),
         }
     }
@@ -580,7 +621,7 @@ impl PyTensor {
 }
 
 fn required(py: Python<'_>, r: Py<PyAny>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-    if r.bind(py).is(&py.NotImplemented()) {
+    if r.bind(py).is(py.NotImplemented()) {
         return Err(PyTypeError::new_err(format!(
             "expected a Tensor or a number, got {}",
             type_name(other)
@@ -675,7 +716,11 @@ pub(crate) fn full(
     let shape = shape_from_seq(size)?;
     let d = kind_arg(dtype)?.unwrap_or(Kind::F32).to_rust().or_raise()?;
     let dev = extract_device(device)?;
-    placed(py.detach(|| Tensor::full(&shape, fill_value, d)).or_raise()?, dev)
+    placed(
+        py.detach(|| Tensor::full(&shape, fill_value, d))
+            .or_raise()?,
+        dev,
+    )
 }
 
 /// The process-wide generator behind `randn` without a seed (SplitMix64 over the seed).
@@ -713,24 +758,47 @@ pub(crate) fn randn(
     let d = kind_arg(dtype)?.unwrap_or(Kind::F32).to_rust().or_raise()?;
     let dev = extract_device(device)?;
     let seed = seed.unwrap_or_else(next_seed);
-    placed(py.detach(|| Tensor::randn(&shape, d, seed)).or_raise()?, dev)
+    placed(
+        py.detach(|| Tensor::randn(&shape, d, seed)).or_raise()?,
+        dev,
+    )
 }
 
 macro_rules! binary_fn {
     ($name:ident, $op:expr, $doc:literal) => {
         #[doc = $doc]
         #[pyfunction]
-        pub(crate) fn $name(py: Python<'_>, input: &Bound<'_, PyAny>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        pub(crate) fn $name(
+            py: Python<'_>,
+            input: &Bound<'_, PyAny>,
+            other: &Bound<'_, PyAny>,
+        ) -> PyResult<Py<PyAny>> {
             let a = tensor_arg(input, stringify!($name))?;
             required(py, binary(py, &a, other, $op, false)?, other)
         }
     };
 }
 
-binary_fn!(add, Tensor::add, "Elementwise `input + other` (equal shapes; a number is broadcast).");
-binary_fn!(sub, Tensor::sub, "Elementwise `input - other` (equal shapes; a number is broadcast).");
-binary_fn!(mul, Tensor::mul, "Elementwise `input * other` (equal shapes; a number is broadcast).");
-binary_fn!(div, Tensor::div, "Elementwise `input / other` (equal shapes; a number is broadcast).");
+binary_fn!(
+    add,
+    Tensor::add,
+    "Elementwise `input + other` (equal shapes; a number is broadcast)."
+);
+binary_fn!(
+    sub,
+    Tensor::sub,
+    "Elementwise `input - other` (equal shapes; a number is broadcast)."
+);
+binary_fn!(
+    mul,
+    Tensor::mul,
+    "Elementwise `input * other` (equal shapes; a number is broadcast)."
+);
+binary_fn!(
+    div,
+    Tensor::div,
+    "Elementwise `input / other` (equal shapes; a number is broadcast)."
+);
 
 /// Matrix product: `[m, k] x [k, n]`, with an optional leading batch dim.
 #[pyfunction]
@@ -741,7 +809,9 @@ pub(crate) fn matmul(input: PyRef<'_, PyTensor>, other: PyRef<'_, PyTensor>) -> 
 /// Matrix product of two 2-D tensors (torch's `mm`).
 #[pyfunction]
 pub(crate) fn mm(input: PyRef<'_, PyTensor>, mat2: PyRef<'_, PyTensor>) -> PyResult<PyTensor> {
-    Ok(PyTensor::wrap(mm_checked(&input.inner, &mat2.inner).or_raise()?))
+    Ok(PyTensor::wrap(
+        mm_checked(&input.inner, &mat2.inner).or_raise()?,
+    ))
 }
 
 /// `max(x, 0)` elementwise.
@@ -778,7 +848,11 @@ pub(crate) fn softmax(input: PyRef<'_, PyTensor>, dim: isize) -> PyResult<PyTens
 /// RMS normalisation over the last dim: `x / sqrt(mean(x^2) + eps) * weight`.
 #[pyfunction]
 #[pyo3(signature = (input, weight, eps=1e-6))]
-pub(crate) fn rms_norm(input: PyRef<'_, PyTensor>, weight: PyRef<'_, PyTensor>, eps: f32) -> PyResult<PyTensor> {
+pub(crate) fn rms_norm(
+    input: PyRef<'_, PyTensor>,
+    weight: PyRef<'_, PyTensor>,
+    eps: f32,
+) -> PyResult<PyTensor> {
     input.rms_norm(weight, eps)
 }
 
