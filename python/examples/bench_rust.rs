@@ -32,7 +32,10 @@ fn main() -> Result<()> {
         chain()?;
     }
     let per_op: Vec<f64> = (0..101).map(|_| chain()).collect::<Result<_>>()?;
-    println!("rust eager add [16] f32, per op (1000-add chain + sync): {:.0} ns", median(per_op));
+    println!(
+        "rust eager add [16] f32, per op (1000-add chain + sync): {:.0} ns",
+        median(per_op)
+    );
 
     for n in [64usize, 1000] {
         let ev = create_tagged_event(&format!("bench-rust-66-{n}"))?;
