@@ -1,0 +1,869 @@
+//! `tagstream.Tensor`, the constructors and the ops, with numpy in and out.
+//!
+//! The public Rust API offers `Tensor::from_vec(Vec<f32>)` and `to_vec_f32()`, so numpy data is
+//! copied both ways (f16 and bf16 values pass through f32 exactly). Host reads release the GIL.
+
+use std::sync::Mutex;
+
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PyModule, PyTuple};
+use tagstream::{Error, Tensor};
+
+use crate::device::{self, Dev};
+use crate::dtype::{Kind, PyDType, dtype_object, extract_kind};
+use crate::errors::OrRaise;
+
+static NUMPY: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+static HELPERS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+/// The `numpy` module.
+pub(crate) fn numpy(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    NUMPY
+        .get_or_try_init(py, || py.import("numpy").map(Bound::unbind))
+        .map(|m| m.bind(py))
+}
+
+/// `tagstream._helpers` (repr and DLPack, written in Python).
+fn helpers(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    HELPERS
+        .get_or_try_init(py, || py.import("tagstream._helpers").map(Bound::unbind))
+        .map(|m| m.bind(py))
+}
+
+/// A tensor: an immutable, asynchronous value on one stream's timeline.
+///
+/// Ops return at once; `.numpy()`, `.tolist()`, `repr()` and `tagstream.synchronize()` wait (with
+/// the GIL released). Operators `+ - * /` work elementwise on equal shapes (a Python number is
+/// broadcast), `@` is `matmul`.
+#[pyclass(frozen, module = "tagstream", name = "Tensor")]
+pub(crate) struct PyTensor {
+    pub(crate) inner: Tensor,
+}
+
+impl PyTensor {
+    pub(crate) fn wrap(inner: Tensor) -> PyTensor {
+        PyTensor { inner }
+    }
+}
+
+fn dims(t: &Tensor) -> Vec<usize> {
+    t.shape().to_vec()
+}
+
+/// A shape from `*shape` arguments: `f(2, 3)` or `f((2, 3))` / `f([2, 3])`.
+pub(crate) fn shape_from_args(args: &Bound<'_, PyTuple>) -> PyResult<Vec<usize>> {
+    if args.len() == 1 {
+        let first = args.get_item(0)?;
+        if !first.is_instance_of::<PyInt>() {
+            return shape_from_seq(&first);
+        }
+    }
+    shape_from_seq(args.as_any())
+}
+
+/// A shape from a sequence of non-negative ints.
+pub(crate) fn shape_from_seq(obj: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
+    if obj.is_instance_of::<PyInt>() {
+        return Ok(vec![dim(obj)?]);
+    }
+    let mut out = Vec::new();
+    for item in obj.try_iter().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "a shape must be ints or a sequence of ints, not {}",
+            type_name(obj)
+        ))
+    })? {
+        out.push(dim(&item?)?);
+    }
+    Ok(out)
+}
+
+fn dim(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
+    if !obj.is_instance_of::<PyInt>() && !obj.hasattr("__index__")? {
+        return Err(PyTypeError::new_err(format!(
+            "a dimension must be an int, not {}",
+            type_name(obj)
+        )));
+    }
+    let d: i128 = obj.call_method0("__index__")?.extract()?;
+    if d < 0 {
+        return Err(PyValueError::new_err(format!(
+            "negative dimension {d} in a shape"
+        )));
+    }
+    usize::try_from(d).map_err(|_| PyValueError::new_err(format!("dimension {d} is too large")))
+}
+
+pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// A `device=` argument: a string, `None` (cpu) or anything whose `str()` names a device.
+fn extract_device(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Dev> {
+    match obj {
+        None => Ok(Dev::Cpu),
+        Some(o) if o.is_none() => Ok(Dev::Cpu),
+        Some(o) => device::parse(&o.str()?.to_cow()?),
+    }
+}
+
+fn kind_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Kind>> {
+    match obj {
+        None => Ok(None),
+        Some(o) if o.is_none() => Ok(None),
+        Some(o) => extract_kind(o).map(Some),
+    }
+}
+
+/// Moves a freshly built CPU tensor to `dev`.
+fn placed(t: Tensor, dev: Dev) -> PyResult<PyTensor> {
+    Ok(PyTensor::wrap(device::to_device(&t, dev).or_raise()?))
+}
+
+// ---- numpy ---------------------------------------------------------------------------------
+
+/// The dtype a numpy array maps to when none is asked for.
+fn inferred_kind(arr: &Bound<'_, PyUntypedArray>) -> PyResult<Kind> {
+    let d = arr.dtype();
+    let kind: char = d.getattr("kind")?.extract()?;
+    let size = d.getattr("itemsize")?.extract::<usize>()?;
+    match (kind, size) {
+        ('f', 2) => Ok(Kind::F16),
+        // float64 (Python floats included) becomes float32: tagstream has no float64.
+        ('f', _) => Ok(Kind::F32),
+        ('i' | 'u', _) => Ok(Kind::I32),
+        _ => Err(PyTypeError::new_err(format!(
+            "cannot make a tagstream tensor from a numpy array of dtype {}; use float32, float16 \
+             or int32 data",
+            d.str()?
+        ))),
+    }
+}
+
+/// A tensor from anything `numpy.asarray` accepts (or a tensor), copied.
+pub(crate) fn tensor_from_any(obj: &Bound<'_, PyAny>, kind: Option<Kind>) -> PyResult<Tensor> {
+    let py = obj.py();
+    if let Ok(t) = obj.cast::<PyTensor>() {
+        let t = &t.get().inner;
+        return match kind {
+            Some(k) if k != Kind::from_rust(t.dtype()) => {
+                t.to_dtype(k.to_rust().or_raise()?).or_raise()
+            }
+            _ => Ok(t.clone()),
+        };
+    }
+    let np = numpy(py)?;
+    let arr = np.call_method1("asarray", (obj,))?;
+    let arr = arr
+        .cast_into::<PyUntypedArray>()
+        .map_err(|_| PyTypeError::new_err("numpy.asarray did not return an array"))?;
+    let target = match kind {
+        Some(k) => k,
+        None => inferred_kind(&arr)?,
+    };
+    let dtype = target.to_rust().or_raise()?;
+    let src_kind: char = arr.dtype().getattr("kind")?.extract()?;
+    if !matches!(src_kind, 'f' | 'i' | 'u' | 'b') {
+        return Err(PyTypeError::new_err(format!(
+            "cannot make a tagstream tensor from numpy dtype {}",
+            arr.dtype().str()?
+        )));
+    }
+    // One contiguous f32 copy whatever the layout, byte order or writeability of the source.
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("dtype", np.getattr("float32")?)?;
+    kwargs.set_item("order", "C")?;
+    let f32s = np.call_method("asarray", (&arr,), Some(&kwargs))?;
+    let ro: PyReadonlyArrayDyn<'_, f32> = f32s.extract()?;
+    let shape = ro.shape().to_vec();
+    let data = ro
+        .as_slice()
+        .map_err(|e| PyValueError::new_err(e.to_string()))?
+        .to_vec();
+    drop(ro);
+    py.detach(move || Tensor::from_vec(data, &shape, dtype))
+        .or_raise()
+}
+
+/// The values as a fresh numpy array (f32, f16, or f32 for bf16); waits with the GIL released.
+fn to_numpy<'py>(py: Python<'py>, t: &Tensor, writeable: bool) -> PyResult<Bound<'py, PyAny>> {
+    let owned = t.clone();
+    let values = py.detach(move || owned.to_vec_f32()).or_raise()?;
+    let arr = PyArray1::from_vec(py, values).reshape(dims(t))?.into_any();
+    let arr = if t.dtype() == tagstream::DType::F16 {
+        arr.call_method1("astype", (numpy(py)?.getattr("float16")?,))?
+    } else {
+        arr
+    };
+    if !writeable {
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("write", false)?;
+        arr.call_method("setflags", (), Some(&kwargs))?;
+    }
+    Ok(arr)
+}
+
+// ---- binary operands -----------------------------------------------------------------------
+
+/// The right operand of a binary op: a tensor, a numpy array (converted to `like`'s dtype), or
+/// a Python number broadcast to `like`'s shape.
+fn operand(like: &Tensor, other: &Bound<'_, PyAny>) -> PyResult<Option<Tensor>> {
+    if let Ok(t) = other.cast::<PyTensor>() {
+        return Ok(Some(t.get().inner.clone()));
+    }
+    if other.is_instance_of::<PyFloat>() || other.is_instance_of::<PyInt>() {
+        let v: f64 = other.extract()?;
+        let full = Tensor::full(like.shape(), v as f32, like.dtype()).or_raise()?;
+        return Ok(Some(full));
+    }
+    let py = other.py();
+    if other.is_instance(&numpy(py)?.getattr("ndarray")?)? {
+        let kind = Kind::from_rust(like.dtype());
+        return tensor_from_any(other, Some(kind)).map(Some);
+    }
+    Ok(None)
+}
+
+type BinOp = fn(&Tensor, &Tensor) -> tagstream::Result<Tensor>;
+
+fn binary(
+    py: Python<'_>,
+    a: &Tensor,
+    b: &Bound<'_, PyAny>,
+    op: BinOp,
+    reflected: bool,
+) -> PyResult<Py<PyAny>> {
+    match operand(a, b)? {
+        Some(b) => {
+            let out = if reflected { op(&b, a) } else { op(a, &b) }.or_raise()?;
+            Ok(Py::new(py, PyTensor::wrap(out))?.into_any())
+        }
+        None => Ok(py.NotImplemented()),
+    }
+}
+
+fn mm_checked(a: &Tensor, b: &Tensor) -> tagstream::Result<Tensor> {
+    if a.shape().len() != 2 || b.shape().len() != 2 {
+        return Err(Error::ShapeMismatch {
+            op: "mm",
+            lhs: dims(a),
+            rhs: dims(b),
+            reason: "mm multiplies two 2-D matrices; use matmul for a batch".into(),
+        });
+    }
+    a.matmul(b)
+}
+
+fn softmax_checked(t: &Tensor, dim: isize) -> tagstream::Result<Tensor> {
+    let n = t.shape().len() as isize;
+    if dim != -1 && dim != n - 1 {
+        return Err(Error::ShapeMismatch {
+            op: "softmax",
+            lhs: dims(t),
+            rhs: Vec::new(),
+            reason: format!("softmax over dim {dim}: only the last dim is supported"),
+        });
+    }
+    t.softmax()
+}
+
+#[pymethods]
+impl PyTensor {
+    /// `None`: numpy defers to the Tensor's operators (`array + t` is a Tensor, as in torch).
+    #[classattr]
+    fn __array_ufunc__(py: Python<'_>) -> Py<PyAny> {
+        py.None()
+    }
+
+    /// The shape, as a tuple of ints.
+    #[getter]
+    fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, self.inner.shape())
+    }
+
+    /// The element type (`tagstream.float32`, `float16` or `bfloat16`).
+    #[getter]
+    fn dtype(&self, py: Python<'_>) -> PyResult<Py<PyDType>> {
+        dtype_object(py, Kind::from_rust(self.inner.dtype()))
+    }
+
+    /// The device, as torch spells it: `"cpu"` or `"cuda:0"`.
+    #[getter]
+    fn device(&self) -> &'static str {
+        device::device_of(&self.inner)
+    }
+
+    /// Whether the tensor lives on a CUDA device.
+    #[getter]
+    fn is_cuda(&self) -> bool {
+        self.device().starts_with("cuda")
+    }
+
+    /// Number of dimensions.
+    #[getter]
+    fn ndim(&self) -> usize {
+        self.inner.shape().len()
+    }
+
+    /// Number of dimensions (torch's `dim()`).
+    fn dim(&self) -> usize {
+        self.ndim()
+    }
+
+    /// Number of elements.
+    fn numel(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// The shape as a tuple, or one dimension's size.
+    #[pyo3(signature = (dim=None))]
+    fn size<'py>(&self, py: Python<'py>, dim: Option<isize>) -> PyResult<Bound<'py, PyAny>> {
+        match dim {
+            None => Ok(self.shape(py)?.into_any()),
+            Some(d) => {
+                let n = self.inner.shape().len() as isize;
+                let i = if d < 0 { d + n } else { d };
+                if i < 0 || i >= n {
+                    return Err(PyIndexError::new_err(format!(
+                        "dimension {d} out of range for a {n}-d tensor"
+                    )));
+                }
+                Ok(self.inner.shape()[i as usize].into_pyobject(py)?.into_any())
+            }
+        }
+    }
+
+    fn __len__(&self) -> PyResult<usize> {
+        self.inner
+            .shape()
+            .first()
+            .copied()
+            .ok_or_else(|| PyTypeError::new_err("len() of a 0-d tensor"))
+    }
+
+    /// The values as a fresh, read-only numpy array (float32, float16; bfloat16 exports as
+    /// float32). Waits for the tensor with the GIL released.
+    fn numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        to_numpy(py, &self.inner, false)
+    }
+
+    /// The numpy protocol (`numpy.asarray(t)`): always a fresh array (read-only unless a copy is
+    /// asked for); `copy=False` is refused because tagstream cannot share its memory.
+    #[pyo3(signature = (dtype=None, copy=None))]
+    fn __array__<'py>(
+        &self,
+        py: Python<'py>,
+        dtype: Option<&Bound<'py, PyAny>>,
+        copy: Option<bool>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if copy == Some(false) {
+            return Err(PyValueError::new_err(
+                "a tagstream tensor cannot be viewed as a numpy array without a copy",
+            ));
+        }
+        let arr = to_numpy(py, &self.inner, copy == Some(true))?;
+        match dtype {
+            Some(d) if !d.is_none() => arr.call_method1("astype", (d,)),
+            _ => Ok(arr),
+        }
+    }
+
+    /// The values as nested Python lists.
+    fn tolist<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.numpy(py)?.call_method0("tolist")
+    }
+
+    /// The values as a flat list of floats (the Rust `to_vec_f32`).
+    fn to_vec_f32<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let owned = self.inner.clone();
+        let v = py.detach(move || owned.to_vec_f32()).or_raise()?;
+        PyList::new(py, v)
+    }
+
+    /// The value of a one-element tensor.
+    fn item(&self, py: Python<'_>) -> PyResult<f32> {
+        if self.inner.len() != 1 {
+            return Err(PyValueError::new_err(format!(
+                "item() needs a tensor with one element, not {}",
+                self.inner.len()
+            )));
+        }
+        let owned = self.inner.clone();
+        Ok(py.detach(move || owned.to_vec_f32()).or_raise()?[0])
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        helpers(slf.py())?
+            .call_method1("tensor_repr", (slf,))?
+            .extract()
+    }
+
+    /// DLPack export (a fresh host copy through numpy; read-only flag set where the consumer
+    /// asks for DLPack 1.0).
+    #[pyo3(signature = (*, stream=None, max_version=None, dl_device=None, copy=None))]
+    fn __dlpack__<'py>(
+        slf: &Bound<'py, Self>,
+        stream: Option<&Bound<'py, PyAny>>,
+        max_version: Option<&Bound<'py, PyAny>>,
+        dl_device: Option<&Bound<'py, PyAny>>,
+        copy: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        helpers(slf.py())?.call_method1("dlpack", (slf, stream, max_version, dl_device, copy))
+    }
+
+    /// `(device_type, device_id)` for DLPack: `(1, 0)` on the CPU.
+    fn __dlpack_device__(&self) -> (u32, u32) {
+        // TODO(device): (2, index) for CUDA tensors.
+        (1, 0)
+    }
+
+    // ---- devices and dtypes ----------------------------------------------------------------
+
+    /// A copy on `device` or with `dtype` (torch's `.to`): `t.to("cuda")`, `t.to(float16)`,
+    /// `t.to(device="cpu", dtype=tagstream.float32)`.
+    #[pyo3(signature = (*args, device=None, dtype=None))]
+    fn to(
+        &self,
+        args: &Bound<'_, PyTuple>,
+        device: Option<&Bound<'_, PyAny>>,
+        dtype: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyTensor> {
+        let mut dev = kind_or_device(device)?;
+        let mut kind = kind_arg(dtype)?;
+        for a in args.iter() {
+            if a.cast::<PyDType>().is_ok() || kind_like(&a) {
+                kind = Some(extract_kind(&a)?);
+            } else {
+                dev = Some(device::parse(&a.str()?.to_cow()?)?);
+            }
+        }
+        let mut t = self.inner.clone();
+        if let Some(k) = kind
+            && k != Kind::from_rust(t.dtype())
+        {
+            t = t.to_dtype(k.to_rust().or_raise()?).or_raise()?;
+        }
+        match dev {
+            Some(d) => placed(t, d),
+            None => Ok(PyTensor::wrap(t)),
+        }
+    }
+
+    /// This tensor on the default accelerator: CUDA when available, else it stays on the CPU.
+    #[pyo3(signature = (device=None))]
+    fn npu(&self, device: Option<usize>) -> PyResult<PyTensor> {
+        let dev = match device {
+            Some(i) => Dev::Cuda(i),
+            None => Dev::DefaultAccelerator,
+        };
+        placed(self.inner.clone(), dev)
+    }
+
+    /// This tensor on CUDA device `device` (default 0); `NoGpuError` where there is none.
+    #[pyo3(signature = (device=None))]
+    fn cuda(&self, device: Option<usize>) -> PyResult<PyTensor> {
+        placed(self.inner.clone(), Dev::Cuda(device.unwrap_or(0)))
+    }
+
+    /// This tensor on the CPU.
+    fn cpu(&self) -> PyResult<PyTensor> {
+        placed(self.inner.clone(), Dev::Cpu)
+    }
+
+    /// A copy converted to `dtype` (the Rust `to_dtype`).
+    fn to_dtype(&self, dtype: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        let d = extract_kind(dtype)?.to_rust().or_raise()?;
+        Ok(PyTensor::wrap(self.inner.to_dtype(d).or_raise()?))
+    }
+
+    /// `to_dtype(float32)`.
+    fn float(&self) -> PyResult<PyTensor> {
+        Ok(PyTensor::wrap(
+            self.inner.to_dtype(tagstream::DType::F32).or_raise()?,
+        ))
+    }
+
+    /// `to_dtype(float16)`.
+    fn half(&self) -> PyResult<PyTensor> {
+        Ok(PyTensor::wrap(
+            self.inner.to_dtype(tagstream::DType::F16).or_raise()?,
+        ))
+    }
+
+    /// `to_dtype(bfloat16)`.
+    fn bfloat16(&self) -> PyResult<PyTensor> {
+        Ok(PyTensor::wrap(
+            self.inner.to_dtype(tagstream::DType::BF16).or_raise()?,
+        ))
+    }
+
+    // ---- ops (named like the Rust ops) ----------------------------------------------------
+
+    /// Elementwise `self + other` (equal shapes; a number is broadcast).
+    fn add(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        required(
+            py,
+            binary(py, &self.inner, other, Tensor::add, false)?,
+            other,
+        )
+    }
+    /// Elementwise `self - other`.
+    fn sub(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        required(
+            py,
+            binary(py, &self.inner, other, Tensor::sub, false)?,
+            other,
+        )
+    }
+    /// Elementwise `self * other`.
+    fn mul(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        required(
+            py,
+            binary(py, &self.inner, other, Tensor::mul, false)?,
+            other,
+        )
+    }
+    /// Elementwise `self / other`.
+    fn div(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        required(
+            py,
+            binary(py, &self.inner, other, Tensor::div, false)?,
+            other,
+        )
+    }
+    /// Matrix product: `[m, k] @ [k, n]`, with an optional leading batch dim.
+    fn matmul(&self, other: PyRef<'_, PyTensor>) -> PyResult<PyTensor> {
+        Ok(PyTensor::wrap(self.inner.matmul(&other.inner).or_raise()?))
+    }
+    /// Matrix product of two 2-D tensors.
+    fn mm(&self, other: PyRef<'_, PyTensor>) -> PyResult<PyTensor> {
+        Ok(PyTensor::wrap(
+            mm_checked(&self.inner, &other.inner).or_raise()?,
+        ))
+    }
+    /// `max(x, 0)`.
+    fn relu(&self) -> PyResult<PyTensor> {
+        Ok(PyTensor::wrap(self.inner.relu().or_raise()?))
+    }
+    /// `x * sigmoid(x)`.
+    fn silu(&self) -> PyResult<PyTensor> {
+        Ok(PyTensor::wrap(self.inner.silu().or_raise()?))
+    }
+    /// GELU (erf form).
+    fn gelu(&self) -> PyResult<PyTensor> {
+        Ok(PyTensor::wrap(self.inner.gelu().or_raise()?))
+    }
+    /// `e^x`.
+    fn exp(&self) -> PyResult<PyTensor> {
+        Ok(PyTensor::wrap(self.inner.exp().or_raise()?))
+    }
+    /// Softmax over the last dim (`dim` must name it).
+    #[pyo3(signature = (dim=-1))]
+    fn softmax(&self, dim: isize) -> PyResult<PyTensor> {
+        Ok(PyTensor::wrap(
+            softmax_checked(&self.inner, dim).or_raise()?,
+        ))
+    }
+    /// RMS normalisation over the last dim, scaled by `weight`.
+    #[pyo3(signature = (weight, eps=1e-6))]
+    fn rms_norm(&self, weight: PyRef<'_, PyTensor>, eps: f32) -> PyResult<PyTensor> {
+        Ok(PyTensor::wrap(
+            self.inner.rms_norm(&weight.inner, eps).or_raise()?,
+        ))
+    }
+
+    // ---- operators -----------------------------------------------------------------------
+
+    fn __add__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        binary(py, &self.inner, o, Tensor::add, false)
+    }
+    fn __radd__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        binary(py, &self.inner, o, Tensor::add, true)
+    }
+    fn __sub__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        binary(py, &self.inner, o, Tensor::sub, false)
+    }
+    fn __rsub__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        binary(py, &self.inner, o, Tensor::sub, true)
+    }
+    fn __mul__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        binary(py, &self.inner, o, Tensor::mul, false)
+    }
+    fn __rmul__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        binary(py, &self.inner, o, Tensor::mul, true)
+    }
+    fn __truediv__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        binary(py, &self.inner, o, Tensor::div, false)
+    }
+    fn __rtruediv__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        binary(py, &self.inner, o, Tensor::div, true)
+    }
+    fn __matmul__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        match o.cast::<PyTensor>() {
+            Ok(b) => Ok(Py::new(
+                py,
+                PyTensor::wrap(self.inner.matmul(&b.get().inner).or_raise()?),
+            )?
+            .into_any()),
+            Err(_) => Ok(py.NotImplemented()),
+        }
+    }
+    fn __neg__(&self) -> PyResult<PyTensor> {
+        let m = Tensor::full(self.inner.shape(), -1.0, self.inner.dtype()).or_raise()?;
+        Ok(PyTensor::wrap(self.inner.mul(&m).or_raise()?))
+    }
+}
+
+fn required(py: Python<'_>, r: Py<PyAny>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    if r.bind(py).is(py.NotImplemented()) {
+        return Err(PyTypeError::new_err(format!(
+            "expected a Tensor or a number, got {}",
+            type_name(other)
+        )));
+    }
+    Ok(r)
+}
+
+/// Whether a positional `.to(...)` argument names a dtype rather than a device.
+fn kind_like(a: &Bound<'_, PyAny>) -> bool {
+    match a.str().and_then(|s| s.extract::<String>()) {
+        Ok(s) => device::parse(&s).is_err() && Kind::parse(&s).is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn kind_or_device(device: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Dev>> {
+    match device {
+        None => Ok(None),
+        Some(d) if d.is_none() => Ok(None),
+        Some(d) => extract_device(Some(d)).map(Some),
+    }
+}
+
+fn tensor_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Tensor> {
+    obj.cast::<PyTensor>()
+        .map(|t| t.get().inner.clone())
+        .map_err(|_| {
+            PyTypeError::new_err(format!(
+                "{what}: expected a tagstream.Tensor, got {}",
+                type_name(obj)
+            ))
+        })
+}
+
+// ---- module functions ----------------------------------------------------------------------
+
+/// A tensor from data (a numpy array, nested lists, a number, or a Tensor), copied.
+///
+/// `dtype` defaults to the data's own (float16 stays float16, other floats become float32,
+/// integers int32); `device` is `"cpu"` (or `"cuda"`, `"npu"`).
+#[pyfunction]
+#[pyo3(signature = (data, dtype=None, device=None))]
+pub(crate) fn tensor(
+    data: &Bound<'_, PyAny>,
+    dtype: Option<&Bound<'_, PyAny>>,
+    device: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PyTensor> {
+    let dev = extract_device(device)?;
+    let t = tensor_from_any(data, kind_arg(dtype)?)?;
+    placed(t, dev)
+}
+
+/// A tensor with a numpy array's values and dtype (copied; the source may change afterwards).
+#[pyfunction]
+pub(crate) fn from_numpy(array: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+    let np = numpy(array.py())?;
+    if !array.is_instance(&np.getattr("ndarray")?)? {
+        return Err(PyTypeError::new_err(format!(
+            "from_numpy: expected a numpy.ndarray, got {}",
+            type_name(array)
+        )));
+    }
+    Ok(PyTensor::wrap(tensor_from_any(array, None)?))
+}
+
+/// A tensor of zeros: `zeros(2, 3)` or `zeros((2, 3))`.
+#[pyfunction]
+#[pyo3(signature = (*shape, dtype=None, device=None))]
+pub(crate) fn zeros(
+    py: Python<'_>,
+    shape: &Bound<'_, PyTuple>,
+    dtype: Option<&Bound<'_, PyAny>>,
+    device: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PyTensor> {
+    let shape = shape_from_args(shape)?;
+    let d = kind_arg(dtype)?.unwrap_or(Kind::F32).to_rust().or_raise()?;
+    let dev = extract_device(device)?;
+    placed(py.detach(|| Tensor::zeros(&shape, d)).or_raise()?, dev)
+}
+
+/// A tensor of `size` filled with `fill_value` (rounded to `dtype`).
+#[pyfunction]
+#[pyo3(signature = (size, fill_value, dtype=None, device=None))]
+pub(crate) fn full(
+    py: Python<'_>,
+    size: &Bound<'_, PyAny>,
+    fill_value: f32,
+    dtype: Option<&Bound<'_, PyAny>>,
+    device: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PyTensor> {
+    let shape = shape_from_seq(size)?;
+    let d = kind_arg(dtype)?.unwrap_or(Kind::F32).to_rust().or_raise()?;
+    let dev = extract_device(device)?;
+    placed(
+        py.detach(|| Tensor::full(&shape, fill_value, d))
+            .or_raise()?,
+        dev,
+    )
+}
+
+/// The process-wide generator behind `randn` without a seed (SplitMix64 over the seed).
+static GENERATOR: Mutex<u64> = Mutex::new(0x5EED_7A65_7374_7265);
+
+fn next_seed() -> u64 {
+    let mut state = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Resets the process-wide generator that `randn` uses without a seed.
+#[pyfunction]
+pub(crate) fn manual_seed(seed: u64) {
+    *GENERATOR.lock().unwrap_or_else(|e| e.into_inner()) = seed;
+}
+
+/// Standard-normal samples: `randn(2, 3)` or `randn((2, 3))`.
+///
+/// Without `seed`, draws from the process-wide generator (new values each call, reset by
+/// `manual_seed`); with `seed`, the values of the Rust `Tensor::randn(shape, dtype, seed)`.
+#[pyfunction]
+#[pyo3(signature = (*shape, dtype=None, seed=None, device=None))]
+pub(crate) fn randn(
+    py: Python<'_>,
+    shape: &Bound<'_, PyTuple>,
+    dtype: Option<&Bound<'_, PyAny>>,
+    seed: Option<u64>,
+    device: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PyTensor> {
+    let shape = shape_from_args(shape)?;
+    let d = kind_arg(dtype)?.unwrap_or(Kind::F32).to_rust().or_raise()?;
+    let dev = extract_device(device)?;
+    let seed = seed.unwrap_or_else(next_seed);
+    placed(
+        py.detach(|| Tensor::randn(&shape, d, seed)).or_raise()?,
+        dev,
+    )
+}
+
+macro_rules! binary_fn {
+    ($name:ident, $op:expr, $doc:literal) => {
+        #[doc = $doc]
+        #[pyfunction]
+        pub(crate) fn $name(
+            py: Python<'_>,
+            input: &Bound<'_, PyAny>,
+            other: &Bound<'_, PyAny>,
+        ) -> PyResult<Py<PyAny>> {
+            let a = tensor_arg(input, stringify!($name))?;
+            required(py, binary(py, &a, other, $op, false)?, other)
+        }
+    };
+}
+
+binary_fn!(
+    add,
+    Tensor::add,
+    "Elementwise `input + other` (equal shapes; a number is broadcast)."
+);
+binary_fn!(
+    sub,
+    Tensor::sub,
+    "Elementwise `input - other` (equal shapes; a number is broadcast)."
+);
+binary_fn!(
+    mul,
+    Tensor::mul,
+    "Elementwise `input * other` (equal shapes; a number is broadcast)."
+);
+binary_fn!(
+    div,
+    Tensor::div,
+    "Elementwise `input / other` (equal shapes; a number is broadcast)."
+);
+
+/// Matrix product: `[m, k] x [k, n]`, with an optional leading batch dim.
+#[pyfunction]
+pub(crate) fn matmul(input: PyRef<'_, PyTensor>, other: PyRef<'_, PyTensor>) -> PyResult<PyTensor> {
+    Ok(PyTensor::wrap(input.inner.matmul(&other.inner).or_raise()?))
+}
+
+/// Matrix product of two 2-D tensors (torch's `mm`).
+#[pyfunction]
+pub(crate) fn mm(input: PyRef<'_, PyTensor>, mat2: PyRef<'_, PyTensor>) -> PyResult<PyTensor> {
+    Ok(PyTensor::wrap(
+        mm_checked(&input.inner, &mat2.inner).or_raise()?,
+    ))
+}
+
+/// `max(x, 0)` elementwise.
+#[pyfunction]
+pub(crate) fn relu(input: PyRef<'_, PyTensor>) -> PyResult<PyTensor> {
+    input.relu()
+}
+
+/// `x * sigmoid(x)` elementwise.
+#[pyfunction]
+pub(crate) fn silu(input: PyRef<'_, PyTensor>) -> PyResult<PyTensor> {
+    input.silu()
+}
+
+/// GELU (erf form) elementwise.
+#[pyfunction]
+pub(crate) fn gelu(input: PyRef<'_, PyTensor>) -> PyResult<PyTensor> {
+    input.gelu()
+}
+
+/// `e^x` elementwise.
+#[pyfunction]
+pub(crate) fn exp(input: PyRef<'_, PyTensor>) -> PyResult<PyTensor> {
+    input.exp()
+}
+
+/// Softmax over the last dim (`dim` must name the last dim).
+#[pyfunction]
+#[pyo3(signature = (input, dim=-1))]
+pub(crate) fn softmax(input: PyRef<'_, PyTensor>, dim: isize) -> PyResult<PyTensor> {
+    input.softmax(dim)
+}
+
+/// RMS normalisation over the last dim: `x / sqrt(mean(x^2) + eps) * weight`.
+#[pyfunction]
+#[pyo3(signature = (input, weight, eps=1e-6))]
+pub(crate) fn rms_norm(
+    input: PyRef<'_, PyTensor>,
+    weight: PyRef<'_, PyTensor>,
+    eps: f32,
+) -> PyResult<PyTensor> {
+    input.rms_norm(weight, eps)
+}
+
+/// A copy of `input` converted to `dtype`.
+#[pyfunction]
+pub(crate) fn to_dtype(input: PyRef<'_, PyTensor>, dtype: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+    input.to_dtype(dtype)
+}
+
+/// Whether a CUDA device can be used (never raises).
+#[pyfunction]
+pub(crate) fn cuda_is_available() -> bool {
+    device::cuda_is_available()
+}

@@ -1,0 +1,95 @@
+"""Exceptions: ``TagstreamError`` and one subclass per Rust ``tagstream::Error`` variant.
+
+Each carries the Rust message as its only argument. ``ShapeMismatchError``,
+``DTypeMismatchError`` and ``UnknownDTypeError`` are also ``ValueError``s, ``OutOfMemoryError``
+is also a ``MemoryError``.
+"""
+
+__all__ = [
+    "TagstreamError",
+    "TagInUseError",
+    "InvalidTagError",
+    "ShapeMismatchError",
+    "DTypeMismatchError",
+    "UnknownDTypeError",
+    "DataRaceError",
+    "WaitWithoutRecordError",
+    "DeadlockError",
+    "HostSyncInCaptureError",
+    "UnbalancedStreamSwitchError",
+    "ForeignGraphValueError",
+    "NoGpuError",
+    "DeviceMismatchError",
+    "ExecutionFailedError",
+    "OutOfMemoryError",
+    "WorkerSpawnError",
+]
+
+
+class TagstreamError(Exception):
+    """Base class of every error tagstream raises; ``str(e)`` is the Rust message."""
+
+
+class TagInUseError(TagstreamError):
+    """``create_tagged_event`` with a tag already created in this process (R1.2)."""
+
+
+class InvalidTagError(TagstreamError):
+    """An empty tag (R1.5, R2.10)."""
+
+
+class ShapeMismatchError(TagstreamError, ValueError):
+    """Operands whose shapes do not fit the op, or a size that overflows."""
+
+
+class DTypeMismatchError(TagstreamError, ValueError):
+    """Operands of different dtypes."""
+
+
+class UnknownDTypeError(TagstreamError, ValueError):
+    """A dtype the Rust crate does not know (``int32`` until it lands there)."""
+
+
+class DataRaceError(TagstreamError):
+    """A cross-stream read that no tagged event orders (R3.5)."""
+
+
+class WaitWithoutRecordError(TagstreamError):
+    """A wait in a captured graph with no earlier record of its event (R4.6)."""
+
+
+class DeadlockError(TagstreamError):
+    """A cycle in a captured graph's plan (R4.7)."""
+
+
+class HostSyncInCaptureError(TagstreamError):
+    """A host read (``.numpy()``, ``print``, ``synchronize``) inside a capture (R4.3)."""
+
+
+class UnbalancedStreamSwitchError(TagstreamError):
+    """Stream scopes left out of order, left open, or left on another thread (R2.8)."""
+
+
+class ForeignGraphValueError(TagstreamError):
+    """A value of a captured graph used outside the capture that made it."""
+
+
+class NoGpuError(TagstreamError):
+    """A CUDA device was asked for where none can be used."""
+
+
+class DeviceMismatchError(TagstreamError):
+    """Operands on two devices."""
+
+
+class ExecutionFailedError(TagstreamError):
+    """An entry failed on a stream worker (a tagstream bug, reported instead of a crash), or a
+    compiled Python function raised something that is not itself re-raisable."""
+
+
+class OutOfMemoryError(TagstreamError, MemoryError):
+    """The allocator refused a tensor's or a graph's memory."""
+
+
+class WorkerSpawnError(TagstreamError):
+    """The OS refused to start a stream worker thread."""

@@ -1,0 +1,3 @@
+"""torchair.configs."""
+
+from . import compiler_config  # noqa: F401

@@ -1,0 +1,3 @@
+"""torchair.core."""
+
+from . import utils  # noqa: F401
