@@ -1,14 +1,12 @@
 //! Device shim for the Python faces (`.device`, `.to(device)`, `.cuda()`, `.cpu()`, `.npu()`,
 //! `device=` arguments, `cuda_is_available()`).
 //!
-//! TODO(device): the Rust device API (`tagstream::Device`, `Tensor::device`, `Tensor::to_device`,
-//! `tagstream::cuda_is_available`) is being added beside this package. Until it lands, every
-//! tensor is on the CPU, `"cpu"` works, and any CUDA device is `Error::NoGpu`. Each function
-//! below is the one place to wire to the Rust API at merge.
+//! Thin over the Rust device API (`tagstream::Device`, `Tensor::device`, `Tensor::to_device`,
+//! `tagstream::cuda_is_available`); only `npu` (the default accelerator) is a Python-side name.
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use tagstream::{Error, Tensor};
+use tagstream::{Device, Tensor};
 
 /// A parsed device string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +18,7 @@ pub(crate) enum Dev {
 }
 
 /// Parses `cpu`, `cuda`, `cuda:N`, `npu`, `npu:N` (case-insensitive).
-// TODO(device): parse through `tagstream::Device::from_str` (keeping `npu` here).
+// Parsed here rather than by `Device::from_str`: `npu`, case and `cpu:0` are Python-side spellings.
 pub(crate) fn parse(s: &str) -> PyResult<Dev> {
     let lower = s.trim().to_ascii_lowercase();
     let (kind, index) = match lower.split_once(':') {
@@ -43,30 +41,22 @@ pub(crate) fn parse(s: &str) -> PyResult<Dev> {
     }
 }
 
-/// The device a tensor lives on, as torch spells it.
-// TODO(device): `t.device().to_string()`.
-pub(crate) fn device_of(_t: &Tensor) -> &'static str {
-    "cpu"
+/// The device a tensor lives on, as torch spells it (`cpu`, `cuda:0`).
+pub(crate) fn device_of(t: &Tensor) -> String {
+    t.device().to_string()
 }
 
 /// Whether a CUDA device can be used.
-// TODO(device): `tagstream::cuda_is_available()`.
 pub(crate) fn cuda_is_available() -> bool {
-    false
+    tagstream::cuda_is_available()
 }
 
-/// `t` on `dev` (the same handle when it is already there).
-// TODO(device): `t.to_device(Device::Cuda(i))`.
+/// `t` on `dev` (the same handle when it is already there, R10.4).
 pub(crate) fn to_device(t: &Tensor, dev: Dev) -> tagstream::Result<Tensor> {
     match dev {
-        Dev::Cpu => Ok(t.clone()),
+        Dev::Cpu => t.to_device(Device::Cpu),
         Dev::DefaultAccelerator if !cuda_is_available() => Ok(t.clone()),
-        Dev::DefaultAccelerator => to_device(t, Dev::Cuda(0)),
-        Dev::Cuda(i) => Err(Error::NoGpu {
-            what: format!(
-                "cuda:{i} was requested, but this build of the tagstream Python package has no \
-                 CUDA device support yet (every tensor is on the CPU)"
-            ),
-        }),
+        Dev::DefaultAccelerator => t.to_device(Device::Cuda(0)),
+        Dev::Cuda(i) => t.to_device(Device::Cuda(i)),
     }
 }

@@ -1,7 +1,7 @@
 //! The native half of the `tagstream` Python package (`tagstream._native`).
 //!
 //! Built on the public Rust API only. Every Rust error becomes the pinned exception class
-//! (`errors`); host waits release the GIL; device handling is a shim (`device`, TODO(device)).
+//! (`errors`); host waits release the GIL; devices go through the Rust device API (`device`).
 
 mod compiled;
 mod device;

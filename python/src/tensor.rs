@@ -295,14 +295,14 @@ impl PyTensor {
 
     /// The device, as torch spells it: `"cpu"` or `"cuda:0"`.
     #[getter]
-    fn device(&self) -> &'static str {
+    fn device(&self) -> String {
         device::device_of(&self.inner)
     }
 
     /// Whether the tensor lives on a CUDA device.
     #[getter]
     fn is_cuda(&self) -> bool {
-        self.device().starts_with("cuda")
+        !self.inner.device().is_cpu()
     }
 
     /// Number of dimensions.
@@ -419,8 +419,11 @@ impl PyTensor {
 
     /// `(device_type, device_id)` for DLPack: `(1, 0)` on the CPU.
     fn __dlpack_device__(&self) -> (u32, u32) {
-        // TODO(device): (2, index) for CUDA tensors.
-        (1, 0)
+        match self.inner.device() {
+            tagstream::Device::Cpu => (1, 0),
+            // kDLCUDA; the index fits: device ordinals are small.
+            tagstream::Device::Cuda(i) => (2, u32::try_from(i).unwrap_or(u32::MAX)),
+        }
     }
 
     // ---- devices and dtypes ----------------------------------------------------------------

@@ -20,6 +20,8 @@ __all__ = [
     "ForeignGraphValueError",
     "NoGpuError",
     "DeviceMismatchError",
+    "UnknownDeviceError",
+    "ThreadExitingError",
     "ExecutionFailedError",
     "OutOfMemoryError",
     "WorkerSpawnError",
@@ -79,7 +81,15 @@ class NoGpuError(TagstreamError):
 
 
 class DeviceMismatchError(TagstreamError):
-    """Operands on two devices."""
+    """Operands on two devices (R10.1), or a capture whose inputs are on two devices (R10.7)."""
+
+
+class UnknownDeviceError(TagstreamError, ValueError):
+    """A device name that is not ``cpu``, ``cuda`` or ``cuda:N``."""
+
+
+class ThreadExitingError(TagstreamError):
+    """A scope or compiled call made while the thread's tagstream state is being destroyed."""
 
 
 class ExecutionFailedError(TagstreamError):

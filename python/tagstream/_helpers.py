@@ -56,10 +56,10 @@ def from_dlpack(obj):
     if device is not None:
         kind, index = (int(x) for x in device())
         if kind != _KDL_CPU:
-            # TODO(device): CUDA (kDLCUDA = 2) producers once the Rust device API lands.
+            # CUDA (kDLCUDA = 2) producers need the CUDA backend's device buffers.
             raise NoGpuError(
                 f"no GPU: the DLPack producer lives on device ({kind}, {index}); this build of the "
-                "tagstream Python package takes CPU tensors only"
+                "tagstream Python package imports DLPack from CPU producers only"
             )
     if "bfloat16" in str(getattr(obj, "dtype", "")) and hasattr(obj, "float"):
         # numpy has no bfloat16: widen (exact), then round back (exact).

@@ -59,6 +59,6 @@ def test_torch_round_trip():
 def test_torch_cuda_round_trip():
     torch = pytest.importorskip("torch", reason="torch is not installed (CI has none)")
     if not (torch.cuda.is_available() and ts.cuda_is_available()):
-        pytest.skip("needs CUDA in both torch and tagstream (TODO(device))")
+        pytest.skip("needs CUDA in both torch and tagstream")
     t = ts.randn(4, 4, seed=5).cuda()
     np.testing.assert_array_equal(torch.from_dlpack(t).cpu().numpy(), t.cpu().numpy())

@@ -170,3 +170,27 @@ impl Tensor {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::dtype::DType;
+    use crate::scope::stream_switch;
+    use crate::tensor::Tensor;
+
+    /// A tensor's `Debug` names its producer's stream by tag, as every message does.
+    #[test]
+    fn debug_names_the_stream_by_tag() {
+        let x = Tensor::full(&[2], 1.0, DType::F32).unwrap();
+        assert!(format!("{x:?}").contains("producer: \"host\""), "{x:?}");
+        let y = {
+            let _s = stream_switch("handle-debug-side").unwrap();
+            x.exp().unwrap()
+        };
+        let shown = format!("{y:?}");
+        assert!(
+            shown.contains("exp (stream \"handle-debug-side\", entry 1)")
+                && shown.contains("device: Cpu"),
+            "{shown}"
+        );
+    }
+}
