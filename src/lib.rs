@@ -46,8 +46,11 @@ pub mod compile;
 pub mod error;
 pub(crate) mod graph;
 pub(crate) mod kernels;
+#[cfg(feature = "workloads")]
 pub mod models;
 pub mod ops;
+// The unit tests check the kernels against the reference, with or without the feature.
+#[cfg(any(test, feature = "workloads"))]
 pub mod reference;
 pub(crate) mod runtime;
 pub mod scope;

@@ -28,6 +28,8 @@ pub(crate) use matmul::matmul;
 pub(crate) use reduce::{rms_norm, softmax};
 
 /// An elementwise op of two tensors of equal shape and dtype.
+// `pub` for `reference`, which re-exports it when the `workloads` feature is on.
+#[cfg_attr(not(any(test, feature = "workloads")), allow(unreachable_pub))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BinaryOp {
     /// `a + b`
@@ -40,6 +42,7 @@ pub enum BinaryOp {
     Div,
 }
 
+#[cfg_attr(not(any(test, feature = "workloads")), allow(unreachable_pub))]
 impl BinaryOp {
     /// The op's name as it appears in errors.
     pub fn name(self) -> &'static str {
@@ -53,6 +56,7 @@ impl BinaryOp {
 }
 
 /// An elementwise op of one tensor.
+#[cfg_attr(not(any(test, feature = "workloads")), allow(unreachable_pub))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UnaryOp {
     /// `max(x, 0)`, NaN stays NaN.
@@ -65,6 +69,7 @@ pub enum UnaryOp {
     Exp,
 }
 
+#[cfg_attr(not(any(test, feature = "workloads")), allow(unreachable_pub))]
 impl UnaryOp {
     /// The op's name as it appears in errors.
     pub fn name(self) -> &'static str {
@@ -78,6 +83,7 @@ impl UnaryOp {
 }
 
 /// The dimensions of a (batched) matrix product: `[batch, m, k] × [batch?, k, n]`.
+#[cfg_attr(not(any(test, feature = "workloads")), allow(unreachable_pub))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MatmulDims {
     /// Number of products (1 for a plain 2-D matmul).
