@@ -128,7 +128,7 @@ impl fmt::Debug for Compiled {
     }
 }
 
-/// Prepares `f` for repeated calls in the given mode (design.md §1).
+/// Prepares `f` for repeated calls in the given mode.
 ///
 /// Nothing runs until [`Compiled::run`]. The closure owns whatever it uses (tagged events
 /// included); under [`Mode::ReduceOverhead`] it is called once per new input signature.
@@ -214,7 +214,7 @@ impl Compiled {
 }
 
 impl Compiled {
-    /// Runs the closure on `inputs` (design.md §1, semantics §4–5).
+    /// Runs the closure on `inputs` (`docs/semantics.md` §4–5).
     ///
     /// - [`Mode::Eager`], or after the fallback: calls the closure and issues its work eagerly
     ///   with the fork/join closure as real entries (R3.11).

@@ -39,8 +39,8 @@
 //! # Ok::<(), tagstream::Error>(())
 //! ```
 //!
-//! The rules are in `docs/semantics.md` (shared with the team as `shared/docs/semantics.md`);
-//! rule ids such as R3.5 in these docs refer to it. `docs/architecture.md` maps the modules.
+//! The rules are in the repository's `docs/semantics.md`; rule ids such as R3.5 in these docs
+//! refer to it. `docs/architecture.md` maps the modules.
 
 pub mod compile;
 pub mod error;
