@@ -281,9 +281,14 @@ fn run_seed_model(args: &RunArgs) -> Result<bool> {
         })
         .collect();
     println!(
-        "streams used: {} (ops, input copies, event records and waits queued on each stream, \
-         all runs together)",
-        used.join(", ")
+        "streams used: {} (ops, input copies, event records and waits queued on each stream by \
+         all runs{})",
+        used.join(", "),
+        if eager.is_some() {
+            ", the eager runs timed against the replays included"
+        } else {
+            ""
+        }
     );
     let stats = model.stats();
     println!(
