@@ -11,7 +11,7 @@ import re
 import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
-SKIP = {"main.rs", "bench_cmd.rs"}
+SKIP: set = set()
 
 
 def module_path(rel):

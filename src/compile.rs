@@ -29,6 +29,13 @@ pub enum Mode {
 
 /// Options for [`compile`]. `CompileConfig::default()` is [`Mode::Eager`] with a capture limit
 /// of 64.
+///
+/// ```
+/// use tagstream::{CompileConfig, Mode};
+///
+/// let config = CompileConfig::default().mode(Mode::ReduceOverhead).capture_limit(8);
+/// assert_eq!((config.get_mode(), config.get_capture_limit()), (Mode::ReduceOverhead, 8));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompileConfig {
     mode: Mode,
@@ -54,6 +61,10 @@ impl CompileConfig {
 
     /// Sets how many signatures may be captured before every call falls back to eager
     /// execution for good (R5.4). `0` falls back on the first call.
+    ///
+    /// The fallback is logged once as a `tracing` warning (target `tagstream`), which shows only
+    /// where a `tracing` subscriber is installed, e.g. `tracing_subscriber::fmt().init()` at the
+    /// start of `main`. [`Compiled::stats`] tells it too: `fell_back_to_eager`.
     #[must_use]
     pub fn capture_limit(mut self, n: usize) -> Self {
         self.capture_limit = n;
@@ -118,7 +129,7 @@ impl fmt::Debug for Compiled {
     }
 }
 
-/// Prepares `f` for repeated calls in the given mode (design.md §1).
+/// Prepares `f` for repeated calls in the given mode.
 ///
 /// Nothing runs until [`Compiled::run`]. The closure owns whatever it uses (tagged events
 /// included); under [`Mode::ReduceOverhead`] it is called once per new input signature.
@@ -148,6 +159,31 @@ impl fmt::Debug for Compiled {
 /// assert_eq!(again[1].to_vec_f32()?, vec![1.0; 4]);
 /// assert_eq!((model.stats().captures, model.stats().replays), (1, 1));
 /// assert_eq!(first[0].to_vec_f32()?, vec![1.0; 4]);
+/// # Ok::<(), tagstream::Error>(())
+/// ```
+///
+/// # Create tagged events outside the closure
+/// The closure runs again for every capture (each new input signature) and, in
+/// [`Mode::Eager`], on every call. Event tags are process-unique, so a tagged event created
+/// inside the closure makes its second run fail with
+/// [`Error::TagInUse`](crate::Error::TagInUse): the first call works and a later one fails.
+/// Create the event before `compile` and move it in, as above.
+///
+/// ```
+/// use tagstream::ops::{create_tagged_event, tagged_event_record};
+/// use tagstream::{compile, CompileConfig, DType, Error, Mode, Tensor};
+///
+/// let mut model = compile(
+///     |x: &[Tensor]| {
+///         let ev = create_tagged_event("compile-doc-inside")?; // wrong: once per capture
+///         tagged_event_record(&ev)?;
+///         Ok(vec![x[0].exp()?])
+///     },
+///     CompileConfig::default().mode(Mode::ReduceOverhead),
+/// );
+/// model.run(&[Tensor::zeros(&[2], DType::F32)?])?; // first capture: creates the tag
+/// let err = model.run(&[Tensor::zeros(&[3], DType::F32)?]).unwrap_err(); // a second capture
+/// assert!(matches!(err, Error::TagInUse { tag } if tag == "compile-doc-inside"));
 /// # Ok::<(), tagstream::Error>(())
 /// ```
 pub fn compile<F>(f: F, config: CompileConfig) -> Compiled
@@ -204,7 +240,7 @@ impl Compiled {
 }
 
 impl Compiled {
-    /// Runs the closure on `inputs` (design.md §1, semantics §4–5).
+    /// Runs the closure on `inputs` (`docs/semantics.md` §4–5).
     ///
     /// - [`Mode::Eager`], or after the fallback: calls the closure and issues its work eagerly
     ///   with the fork/join closure as real entries (R3.11).
@@ -216,6 +252,27 @@ impl Compiled {
     /// are owned: a later replay never writes a buffer the caller still holds (R5.5). For the
     /// length of the call the caller's stream scopes are set aside and the closure starts on
     /// `"default"` (R5.1).
+    ///
+    /// ```
+    /// use tagstream::{compile, CompileConfig, CompileStats, DType, Mode, Tensor};
+    ///
+    /// let mut model = compile(
+    ///     |x: &[Tensor]| Ok(vec![x[0].relu()?.add(&x[0])?]),
+    ///     CompileConfig::default().mode(Mode::ReduceOverhead),
+    /// );
+    /// let small = Tensor::full(&[4], -1.0, DType::F32)?;
+    /// let big = Tensor::full(&[8], 2.0, DType::F32)?;
+    /// model.run(&[small.clone()])?; // capture for [4] f32
+    /// model.run(&[small])?; // replay
+    /// let y = model.run(&[big])?; // new signature: a second capture
+    /// assert_eq!(y[0].to_vec_f32()?, vec![4.0; 8]);
+    /// let CompileStats { captures, replays, eager_runs, .. } = model.stats();
+    /// assert_eq!((captures, replays, eager_runs), (2, 1, 0));
+    /// assert_eq!(model.cached_graphs(), 2);
+    /// let memory = model.memory_stats().unwrap(); // the latest run's graph
+    /// assert!(memory.arena_bytes <= memory.value_bytes);
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::DataRace`](crate::Error::DataRace) when an input is not ordered before the main

@@ -14,6 +14,27 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// A call that returns `Err` has issued nothing and changed no clock, event, registry or tensor
 /// (R3.9), so the runtime stays usable after any error.
+///
+/// Match a variant to react to one kind of error; its fields carry the context, and `Display`
+/// says what went wrong and what to do:
+///
+/// ```
+/// use tagstream::ops::create_tagged_event;
+/// use tagstream::{DType, Error, Tensor};
+///
+/// let _ev = create_tagged_event("error-doc")?;
+/// match create_tagged_event("error-doc") {
+///     Err(Error::TagInUse { tag }) => assert_eq!(tag, "error-doc"),
+///     other => panic!("expected TagInUse, got {other:?}"),
+/// }
+/// let a = Tensor::zeros(&[2, 3], DType::F32)?;
+/// let err = a.matmul(&a).unwrap_err();
+/// if let Error::ShapeMismatch { op, lhs, rhs, .. } = &err {
+///     assert_eq!((*op, lhs.as_slice(), rhs.as_slice()), ("matmul", &[2, 3][..], &[2, 3][..]));
+/// }
+/// assert!(err.to_string().starts_with("matmul: shape mismatch"));
+/// # Ok::<(), tagstream::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

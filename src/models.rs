@@ -1,5 +1,5 @@
-//! Ready-made models, starting with the seed model of design.md §1 (torchair's
-//! `npu_create_tagged_event` example), and their checks against the serial reference.
+//! Ready-made models, starting with the seed model (torchair's `npu_create_tagged_event`
+//! example, the README's "The seed model in Rust"), and their checks against the serial reference.
 //!
 //! Owns model-building closures and their reference checks, and the measured programs of
 //! `tagstream bench` ([`PingPong`], [`matmul_branches`]); shared by the CLI, the tests and the
@@ -64,7 +64,7 @@ pub fn seed_inputs(size: usize, dtype: DType) -> Result<Vec<Tensor>> {
 
 /// A chain of `ops` tiny elementwise ops split over two independent streams: half on the main
 /// stream from `x[0]`, half in scope `side` from `x[1]` (the launch-overhead benchmark of
-/// issue 4). The ops cycle through `add x`, `relu`, `sub x`, so values stay bounded. Returns
+/// `tagstream bench`). The ops cycle through `add x`, `relu`, `sub x`, so values stay bounded. Returns
 /// the two chain ends.
 ///
 /// ```
@@ -112,7 +112,7 @@ pub fn tiny_inputs(len: usize, dtype: DType) -> Result<Vec<Tensor>> {
 /// Two independent branches of `matmuls` chained matrix products, `x[0]`'s on stream `sides[0]`
 /// and `x[1]`'s on `sides[1]`: `y = x@x`, then `y = y@x` (`matmuls - 1` times). With two distinct
 /// side tags the branches can overlap; with `["default", "default"]` they run one after the
-/// other on the main stream (the overlap benchmark of issue 6). Returns the two branch ends.
+/// other on the main stream (the overlap benchmark of `tagstream bench`). Returns the two branch ends.
 ///
 /// ```
 /// use tagstream::{models, DType, Tensor};

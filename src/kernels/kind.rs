@@ -2,6 +2,10 @@
 //!
 //! A leaf of `kernels`: the kernel files import their kinds from here, not from `kernels`
 //! itself, so no kernel file depends on the module that re-exports it.
+//!
+//! The kinds are `pub` for `reference`, which re-exports them with the `workloads` feature;
+//! without it they are reachable from nowhere outside the crate.
+#![cfg_attr(not(any(test, feature = "workloads")), allow(unreachable_pub))]
 
 /// An elementwise op of two tensors of equal shape and dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -23,6 +23,8 @@ mod reduce;
 pub(crate) mod scalar;
 
 pub(crate) use elementwise::{binary, convert, unary};
+// `pub` for `reference`, which re-exports them when the `workloads` feature is on.
+#[cfg_attr(not(any(test, feature = "workloads")), allow(unreachable_pub))]
 pub use kind::{BinaryOp, MatmulDims, UnaryOp};
 pub(crate) use matmul::matmul;
 pub(crate) use reduce::{rms_norm, softmax};

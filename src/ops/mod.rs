@@ -92,6 +92,10 @@ fn registry() -> &'static Mutex<HashSet<String>> {
 /// The check and the insert are one atomic step: of N threads creating the same tag at once,
 /// exactly one succeeds (R1.3). Event tags and stream tags are separate namespaces (R1.1).
 ///
+/// Create events once, outside a closure given to [`compile`](crate::compile()): the closure
+/// runs again for each capture, and its second `create_tagged_event` of the same tag fails (see
+/// [`compile`](crate::compile()#create-tagged-events-outside-the-closure)).
+///
 /// # Errors
 /// [`Error::TagInUse`] if the tag was ever created before in this process (the existing event is
 /// unaffected); [`Error::InvalidTag`] for the empty tag (R1.5).

@@ -61,10 +61,15 @@ pub struct StreamGuard {
 /// # Ok::<(), tagstream::Error>(())
 /// ```
 ///
+/// Bind the guard to a name: `let _ = stream_switch("1")?;` drops it at once, and the ops that
+/// follow run on the enclosing stream. [`with_stream`] takes a closure instead and cannot be
+/// misused that way; rustc's `let_underscore_drop` lint (allowed by default) flags the line.
+///
 /// # Errors
 /// [`Error::InvalidTag`] for an empty tag (no scope is entered, R2.10); a pending
-/// [`Error::UnbalancedStreamSwitch`] of this thread; [`Error::WorkerSpawn`] if the OS refuses
-/// the new stream's thread.
+/// [`Error::UnbalancedStreamSwitch`] of this thread; [`Error::ThreadExiting`] on a thread whose
+/// tagstream state is already destroyed; [`Error::WorkerSpawn`] if the OS refuses the fork wait's
+/// stream thread in a compiled eager run.
 pub fn stream_switch(tag: &str) -> Result<StreamGuard> {
     take_pending_error()?;
     if tag.is_empty() {
@@ -106,6 +111,43 @@ impl Drop for StreamGuard {
     }
 }
 
+/// Runs `f` with the calling thread's ops, records and waits sent to the stream tagged `tag`, and
+/// closes the scope when `f` returns, fails or panics: [`stream_switch`] without a guard to
+/// bind. Returns what `f` returns.
+///
+/// Prefer it where a guard could be dropped by mistake: `let _ = stream_switch("1")?;` compiles
+/// but drops the guard at once, so the ops that follow run on the enclosing stream (`let _`
+/// binds nothing; `let _guard = ...` keeps it alive to the end of the block). rustc's
+/// `let_underscore_drop` lint (allowed by default; `#![warn(let_underscore_drop)]` in a crate
+/// root turns it on) flags that line.
+///
+/// ```
+/// use tagstream::ops::{create_tagged_event, tagged_event_record, tagged_event_wait};
+/// use tagstream::scope::{current_stream, with_stream};
+/// use tagstream::{DType, Tensor};
+///
+/// let ev = create_tagged_event("with-stream-doc")?;
+/// let x = Tensor::full(&[2, 2], 1.0, DType::F32)?;
+/// let y = x.exp()?; // main stream
+/// tagged_event_record(&ev)?;
+/// let z = with_stream("with-stream-doc-side", || {
+///     assert_eq!(current_stream(), "with-stream-doc-side");
+///     tagged_event_wait(&ev)?; // orders the read of `y` after the main stream's exp
+///     y.add(&x)
+/// })?;
+/// assert_eq!(current_stream(), "default"); // the scope closed when the closure returned
+/// assert_eq!(z.to_vec_f32()?, vec![1.0f32.exp() + 1.0; 4]);
+/// # Ok::<(), tagstream::Error>(())
+/// ```
+///
+/// # Errors
+/// Those of [`stream_switch`] (then `f` does not run), and whatever `f` returns.
+pub fn with_stream<R>(tag: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    // Dropped when `f` returns or unwinds, after any guard `f` made and dropped itself.
+    let _guard = stream_switch(tag)?;
+    f()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +182,47 @@ mod tests {
         drop(g2); // inert
         assert_eq!(current_stream(), "default");
         take_pending_error().unwrap();
+    }
+
+    #[test]
+    fn with_stream_closes_the_scope_on_return_error_and_panic() {
+        let tag = "scope-test-with";
+        let v = with_stream(tag, || Ok(current_stream())).unwrap();
+        assert_eq!((v.as_str(), current_stream().as_str()), (tag, "default"));
+
+        let err = with_stream(tag, || -> Result<()> {
+            assert_eq!(current_stream(), tag);
+            Err(Error::InvalidTag { call: "test" })
+        })
+        .unwrap_err();
+        assert_eq!(err, Error::InvalidTag { call: "test" });
+        assert_eq!(current_stream(), "default");
+
+        let panicked = std::panic::catch_unwind(|| {
+            with_stream(tag, || -> Result<()> {
+                let _inner = stream_switch("scope-test-with-inner")?;
+                panic!("boom")
+            })
+        });
+        assert!(panicked.is_err());
+        assert_eq!(current_stream(), "default");
+        take_pending_error().unwrap(); // the guards unwound in order: nothing pending
+
+        // An empty tag enters no scope and never calls the closure (R2.10).
+        let mut called = false;
+        let err = with_stream("", || {
+            called = true;
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(
+            (err, called),
+            (
+                Error::InvalidTag {
+                    call: "stream_switch"
+                },
+                false
+            )
+        );
     }
 }

@@ -47,6 +47,17 @@ impl Tensor {
 
     /// A tensor with `data` (row-major) converted to `dtype` (R6.1 rounding).
     ///
+    /// ```
+    /// use tagstream::{DType, Error, Tensor};
+    ///
+    /// let t = Tensor::from_vec(vec![1.0, 2.0, 3.0, 70000.0], &[2, 2], DType::F16)?;
+    /// assert_eq!(t.shape(), &[2, 2]);
+    /// assert_eq!(t.to_vec_f32()?, vec![1.0, 2.0, 3.0, f32::INFINITY]); // beyond f16's range
+    /// let err = Tensor::from_vec(vec![1.0; 3], &[2, 2], DType::F32).unwrap_err();
+    /// assert!(matches!(err, Error::ShapeMismatch { op: "from_vec", .. }));
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::ShapeMismatch`] if `data.len()` is not the product of `shape`, or that product
     /// overflows (E6).
@@ -73,6 +84,15 @@ impl Tensor {
 
     /// A tensor of zeros.
     ///
+    /// ```
+    /// use tagstream::{DType, Tensor};
+    ///
+    /// let z = Tensor::zeros(&[2, 3], DType::BF16)?;
+    /// assert_eq!((z.len(), z.dtype()), (6, DType::BF16));
+    /// assert_eq!(z.to_vec_f32()?, vec![0.0; 6]);
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::ShapeMismatch`] if the size overflows; [`Error::OutOfMemory`] if the allocator
     /// refuses it.
@@ -83,6 +103,14 @@ impl Tensor {
     }
 
     /// A tensor filled with `value` (rounded to `dtype`).
+    ///
+    /// ```
+    /// use tagstream::{DType, Tensor};
+    ///
+    /// let t = Tensor::full(&[3], 0.1, DType::F16)?;
+    /// assert_eq!(t.to_vec_f32()?, vec![DType::F16.round_f32(0.1); 3]); // 0.1 rounded to f16
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] if the size overflows; [`Error::OutOfMemory`] if the allocator
@@ -101,6 +129,15 @@ impl Tensor {
 
     /// Standard-normal samples, deterministic for a given `seed` on every machine and thread
     /// count (R6.1): a ChaCha8 stream drawn sequentially, rounded to `dtype`.
+    ///
+    /// ```
+    /// use tagstream::{DType, Tensor};
+    ///
+    /// let a = Tensor::randn(&[4, 4], DType::F32, 7)?;
+    /// let b = Tensor::randn(&[4, 4], DType::F32, 7)?;
+    /// assert_eq!(a.to_vec_f32()?, b.to_vec_f32()?); // same seed, same values
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] if the size overflows; [`Error::OutOfMemory`] if the allocator
@@ -143,6 +180,15 @@ impl Tensor {
     /// Afterwards every stream may read this tensor and everything that happened before its
     /// producer without an event (R3.6).
     ///
+    /// ```
+    /// use tagstream::{DType, Tensor};
+    ///
+    /// let x = Tensor::full(&[2], 3.0, DType::F32)?;
+    /// let y = x.mul(&x)?; // returns at once; the main stream computes it
+    /// assert_eq!(y.to_vec_f32()?, vec![9.0, 9.0]); // waits for it
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// A pending [`Error::UnbalancedStreamSwitch`]; [`Error::ExecutionFailed`] if the producing
     /// entry (or one it depended on) failed on its worker.
@@ -181,6 +227,22 @@ impl Tensor {
 
     /// Elementwise `self + rhs`; shapes and dtypes must match (no broadcasting).
     ///
+    /// ```
+    /// use tagstream::{DType, Error, Tensor};
+    ///
+    /// let a = Tensor::from_vec(vec![1.0, 2.0], &[2], DType::F32)?;
+    /// let b = Tensor::from_vec(vec![10.0, 20.0], &[2], DType::F32)?;
+    /// assert_eq!(a.add(&b)?.to_vec_f32()?, vec![11.0, 22.0]);
+    /// assert_eq!(b.sub(&a)?.div(&a)?.to_vec_f32()?, vec![9.0, 9.0]);
+    /// // No broadcasting, no implicit conversion:
+    /// let c = Tensor::zeros(&[3], DType::F32)?;
+    /// assert!(matches!(a.add(&c), Err(Error::ShapeMismatch { op: "add", .. })));
+    /// let h = Tensor::zeros(&[2], DType::F16)?;
+    /// assert!(matches!(a.add(&h), Err(Error::DTypeMismatch { op: "add", .. })));
+    /// assert_eq!(a.add(&h.to_dtype(DType::F32)?)?.to_vec_f32()?, vec![1.0, 2.0]);
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::ShapeMismatch`], [`Error::DTypeMismatch`], [`Error::DataRace`].
     pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
@@ -214,6 +276,18 @@ impl Tensor {
     /// Matrix product: `[m,k]×[k,n]`, `[b,m,k]×[b,k,n]` or `[b,m,k]×[k,n]`, accumulated in f32
     /// and rounded once (R6.3).
     ///
+    /// ```
+    /// use tagstream::{DType, Tensor};
+    ///
+    /// let a = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3], DType::F32)?;
+    /// let b = Tensor::from_vec(vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 2], DType::F32)?;
+    /// let c = a.matmul(&b)?; // [2,3] x [3,2] = [2,2]
+    /// assert_eq!(c.shape(), &[2, 2]);
+    /// assert_eq!(c.to_vec_f32()?, vec![4.0, 5.0, 10.0, 11.0]);
+    /// assert!(b.matmul(&b).is_err()); // [3,2] x [3,2]: inner dimensions differ
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::ShapeMismatch`] (rank, inner dimension or batch), [`Error::DTypeMismatch`],
     /// [`Error::DataRace`].
@@ -222,6 +296,19 @@ impl Tensor {
     }
 
     /// `max(x, 0)` elementwise (NaN stays NaN).
+    ///
+    /// ```
+    /// use tagstream::{DType, Tensor};
+    ///
+    /// let x = Tensor::from_vec(vec![-1.0, 0.0, 2.0], &[3], DType::F32)?;
+    /// assert_eq!(x.relu()?.to_vec_f32()?, vec![0.0, 0.0, 2.0]);
+    /// assert_eq!(x.exp()?.to_vec_f32()?[1], 1.0);
+    /// let s = x.silu()?.to_vec_f32()?; // silu(x) = x·sigmoid(x)
+    /// assert!((s[2] - 2.0 / (1.0 + (-2.0f32).exp())).abs() < 1e-6);
+    /// let g = x.gelu()?.to_vec_f32()?;
+    /// assert_eq!(g[1], 0.0);
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::DataRace`].
@@ -255,6 +342,14 @@ impl Tensor {
 
     /// Softmax over the last dimension.
     ///
+    /// ```
+    /// use tagstream::{DType, Tensor};
+    ///
+    /// let x = Tensor::from_vec(vec![1.0, 1.0, 0.0, 0.0], &[2, 2], DType::F32)?;
+    /// assert_eq!(x.softmax()?.to_vec_f32()?, vec![0.5; 4]); // each row sums to 1
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::ShapeMismatch`] for a rank-0 tensor; [`Error::DataRace`].
     pub fn softmax(&self) -> Result<Tensor> {
@@ -262,6 +357,16 @@ impl Tensor {
     }
 
     /// RMS normalisation over the last dimension: `x / sqrt(mean(x²) + eps) · weight`.
+    ///
+    /// ```
+    /// use tagstream::{DType, Tensor};
+    ///
+    /// let x = Tensor::from_vec(vec![3.0, -3.0, 4.0, 4.0], &[2, 2], DType::F32)?;
+    /// let w = Tensor::from_vec(vec![1.0, 2.0], &[2], DType::F32)?; // one weight per column
+    /// let y = x.rms_norm(&w, 0.0)?.to_vec_f32()?;
+    /// assert_eq!(y, vec![1.0, -2.0, 1.0, 2.0]); // rows divided by their RMS (3 and 4)
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] if the rank is 0 or `weight` is not `[last dim]`;
@@ -274,6 +379,17 @@ impl Tensor {
     }
 
     /// Converts to `dtype` (R6.1: round to nearest even, overflow to ±inf).
+    ///
+    /// ```
+    /// use tagstream::{DType, Tensor};
+    ///
+    /// let x = Tensor::from_vec(vec![1.0 / 3.0, 1e5], &[2], DType::F32)?;
+    /// let h = x.to_dtype(DType::F16)?;
+    /// assert_eq!(h.dtype(), DType::F16);
+    /// assert_eq!(h.to_vec_f32()?, vec![DType::F16.round_f32(1.0 / 3.0), f32::INFINITY]);
+    /// assert_eq!(h.to_dtype(DType::F32)?.to_vec_f32()?[0], 0.333_251_95); // f16 value, widened exactly
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::DataRace`].

@@ -1,4 +1,4 @@
-//! `tagstream bench --quick` prints the benchmark table with every figure of issue 6 and
+//! `tagstream bench --quick` prints the benchmark table with every figure of the README's table and
 //! writes the `--tsv` file. No timing is checked: the figures depend on the machine.
 
 use std::process::Command;

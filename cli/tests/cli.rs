@@ -41,8 +41,12 @@ fn run_prints_the_table_and_passes() {
             "mode reduce-overhead",
             "compiled: 1 capture(s), 2 replay(s), 0 eager run(s)",
             "\"1\": wait(fork), wait(\"66\"), matmul, record(join1)",
-            "memory plan: arena",
+            "memory plan: one arena of",
             "eager vs replay",
+            "timed in turns",
+            "equals the reference",
+            "within the error bound",
+            "what replay saves",
             "tiny chain 100 ops [16]",
             "per op: eager",
         ] {
@@ -86,7 +90,104 @@ fn bad_sizes_are_refused() {
     for size in ["0", "-3", "abc", "100000"] {
         let out = tagstream(&["run", "--size", size]);
         assert!(!out.status.success(), "--size {size} must be refused");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // A range error for the value, not clap's "unexpected argument '-3'".
+        assert!(
+            stderr.contains(&format!("invalid value '{size}' for '--size <N>'"))
+                && stderr.contains("from 1 to 8192"),
+            "--size {size}: {stderr}"
+        );
     }
+}
+
+#[test]
+fn help_shows_the_ranges() {
+    let out = tagstream(&["run", "--help"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for range in ["1..=8192", "1..=10000", "0..=1000000"] {
+        assert!(stdout.contains(range), "missing {range} in\n{stdout}");
+    }
+    assert!(stdout.contains("--capture-limit"), "{stdout}");
+}
+
+/// `tagstream` with options and no command runs `run` with them.
+#[test]
+fn options_without_a_command_run_the_seed_model() {
+    let out = tagstream(&[
+        "--dtype",
+        "f32",
+        "--size",
+        "16",
+        "--runs",
+        "1",
+        "--chain-ops",
+        "0",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("4 inputs [16, 16] f32, mode reduce-overhead, 1 timed runs"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("tiny chain"), "{stdout}");
+}
+
+/// The eager mode has no eager-vs-replay comparison, so `--chain-ops` would do nothing.
+#[test]
+fn chain_ops_with_eager_mode_is_refused() {
+    let out = tagstream(&["run", "--mode", "eager", "--chain-ops", "10"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--chain-ops") && stderr.contains("--mode eager"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+/// The CLI installs a tracing subscriber, so the capture-limit warning reaches stderr.
+#[test]
+fn capture_limit_warning_is_shown() {
+    let out = tagstream(&[
+        "run",
+        "--size",
+        "16",
+        "--runs",
+        "1",
+        "--chain-ops",
+        "0",
+        "--capture-limit",
+        "0",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("WARN") && stderr.contains("capture limit of 0 reached"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("compiled: 0 capture(s), 0 replay(s), 2 eager run(s)")
+            && stdout.contains("capture limit of 0 reached: every call ran eagerly"),
+        "{stdout}"
+    );
+}
+
+/// `trace` with nowhere to write would record for nothing: refused with a message.
+#[test]
+fn trace_without_an_output_is_refused() {
+    let out = tagstream(&["trace", "--size", "8"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--out <FILE>") && stderr.contains("--svg <FILE>"),
+        "{stderr}"
+    );
 }
 
 /// `tagstream trace` writes a Chrome trace and an SVG of the seed model, eager and replayed.

@@ -1,4 +1,4 @@
-//! `tagstream bench`: every figure of issue 6's benchmark table, measured in this one process
+//! `tagstream bench`: every figure of the benchmark table (README "Benchmarks"), measured in this one process
 //! and printed as one table (target, median, spread, whether the target is met).
 //!
 //! *Strategy*: each figure is the median of many timed calls, shown with min / p25 / p75 / max.
@@ -374,7 +374,7 @@ fn chain_rows(
     let got = replay.run(&inputs)?; // the capture
     if !same_bits(&got, &want)? {
         notes.push(format!(
-            "tiny chain {dtype}: replay results differ from eager ones (R5.6)"
+            "tiny chain {dtype}: replay results differ from eager ones (they must be equal bit for bit)"
         ));
     }
     for _ in 0..3 {
