@@ -22,6 +22,10 @@ use crate::tensor::storage::{DataMut, DataRef};
 #[repr(C, align(64))]
 struct Line(UnsafeCell<[u8; 64]>);
 
+// SAFETY: a `Line` is 64 plain bytes (an `UnsafeCell` adds no bytes and no invariant), so the
+// all-zero bit pattern is a valid `Line`.
+unsafe impl bytemuck::Zeroable for Line {}
+
 /// A zero-initialised, 64-byte-aligned block shared by the stream workers of one graph.
 pub(crate) struct Arena {
     lines: Box<[Line]>,
@@ -50,14 +54,14 @@ pub(crate) struct Slot {
 
 impl Arena {
     /// An arena of at least `bytes` bytes, zero-filled; `None` if the allocator refuses.
+    ///
+    /// The memory comes from the allocator's zeroed allocation (`calloc`), which gets fresh
+    /// pages from the kernel already zero: a large arena costs no fill at capture, and pages
+    /// are touched only when a replay first writes them.
     pub(crate) fn new(bytes: usize) -> Option<Arena> {
         let lines = bytes.div_ceil(64);
-        let mut v: Vec<Line> = Vec::new();
-        v.try_reserve_exact(lines).ok()?;
-        v.extend((0..lines).map(|_| Line(UnsafeCell::new([0; 64]))));
-        Some(Arena {
-            lines: v.into_boxed_slice(),
-        })
+        let lines = bytemuck::allocation::try_zeroed_slice_box::<Line>(lines).ok()?;
+        Some(Arena { lines })
     }
 
     /// Size in bytes.
