@@ -96,6 +96,13 @@ struct RunArgs {
     /// vs replay after the seed model; 0 skips it.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     chain_ops: u64,
+    /// Device the seed model runs on: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    device: tagstream::Device,
+}
+
+fn parse_device(s: &str) -> std::result::Result<tagstream::Device, String> {
+    s.parse::<tagstream::Device>().map_err(|e| e.to_string())
 }
 
 impl Default for RunArgs {
@@ -106,6 +113,7 @@ impl Default for RunArgs {
             mode: ModeArg::ReduceOverhead,
             runs: 10,
             chain_ops: 1000,
+            device: tagstream::Device::Cpu,
         }
     }
 }
@@ -139,7 +147,10 @@ fn run_seed(args: &RunArgs) -> Result<bool> {
     let ev = ops::create_tagged_event("66")?;
     let config = CompileConfig::default().mode(args.mode.mode());
     let mut model = compile(models::seed_model(ev.clone(), side), config);
-    let inputs = models::seed_inputs(size, args.dtype)?;
+    let inputs = models::seed_inputs(size, args.dtype)?
+        .iter()
+        .map(|t| t.to_device(args.device))
+        .collect::<Result<Vec<_>>>()?;
 
     let activity_before = stream_activity();
     // Warm-up (the capture, in reduce-overhead mode): starts the side stream's worker and
