@@ -37,6 +37,7 @@ pub(crate) enum Work {
     },
     /// `to_device` across the host boundary: `input` on one side, `output` on the other.
     /// Only a device backend is handed one (the CPU backend never sees device memory).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     Copy {
         input: Arc<Buffer>,
         output: Arc<Buffer>,

@@ -27,6 +27,7 @@ pub(crate) trait DeviceMem: Send + Sync + fmt::Debug {
     /// The device the memory is on.
     fn device(&self) -> Device;
     /// For the owning backend to get its own type back.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     fn as_any(&self) -> &dyn std::any::Any;
 }
 
@@ -208,6 +209,7 @@ impl Buffer {
     }
 
     /// A buffer whose elements live in `mem` on a device.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn on_device(mem: Arc<dyn DeviceMem>) -> Buffer {
         Buffer {
             cell: OnceLock::new(),
@@ -216,6 +218,7 @@ impl Buffer {
     }
 
     /// The device memory, for a buffer on a device.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn device_mem(&self) -> Option<&Arc<dyn DeviceMem>> {
         self.device.as_ref()
     }
