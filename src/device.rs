@@ -2,6 +2,10 @@
 //!
 //! Owns [`Device`] (its names, parsing and display) and [`cuda_is_available`]. It knows nothing
 //! of streams or backends: `dispatch` picks the backend of an op from its operands' device.
+//! `probe` (the `cuda` feature) looks for the CUDA libraries before anything calls into them.
+
+#[cfg(feature = "cuda")]
+pub(crate) mod probe;
 
 use std::fmt;
 use std::str::FromStr;
@@ -64,7 +68,8 @@ impl FromStr for Device {
 }
 
 /// Whether a CUDA device can be used. Never panics; `false` where no driver or device exists
-/// (R10.9). This build has no CUDA backend yet, so it is always `false`.
+/// (R10.9): the driver library is probed with `dlopen` before any CUDA call. Always `false`
+/// in a build without the `cuda` feature.
 ///
 /// ```
 /// if !tagstream::cuda_is_available() {
@@ -74,7 +79,14 @@ impl FromStr for Device {
 /// # Ok::<(), tagstream::Error>(())
 /// ```
 pub fn cuda_is_available() -> bool {
-    false
+    #[cfg(feature = "cuda")]
+    {
+        probe::probe().is_ok()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
+    }
 }
 
 /// The error for a device no backend of this build can reach (R10.9, E18).

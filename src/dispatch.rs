@@ -28,13 +28,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backend::cpu::{Cpu, cpu};
+#[cfg(feature = "cuda")]
+use crate::backend::cuda::{self, Cuda, cuda};
 use crate::backend::{Backend, Inputs, Work};
 use crate::device::{self, Device};
 use crate::error::{Error, Result};
 use crate::graph::program::MemoryStats;
 use crate::graph::{Captured, Tracer};
 use crate::ops::op::Op;
-use crate::runtime::{MAIN, Position, StreamId, runtime};
+use crate::runtime::{Bound, MAIN, Position, StreamId, runtime};
 use crate::scope::stack::{
     SavedScopes, current_stream_id, restore_scopes, set_aside_scopes, take_pending_error,
 };
@@ -111,13 +113,199 @@ fn common_device(op: &str, inputs: &[&Tensor]) -> Result<Device> {
 pub(crate) fn op(validate: impl FnOnce() -> Result<Op>, inputs: &[&Tensor]) -> Result<Tensor> {
     take_pending_error()?;
     let op = validate()?;
-    let device = common_device(op.name(), inputs)?;
-    if let Some(traced) = with_tracer(|t| t.op(&op, inputs)) {
-        return traced;
+    if with_tracer(|_| ()).is_some() {
+        // In a capture, host-built constants go to the inputs' device (R10.7): only the
+        // other operands must agree.
+        let placed: Vec<&Tensor> = inputs
+            .iter()
+            .copied()
+            .filter(|t| !(t.device().is_cpu() && matches!(t.kind(), Kind::Eager { .. })))
+            .collect();
+        common_device(op.name(), &placed)?;
+        if let Some(traced) = with_tracer(|t| t.op(&op, inputs)) {
+            return traced;
+        }
     }
+    let device = common_device(op.name(), inputs)?;
     match device {
         Device::Cpu => eager_op(cpu(), device, op, inputs),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(n) => eager_op(cuda(n)?, device, op, inputs),
+        #[cfg(not(feature = "cuda"))]
         other => Err(device::no_gpu(other, op.name())),
+    }
+}
+
+// ---- devices under one logical stream (R10.2, R10.3) -----------------------------------------
+//
+// A logical stream may run entries on several devices. Each device keeps its own physical
+// stream, so FIFO order across devices is kept here: when a stream's next entry goes to another
+// device than its last one, the host waits (under the runtime lock, which no executing entry
+// needs) until the old device has executed the stream's earlier entries. Records go to the
+// stream's current device; a wait bound to a record on another device blocks the issuing host
+// until that record has completed and then enqueues a no-op wait. Until the first CUDA entry
+// nothing is tracked, so CPU-only programs take exactly the path they took before.
+
+/// Where a logical stream's entries went.
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    /// The device of its last entry.
+    last: Device,
+    /// Its last position enqueued on the CPU (`u64::MAX`: every position so far).
+    cpu_last: u64,
+}
+
+#[cfg(feature = "cuda")]
+static CUDA_USED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static ROUTES: std::sync::Mutex<Vec<Option<Route>>> = std::sync::Mutex::new(Vec::new());
+
+fn routes() -> std::sync::MutexGuard<'static, Vec<Option<Route>>> {
+    ROUTES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn cuda_used() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        CUDA_USED.load(Ordering::Acquire)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
+    }
+}
+
+fn route_of(stream: StreamId) -> Route {
+    if !cuda_used() {
+        return Route {
+            last: Device::Cpu,
+            cpu_last: u64::MAX,
+        };
+    }
+    routes().get(stream).copied().flatten().unwrap_or(Route {
+        last: Device::Cpu,
+        cpu_last: u64::MAX,
+    })
+}
+
+/// Blocks the host until `device` has executed entries `..=seq` of `stream` it was given.
+fn host_wait_on(device: Device, stream: StreamId, seq: u64, cpu_last: u64) {
+    match device {
+        Device::Cpu => cpu().host_wait(stream, seq.min(cpu_last)),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(n) => {
+            if let Ok(c) = cuda(n) {
+                c.host_wait(stream, seq);
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => {}
+    }
+}
+
+/// Entries `first..=last` of `stream` are about to go to `to` (called under the runtime lock).
+fn hop(stream: StreamId, first: u64, last: u64, to: Device) {
+    if to.is_cpu() && !cuda_used() {
+        return;
+    }
+    #[cfg(feature = "cuda")]
+    if !to.is_cpu() {
+        CUDA_USED.store(true, Ordering::Release);
+    }
+    let mut routes = routes();
+    if routes.len() <= stream {
+        routes.resize(stream + 1, None);
+    }
+    let r = routes[stream].get_or_insert(Route {
+        last: Device::Cpu,
+        cpu_last: u64::MAX,
+    });
+    if r.last != to {
+        let from = *r;
+        if from.last.is_cpu() {
+            r.cpu_last = first - 1;
+        }
+        r.last = to;
+        drop(routes);
+        host_wait_on(from.last, stream, first - 1, from.cpu_last);
+        routes = self::routes();
+    }
+    if to.is_cpu()
+        && let Some(Some(r)) = routes.get_mut(stream)
+    {
+        r.cpu_last = last;
+    }
+}
+
+/// The device holding the record at `(stream, seq)`, if it is a CUDA one still pending.
+fn record_device(stream: StreamId, seq: u64) -> Option<Device> {
+    #[cfg(feature = "cuda")]
+    if cuda_used() {
+        for c in cuda::created() {
+            if c.holds_record(stream, seq) {
+                return Some(c.device());
+            }
+        }
+    }
+    let _ = (stream, seq);
+    None
+}
+
+/// Enqueues a record on `at`'s stream, on the stream's current device.
+fn enqueue_record(at: crate::runtime::Issue<'_>, label: Label) -> Result<()> {
+    let device = route_of(at.stream).last;
+    hop(at.stream, at.seq, at.seq, device);
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(n) => cuda(n)?.enqueue(at, Work::Record { label }),
+        _ => cpu().enqueue(at, Work::Record { label }),
+    }
+}
+
+/// Enqueues a wait on `at`'s stream bound to `on`, on the stream's current device; a record on
+/// another device is waited for by the host first (R10.3).
+fn enqueue_wait(at: crate::runtime::Issue<'_>, on: Option<Bound>, label: Label) -> Result<()> {
+    let device = route_of(at.stream).last;
+    hop(at.stream, at.seq, at.seq, device);
+    let on = match on {
+        Some(b) if cuda_used() => {
+            let holder = record_device(b.stream, b.seq);
+            let src = route_of(b.stream);
+            match holder {
+                Some(d) if d == device => Some(b),
+                #[cfg(feature = "cuda")]
+                Some(Device::Cuda(n)) => {
+                    cuda(n)?.wait_record_on_host(b.stream, b.seq);
+                    None
+                }
+                // A record no device holds as pending: on the CPU, or a completed GPU one.
+                _ if b.seq > src.cpu_last => None,
+                _ if device.is_cpu() => Some(b),
+                _ => {
+                    cpu().host_wait(b.stream, b.seq);
+                    None
+                }
+            }
+        }
+        other => other,
+    };
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(n) => cuda(n)?.enqueue(at, Work::Wait { on, label }),
+        _ => cpu().enqueue(at, Work::Wait { on, label }),
+    }
+}
+
+/// Blocks the host until the entry at `p` has executed, whichever device ran it.
+fn host_wait_for(p: &Position) {
+    let r = route_of(p.stream);
+    cpu().host_wait(p.stream, p.seq.min(r.cpu_last));
+    #[cfg(feature = "cuda")]
+    if cuda_used() {
+        for c in cuda::created() {
+            if c.last_enqueued(p.stream) > 0 {
+                c.host_wait(p.stream, p.seq);
+            }
+        }
     }
 }
 
@@ -149,9 +337,10 @@ fn eager_op<B: Backend>(backend: &B, device: Device, op: Op, inputs: &[&Tensor])
     };
     let shape = op.out_shape.clone();
     let dtype = op.out_dtype;
-    let output = Arc::new(Buffer::pending());
+    let output = backend.new_output();
     let out = output.clone();
     let position = runtime().issue_op(current_stream_id(), name, &producers, |at| {
+        hop(at.stream, at.seq, at.seq, device);
         backend.enqueue(
             at,
             Work::Op {
@@ -177,8 +366,12 @@ pub(crate) fn to_vec_f32(t: &Tensor) -> Result<Vec<f32>> {
         Some(producer.map_or("host data".to_string(), |p| p.op.to_string())),
     )?;
     if let Some(p) = producer {
-        cpu().host_wait(p.stream, p.seq);
+        host_wait_for(p);
         runtime().host_saw(p);
+    }
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(n) = buffer.device() {
+        return cuda(n)?.to_vec_f32(buffer);
     }
     match buffer.get() {
         Some(Ok(data)) => Ok(data.to_f32_vec()),
@@ -198,6 +391,61 @@ pub(crate) fn to_device(t: &Tensor, device: Device) -> Result<Tensor> {
     if device == t.device() {
         return Ok(t.clone());
     }
+    // R10.7: a capture runs on one device.
+    if with_tracer(|_| ()).is_some() {
+        return Err(Error::DeviceMismatch {
+            op: "to_device (in a capture)".into(),
+            lhs: t.device(),
+            rhs: device,
+        });
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let (buffer, producer) = eager_parts("to_device", t)?;
+        let (gpu, output) = match (t.device(), device) {
+            (Device::Cpu, Device::Cuda(n)) => {
+                let c = cuda(n)?;
+                // The copy reads host memory when enqueued: its producer must have run.
+                if let Some(p) = producer {
+                    host_wait_for(p);
+                }
+                (c, c.new_output())
+            }
+            (Device::Cuda(n), Device::Cpu) => (cuda(n)?, Arc::new(Buffer::pending())),
+            (from, to) => {
+                return to_device(&to_device(t, Device::Cpu)?, to).map_err(|e| {
+                    if matches!(e, Error::NoGpu { .. }) {
+                        e
+                    } else {
+                        Error::DeviceMismatch {
+                            op: "to_device".into(),
+                            lhs: from,
+                            rhs: to,
+                        }
+                    }
+                });
+            }
+        };
+        let input = buffer.clone();
+        let out = output.clone();
+        let gpu_device = gpu.device();
+        let position = runtime().issue_op(
+            current_stream_id(),
+            "to_device",
+            &[producer.map(|p| &**p)],
+            |at| {
+                hop(at.stream, at.seq, at.seq, gpu_device);
+                gpu.enqueue(at, Work::Copy { input, output: out })
+            },
+        )?;
+        Ok(Tensor::from_buffer(
+            t.shape().to_vec(),
+            t.dtype(),
+            output,
+            Some(position),
+        ))
+    }
+    #[cfg(not(feature = "cuda"))]
     Err(device::no_gpu(device, "to_device"))
 }
 
@@ -209,7 +457,7 @@ pub(crate) fn record(event: u64, tag: &Arc<str>) -> Result<()> {
     }
     let label = Label::Tag(tag.clone());
     runtime().record(current_stream_id(), Some(event), |at| {
-        cpu().enqueue(at, Work::Record { label })
+        enqueue_record(at, label)
     })?;
     Ok(())
 }
@@ -222,7 +470,7 @@ pub(crate) fn wait(event: u64, tag: &Arc<str>) -> Result<()> {
     }
     let label = Label::Tag(tag.clone());
     runtime().wait(current_stream_id(), event, |at, on| {
-        cpu().enqueue(at, Work::Wait { on, label })
+        enqueue_wait(at, on, label)
     })
 }
 
@@ -236,13 +484,7 @@ pub(crate) fn record_stream(t: &Tensor, tag: &str) -> Result<()> {
 /// Issues a wait on `stream` bound to the entry at `on` (closure events, named `label`).
 fn wait_on(stream: StreamId, on: &Position, label: &'static str) -> Result<()> {
     runtime().wait_on(stream, on, |at, bound| {
-        cpu().enqueue(
-            at,
-            Work::Wait {
-                on: bound,
-                label: Label::Static(label),
-            },
-        )
+        enqueue_wait(at, bound, Label::Static(label))
     })
 }
 
@@ -298,14 +540,7 @@ pub(crate) fn scope_exit(stream: StreamId) {
         })
         .unwrap_or(false);
     if eager {
-        let join = runtime().record(stream, None, |at| {
-            cpu().enqueue(
-                at,
-                Work::Record {
-                    label: Label::Static("join"),
-                },
-            )
-        });
+        let join = runtime().record(stream, None, |at| enqueue_record(at, Label::Static("join")));
         let _ = MODE.try_with(|m| {
             if let Some(ThreadMode::EagerRun(run)) = &mut *m.borrow_mut() {
                 match join {
@@ -325,10 +560,17 @@ pub(crate) fn synchronize() -> Result<()> {
     refuse_in_capture("synchronize", None)?;
     let issued = runtime().issued();
     for &(stream, seq, _) in &issued {
-        cpu().host_wait(stream, seq);
+        cpu().host_wait(stream, seq.min(route_of(stream).cpu_last));
+        #[cfg(feature = "cuda")]
+        for c in cuda::created() {
+            c.host_wait(stream, seq);
+        }
     }
     runtime().host_saw_all(&issued);
-    match cpu().take_failure() {
+    let failure = cpu().take_failure();
+    #[cfg(feature = "cuda")]
+    let failure = failure.or_else(|| cuda::created().find_map(|c| c.take_failure()));
+    match failure {
         Some(e) => Err(e),
         None => Ok(()),
     }
@@ -340,7 +582,12 @@ pub(crate) fn stream_activity() -> Vec<(Arc<str>, u64, u64)> {
         .streams()
         .into_iter()
         .enumerate()
-        .map(|(id, (tag, issued))| (tag, issued, cpu().executed(id)))
+        .map(|(id, (tag, issued))| {
+            let executed = cpu().executed(id);
+            #[cfg(feature = "cuda")]
+            let executed = cuda::created().fold(executed, |e, c| e.max(c.executed(id)));
+            (tag, issued, executed)
+        })
         .collect()
 }
 
@@ -417,7 +664,15 @@ fn closure_result(
 #[derive(Debug)]
 pub(crate) struct CompiledGraph {
     captured: Captured,
-    exec: <Cpu as Backend>::Exec,
+    exec: Exec,
+}
+
+/// A program instantiated on the backend of its inputs' device.
+#[derive(Debug)]
+enum Exec {
+    Cpu(<Cpu as Backend>::Exec),
+    #[cfg(feature = "cuda")]
+    Cuda(&'static Cuda, <Cuda as Backend>::Exec),
 }
 
 impl CompiledGraph {
@@ -448,7 +703,11 @@ impl CompiledGraph {
     /// [`Error::ForeignGraphValue`] for a graph value passed as an input;
     /// [`Error::WorkerSpawn`]. Nothing is issued then.
     pub(crate) fn replay(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        replay_on(cpu(), &self.captured, &mut self.exec, inputs)
+        match &mut self.exec {
+            Exec::Cpu(exec) => replay_on(cpu(), &self.captured, exec, inputs),
+            #[cfg(feature = "cuda")]
+            Exec::Cuda(c, exec) => replay_on(*c, &self.captured, exec, inputs),
+        }
     }
 }
 
@@ -470,8 +729,14 @@ fn replay_on<B: Backend>(
     let program = captured.program();
     let replay = backend.prepare(exec, buffers);
     let outs: Vec<Arc<Buffer>> = B::outputs(&replay).to_vec();
+    let device = backend.device();
     let positions = program.issue_batch(&producers, |batch| {
-        runtime().issue_batch(batch, |at| backend.enqueue_replay(replay, at))
+        runtime().issue_batch(batch, |at| {
+            for (i, s) in at.iter().zip(&program.streams) {
+                hop(i.stream, i.seq + 1, i.seq + s.instrs.len() as u64, device);
+            }
+            backend.enqueue_replay(replay, at)
+        })
     })?;
     Ok(program.outputs(inputs, &outs, &positions))
 }
@@ -489,8 +754,14 @@ pub(crate) fn capture(
 ) -> Result<CompiledGraph> {
     static NEXT_GRAPH: AtomicU64 = AtomicU64::new(1);
     let refs: Vec<&Tensor> = inputs.iter().collect();
-    match common_device("Compiled::run (inputs)", &refs)? {
+    let device = common_device("Compiled::run (inputs)", &refs)?;
+    match device {
         Device::Cpu => {}
+        #[cfg(feature = "cuda")]
+        Device::Cuda(n) => {
+            cuda(n)?;
+        }
+        #[cfg(not(feature = "cuda"))]
         other => return Err(device::no_gpu(other, "Compiled::run")),
     }
     let id = NEXT_GRAPH.fetch_add(1, Ordering::Relaxed);
@@ -508,7 +779,14 @@ pub(crate) fn capture(
     };
     let graph = tracer.finish(closure_result(returned, open, pending))?;
     let captured = Captured::new(graph)?;
-    let exec = cpu().instantiate(captured.program().clone())?;
+    let exec = match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(n) => {
+            let c = cuda(n)?;
+            Exec::Cuda(c, c.instantiate(captured.program().clone())?)
+        }
+        _ => Exec::Cpu(cpu().instantiate(captured.program().clone())?),
+    };
     Ok(CompiledGraph { captured, exec })
 }
 

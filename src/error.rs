@@ -204,6 +204,19 @@ pub enum Error {
         what: String,
     },
 
+    /// E19: a CUDA driver, cuBLAS or NVRTC call failed.
+    #[error("CUDA: {call} failed with {code} during {op} on stream \"{stream}\"")]
+    Cuda {
+        /// The library call (`cuLaunchKernel`, `cublasGemmEx`, `nvrtcCompileProgram`, ...).
+        call: String,
+        /// The CUDA error name (`CUDA_ERROR_OUT_OF_MEMORY`, ...) or the compiler log.
+        code: String,
+        /// The op or runtime step that made the call.
+        op: String,
+        /// The stream's tag (`host` for calls made outside a stream).
+        stream: String,
+    },
+
     /// A call that needs this thread's tagstream state (a scope, a compiled call) was made
     /// from a thread-local destructor after that state was destroyed.
     #[error(

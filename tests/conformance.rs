@@ -45,6 +45,8 @@ conformance!(
     held_outputs_are_never_overwritten_r5_5,
     a_failure_poisons_only_what_depends_on_it_r3_12,
     to_device_round_trip_r10_4,
+    elementwise_bits_equal_the_cpu_backend_r10_8,
+    a_capture_stays_on_its_device_r10_7,
 );
 
 /// Host data moved to `dev`.
@@ -242,4 +244,98 @@ fn to_device_round_trip_r10_4(dev: Device) {
     // A device that does not exist is refused, never a panic (R10.9).
     let err = x.to_device(Device::Cuda(99)).unwrap_err();
     assert!(matches!(err, Error::NoGpu { .. }), "{err}");
+}
+
+/// R10.8: every elementwise op on `dev` gives the CPU backend's bits, over all f16 values (and
+/// their bf16 roundings) and random f32s including specials. On the CPU row both sides run on
+/// the CPU, so that row checks only that the CPU kernels are reproducible.
+fn elementwise_bits_equal_the_cpu_backend_r10_8(dev: Device) {
+    let all_f16: Vec<f32> = (0..=u16::MAX)
+        .map(|b| half::f16::from_bits(b).to_f32())
+        .collect();
+    let mut f32s: Vec<f32> = Tensor::randn(&[1 << 16], DType::F32, 77)
+        .unwrap()
+        .to_vec_f32()
+        .unwrap()
+        .into_iter()
+        .map(|x| x * 40.0)
+        .collect();
+    f32s[..8].copy_from_slice(&[
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        1e-40,
+        -1e-45,
+        88.7,
+    ]);
+    for (dtype, values) in [
+        (DType::F16, &all_f16),
+        (DType::BF16, &all_f16),
+        (DType::F32, &f32s),
+        (DType::F32, &all_f16),
+    ] {
+        let n = values.len();
+        let a_cpu = Tensor::from_vec(values.clone(), &[n], dtype).unwrap();
+        let rev: Vec<f32> = values.iter().rev().copied().collect();
+        let b_cpu = Tensor::from_vec(rev, &[n], dtype).unwrap();
+        let (a, b) = (on(dev, a_cpu.clone()), on(dev, b_cpu.clone()));
+        type Case = (&'static str, fn(&Tensor, &Tensor) -> Result<Tensor>);
+        let cases: [Case; 11] = [
+            ("add", |a, b| a.add(b)),
+            ("sub", |a, b| a.sub(b)),
+            ("mul", |a, b| a.mul(b)),
+            ("div", |a, b| a.div(b)),
+            ("relu", |a, _| a.relu()),
+            ("silu", |a, _| a.silu()),
+            ("gelu", |a, _| a.gelu()),
+            ("exp", |a, _| a.exp()),
+            ("to f32", |a, _| a.to_dtype(DType::F32)),
+            ("to f16", |a, _| a.to_dtype(DType::F16)),
+            ("to bf16", |a, _| a.to_dtype(DType::BF16)),
+        ];
+        for (name, f) in cases {
+            let want = tensor_bits(&f(&a_cpu, &b_cpu).unwrap());
+            let got = tensor_bits(&f(&a, &b).unwrap());
+            let bad = want.iter().zip(&got).position(|(w, g)| w != g);
+            assert!(
+                bad.is_none(),
+                "{name} on {dtype}: first difference at input {:e}: cpu {:08x}, {dev} {:08x}",
+                values[bad.unwrap()],
+                want[bad.unwrap()],
+                got[bad.unwrap()]
+            );
+        }
+    }
+}
+
+/// R10.7: a capture runs on its inputs' device: moving a value to another device inside it is
+/// refused with `DeviceMismatch`, while host-built constants are placed on the inputs' device.
+fn a_capture_stays_on_its_device_r10_7(dev: Device) {
+    let other = if dev.is_cpu() {
+        Device::Cuda(0)
+    } else {
+        Device::Cpu
+    };
+    let x = vec![randn(dev, &[4, 4], DType::F32, 50)];
+    let mut moves = compile(
+        move |x: &[Tensor]| -> Result<Vec<Tensor>> { Ok(vec![x[0].to_device(other)?]) },
+        ro(),
+    );
+    let err = moves.run(&x).unwrap_err();
+    assert!(matches!(err, Error::DeviceMismatch { .. }), "{err}");
+    let mut constant = compile(
+        |x: &[Tensor]| -> Result<Vec<Tensor>> {
+            let c = Tensor::full(&[4, 4], 2.0, DType::F32)?;
+            Ok(vec![x[0].mul(&c)?])
+        },
+        ro(),
+    );
+    for _ in 0..2 {
+        let out = constant.run(&x).unwrap();
+        assert_eq!(out[0].device(), dev);
+        let want: Vec<f32> = x[0].to_vec_f32().unwrap().iter().map(|v| v * 2.0).collect();
+        assert_eq!(out[0].to_vec_f32().unwrap(), want);
+    }
 }

@@ -112,6 +112,13 @@ struct RunArgs {
     /// (0..=1000000; past it a warning is printed on stderr).
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = parse_capture_limit, allow_negative_numbers = true)]
     capture_limit: u64,
+    /// Device the seed model runs on: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    device: tagstream::Device,
+}
+
+fn parse_device(s: &str) -> std::result::Result<tagstream::Device, String> {
+    s.parse::<tagstream::Device>().map_err(|e| e.to_string())
 }
 
 fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
@@ -195,7 +202,10 @@ fn run_seed_model(args: &RunArgs) -> Result<bool> {
         .mode(args.mode.mode())
         .capture_limit(capture_limit);
     let mut model = compile(models::seed_model(ev.clone(), side), config);
-    let inputs = models::seed_inputs(size, args.dtype)?;
+    let inputs = models::seed_inputs(size, args.dtype)?
+        .iter()
+        .map(|t| t.to_device(args.device))
+        .collect::<Result<Vec<_>>>()?;
     // Reduce-overhead mode also runs the model eagerly, timed in turns with the replays.
     let mut eager = (args.mode == ModeArg::ReduceOverhead).then(|| {
         compile(

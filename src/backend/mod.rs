@@ -8,9 +8,11 @@
 //! [`Program`](crate::graph::program::Program). It never decides ordering (that is `runtime`)
 //! and never sees scopes, capture modes or tensors (that is `dispatch`).
 //!
-//! Backends: [`cpu`] (always built). A CUDA backend plugs in behind the same trait.
+//! Backends: [`cpu`] (always built) and `cuda` (the `cuda` feature, on by default).
 
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 use std::fmt;
 use std::sync::Arc;
@@ -31,6 +33,13 @@ pub(crate) enum Work {
     Op {
         op: Op,
         inputs: Inputs,
+        output: Arc<Buffer>,
+    },
+    /// `to_device` across the host boundary: `input` on one side, `output` on the other.
+    /// Only a device backend is handed one (the CPU backend never sees device memory).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    Copy {
+        input: Arc<Buffer>,
         output: Arc<Buffer>,
     },
     /// A record: executing it is what publishes the stream's progress to its waiters.
@@ -65,6 +74,11 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
 
     /// The device this backend runs on.
     fn device(&self) -> Device;
+
+    /// A pending buffer for an op's output on this backend's device.
+    fn new_output(&self) -> Arc<Buffer> {
+        Arc::new(Buffer::pending())
+    }
 
     /// Enqueues `work` at `at` (the next position of `at.stream`), opening the stream's
     /// physical stream on first use. Called under the runtime's lock.

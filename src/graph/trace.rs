@@ -113,6 +113,7 @@ impl Tracer {
             graph_inputs.push(Tensor::graph_value(
                 x.shape().to_vec(),
                 x.dtype(),
+                x.device(),
                 id,
                 value,
                 "copy_in",
@@ -255,9 +256,16 @@ impl Tracer {
             write,
             uses: Vec::new(),
         });
+        // A capture runs on its inputs' device (R10.7); `dispatch` checked the operands.
+        let device = inputs
+            .iter()
+            .map(|t| t.device())
+            .find(|d| !d.is_cpu())
+            .unwrap_or_default();
         Ok(Tensor::graph_value(
             op.out_shape.clone(),
             op.out_dtype,
+            device,
             self.id,
             output,
             op.name(),

@@ -130,7 +130,8 @@ impl Tensor {
         &self.inner.kind
     }
 
-    /// A tensor with a ready buffer or one that `producer` fills.
+    /// A tensor with a ready buffer or one that `producer` fills; it lives on the buffer's
+    /// device.
     pub(crate) fn from_buffer(
         shape: Vec<usize>,
         dtype: DType,
@@ -141,7 +142,7 @@ impl Tensor {
             inner: Arc::new(Inner {
                 shape,
                 dtype,
-                device: Device::Cpu,
+                device: buffer.device(),
                 kind: Kind::Eager { buffer, producer },
             }),
         }
@@ -151,6 +152,7 @@ impl Tensor {
     pub(crate) fn graph_value(
         shape: Vec<usize>,
         dtype: DType,
+        device: Device,
         graph: u64,
         value: usize,
         op: &'static str,
@@ -159,7 +161,7 @@ impl Tensor {
             inner: Arc::new(Inner {
                 shape,
                 dtype,
-                device: Device::Cpu,
+                device,
                 kind: Kind::Graph { graph, value, op },
             }),
         }

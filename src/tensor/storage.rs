@@ -12,12 +12,24 @@
 //! torn value. The cost is one acquire load per access. Tensors are immutable (R3.7), so a
 //! buffer is never written twice.
 
-use std::sync::OnceLock;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use half::{bf16, f16};
 
+use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::Error;
+
+/// Elements that live in a device's memory (a CUDA allocation). The CPU paths never see one:
+/// a buffer with device memory is only handed to the backend of that device.
+pub(crate) trait DeviceMem: Send + Sync + fmt::Debug {
+    /// The device the memory is on.
+    fn device(&self) -> Device;
+    /// For the owning backend to get its own type back.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn as_any(&self) -> &dyn std::any::Any;
+}
 
 /// An owned array of elements of one dtype.
 #[derive(Debug, Clone, PartialEq)]
@@ -182,6 +194,9 @@ impl DataMut<'_> {
 #[derive(Debug, Default)]
 pub(crate) struct Buffer {
     cell: OnceLock<Result<Data, Error>>,
+    /// Device memory for a tensor on a GPU (`None` on the host). The cell then holds only a
+    /// failure, or `Ok` of an empty `Data` once the producer has been enqueued.
+    device: Option<Arc<dyn DeviceMem>>,
 }
 
 impl Buffer {
@@ -189,7 +204,28 @@ impl Buffer {
     pub(crate) fn pending() -> Buffer {
         Buffer {
             cell: OnceLock::new(),
+            device: None,
         }
+    }
+
+    /// A buffer whose elements live in `mem` on a device.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn on_device(mem: Arc<dyn DeviceMem>) -> Buffer {
+        Buffer {
+            cell: OnceLock::new(),
+            device: Some(mem),
+        }
+    }
+
+    /// The device memory, for a buffer on a device.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn device_mem(&self) -> Option<&Arc<dyn DeviceMem>> {
+        self.device.as_ref()
+    }
+
+    /// Where the elements are.
+    pub(crate) fn device(&self) -> Device {
+        self.device.as_ref().map_or(Device::Cpu, |m| m.device())
     }
 
     /// A buffer that is ready from the start (host-built tensors, R3.6).
@@ -197,7 +233,7 @@ impl Buffer {
         let cell = OnceLock::new();
         // A fresh cell is empty, so this set cannot fail.
         let _ = cell.set(Ok(data));
-        Buffer { cell }
+        Buffer { cell, device: None }
     }
 
     /// Publishes the producing entry's result (with release ordering, through `OnceLock`).

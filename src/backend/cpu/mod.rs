@@ -125,6 +125,13 @@ impl Backend for Cpu {
         let task = match work {
             Work::Op { op, inputs, output } => Task::Op { op, inputs, output },
             Work::Record { label } => Task::Record { label },
+            Work::Copy { .. } => {
+                return Err(Error::ExecutionFailed {
+                    op: "to_device".into(),
+                    stream: at.tag.to_string(),
+                    message: "internal error: a device copy handed to the CPU backend".into(),
+                });
+            }
             Work::Wait { on, label } => {
                 let on = match on {
                     Some(b) => Some((
