@@ -64,6 +64,30 @@ impl Inputs {
     }
 }
 
+/// The failures a backend's streams report while nobody waits for them: `synchronize` takes
+/// the earliest one and clears the rest (R3.12).
+#[derive(Debug, Default)]
+pub(crate) struct Failures(std::sync::Mutex<Vec<Error>>);
+
+impl Failures {
+    fn list(&self) -> std::sync::MutexGuard<'_, Vec<Error>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reports a failure.
+    pub(crate) fn report(&self, error: Error) {
+        self.list().push(error);
+    }
+
+    /// The earliest failure reported since the last call, if any; forgets the others.
+    pub(crate) fn take_first(&self) -> Option<Error> {
+        let mut list = self.list();
+        let first = (!list.is_empty()).then(|| list.swap_remove(0));
+        list.clear();
+        first
+    }
+}
+
 /// A machine that executes the runtime's entries and replays programs.
 pub(crate) trait Backend: Send + Sync + fmt::Debug {
     /// A [`Program`] made ready to replay on this backend (CPU: an arena and per-stream

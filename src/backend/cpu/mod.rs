@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use self::replay::{CpuExec, CpuReplay};
 use self::signal::Progress;
 use self::worker::{CoreSplit, Entry, FailureSink, Task, WorkerShared};
-use super::{Backend, Work};
+use super::{Backend, Failures, Work};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::graph::program::Program;
@@ -34,7 +34,7 @@ pub(crate) struct Cpu {
     /// Physical stream of each logical stream id, `None` until its first entry.
     streams: Mutex<Vec<Option<Arc<WorkerShared>>>>,
     split: CoreSplit,
-    failures: Mutex<Vec<Error>>,
+    failures: Failures,
 }
 
 /// The CPU backend, created on first use.
@@ -45,7 +45,7 @@ pub(crate) fn cpu() -> &'static Cpu {
         Cpu {
             streams: Mutex::default(),
             split: CoreSplit::new(),
-            failures: Mutex::default(),
+            failures: Failures::default(),
         }
     })
 }
@@ -56,7 +56,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl FailureSink for Cpu {
     fn report(&self, error: Error) {
-        lock(&self.failures).push(error);
+        self.failures.report(error);
     }
 }
 
@@ -160,13 +160,7 @@ impl Backend for Cpu {
     }
 
     fn take_failure(&self) -> Option<Error> {
-        let mut failures = lock(&self.failures);
-        if failures.is_empty() {
-            return None;
-        }
-        let first = failures.remove(0);
-        failures.clear();
-        Some(first)
+        self.failures.take_first()
     }
 
     fn instantiate(&self, program: Arc<Program>) -> Result<CpuExec> {

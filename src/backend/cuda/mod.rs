@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::{CudaContext, DriverError, result as drv, sys};
 
-use super::{Backend, Work};
+use super::{Backend, Failures, Work};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -142,7 +142,7 @@ pub(crate) struct Cuda {
     arch: &'static str,
     streams: Mutex<Vec<Option<Arc<PhysStream>>>>,
     kernels: OnceLock<Result<Kernels>>,
-    failures: Mutex<Vec<Error>>,
+    failures: Failures,
 }
 
 /// Device memory of one tensor: allocated when its producer is enqueued.
@@ -238,7 +238,7 @@ impl Cuda {
             arch,
             streams: Mutex::default(),
             kernels: OnceLock::new(),
-            failures: Mutex::default(),
+            failures: Failures::default(),
         })
     }
 
@@ -349,7 +349,7 @@ impl Cuda {
     }
 
     fn report(&self, e: Error) {
-        lock(&self.failures).push(e);
+        self.failures.report(e);
     }
 
     /// The event that completes position `seq` of `stream`, if a record of this backend covers
@@ -1076,13 +1076,7 @@ impl Backend for Cuda {
     }
 
     fn take_failure(&self) -> Option<Error> {
-        let mut failures = lock(&self.failures);
-        if failures.is_empty() {
-            return None;
-        }
-        let first = failures.remove(0);
-        failures.clear();
-        Some(first)
+        self.failures.take_first()
     }
 
     fn instantiate(&self, program: Arc<Program>) -> Result<CudaExec> {
