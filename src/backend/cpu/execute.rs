@@ -82,10 +82,22 @@ pub(crate) fn execute(
             }
         }
     }
-    let views: Vec<DataRef<'_>> = views.into_iter().flatten().collect();
+    // The operands on the stack: the worker allocates only the output.
+    let (pair, single);
+    let views: &[DataRef<'_>] = match views {
+        [Some(a), Some(b)] => {
+            pair = [a, b];
+            &pair
+        }
+        [Some(a), None] => {
+            single = [a];
+            &single
+        }
+        _ => &[],
+    };
     let mut out =
         Data::try_zeroed(op.out_dtype, op.out_len()).ok_or_else(|| out_of_memory(op, stream))?;
-    run_kernel(stream, op, &views, out.view_mut(), threads)?;
+    run_kernel(stream, op, views, out.view_mut(), threads)?;
     Ok(out)
 }
 

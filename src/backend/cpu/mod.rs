@@ -16,6 +16,7 @@ mod signal;
 mod sync;
 mod worker;
 
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use self::replay::{CpuExec, CpuReplay};
@@ -93,6 +94,47 @@ impl Cpu {
         Ok(shared)
     }
 
+    /// Runs `f` on the worker of `stream` (started on first use). The issuing thread keeps its
+    /// own table of the workers it has issued to, so the eager issue path takes no lock and
+    /// touches no reference count here; workers are never removed, so an entry never goes
+    /// stale.
+    fn with_worker<R>(
+        &self,
+        stream: StreamId,
+        tag: &Arc<str>,
+        f: impl FnOnce(&WorkerShared) -> R,
+    ) -> Result<R> {
+        thread_local! {
+            static WORKERS: RefCell<Vec<Option<Arc<WorkerShared>>>> = const { RefCell::new(Vec::new()) };
+        }
+        let mut f = Some(f);
+        let hit = WORKERS.try_with(|cache| {
+            let cache = cache.borrow();
+            let w = cache.get(stream)?.as_ref()?;
+            f.take().map(|f| f(w))
+        });
+        if let Ok(Some(r)) = hit {
+            return Ok(r);
+        }
+        let worker = self.worker(stream, tag)?;
+        // `try_with`: on a thread whose locals are gone the lookup simply is not cached.
+        let _ = WORKERS.try_with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.len() <= stream {
+                cache.resize(stream + 1, None);
+            }
+            cache[stream] = Some(worker.clone());
+        });
+        match f.take() {
+            Some(f) => Ok(f(&worker)),
+            None => Err(Error::ExecutionFailed {
+                op: "enqueue".into(),
+                stream: tag.to_string(),
+                message: "internal error: the worker callback ran twice".into(),
+            }),
+        }
+    }
+
     /// The progress counter of `stream`, if its worker exists.
     fn progress(&self, stream: StreamId) -> Option<Arc<Progress>> {
         lock(&self.streams)
@@ -121,7 +163,6 @@ impl Backend for Cpu {
     }
 
     fn enqueue(&self, at: Issue<'_>, work: Work) -> Result<()> {
-        let worker = self.worker(at.stream, at.tag)?;
         let task = match work {
             Work::Op { op, inputs, output } => Task::Op { op, inputs, output },
             Work::Record { label } => Task::Record { label },
@@ -135,7 +176,7 @@ impl Backend for Cpu {
             Work::Wait { on, label } => {
                 let on = match on {
                     Some(b) => Some((
-                        self.worker(b.stream, &b.tag)?.progress.clone(),
+                        self.with_worker(b.stream, &b.tag, |w| w.progress.clone())?,
                         b.seq,
                         b.tag,
                     )),
@@ -144,8 +185,9 @@ impl Backend for Cpu {
                 Task::Wait { on, label }
             }
         };
-        worker.queue.push(Entry { seq: at.seq, task });
-        Ok(())
+        self.with_worker(at.stream, at.tag, |w| {
+            w.queue.push(Entry { seq: at.seq, task })
+        })
     }
 
     fn host_wait(&self, stream: StreamId, seq: u64) {

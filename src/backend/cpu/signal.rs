@@ -13,8 +13,11 @@
 //! 2. Spin with [`Backoff`]: doubling pause hints, then a few yields.
 //! 3. Park: under `lock`, register in `sleepers`, re-check `done`, and `Condvar::wait` in a
 //!    loop (wake-ups may be spurious).
-//! 4. The publisher stores `done`, then pays for a wake-up only if `sleepers != 0`; it takes and
-//!    drops `lock` before notifying.
+//! 4. The publisher stores `done`, then pays for a wake-up only if `sleepers != 0` and the new
+//!    position reaches `wake_at`, the smallest position a parked waiter waits for; it takes
+//!    `lock`, resets `wake_at`, drops `lock` and notifies. Without `wake_at`, a host waiting for
+//!    the end of a long backlog (`to_vec_f32` after 100k queued ops) was woken by every publish,
+//!    and each of those futex wake-ups slowed the worker it waited for.
 //!
 //! # Memory ordering, and why no wake-up is lost
 //! `done` is stored by the worker after the entry's effects (its output `OnceLock` is set before),
@@ -26,16 +29,39 @@
 //! holds until `Condvar::wait` atomically releases it) and notifies a waiter that is already
 //! waiting; or (b) it comes before, so the waiter's later load of `done` sees the store and it
 //! never sleeps. Either way the waiter cannot sleep through the store.
+//!
+//! `wake_at` keeps this. The waiter lowers it to its `k` (`fetch_min`, SeqCst) after the
+//! increment and before its load of `done`, while holding `lock`; the publisher loads it after
+//! `sleepers`. In case (a) the publisher's load of `wake_at` also follows the waiter's
+//! `fetch_min`, so it sees a value `≤ k` and wakes whenever it publishes a position `≥ k`. A
+//! reset to `u64::MAX` happens only under `lock`, so only while every registered waiter is
+//! inside `Condvar::wait`, and the `notify_all` that follows wakes them all: each re-registers
+//! its `k` under `lock` before it checks `done` and sleeps again.
 
 use super::sync::{AtomicU64, AtomicUsize, Backoff, Condvar, Mutex, Ordering, lock, wait};
 
 /// The executed-entry counter of one stream, with spin-then-park waiting.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Progress {
     done: AtomicU64,
     sleepers: AtomicUsize,
+    /// The smallest position a parked waiter waits for (`u64::MAX`: none registered since the
+    /// last wake-up). A publish below it wakes nobody.
+    wake_at: AtomicU64,
     lock: Mutex<()>,
     cv: Condvar,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            done: AtomicU64::new(0),
+            sleepers: AtomicUsize::new(0),
+            wake_at: AtomicU64::new(u64::MAX),
+            lock: Mutex::new(()),
+            cv: Condvar::new(),
+        }
+    }
 }
 
 impl Progress {
@@ -43,7 +69,7 @@ impl Progress {
     #[inline]
     pub(crate) fn publish(&self, k: u64) {
         self.done.store(k, Ordering::SeqCst);
-        if self.sleepers.load(Ordering::SeqCst) != 0 {
+        if self.sleepers.load(Ordering::SeqCst) != 0 && k >= self.wake_at.load(Ordering::SeqCst) {
             self.wake_all();
         }
     }
@@ -51,8 +77,10 @@ impl Progress {
     #[cold]
     fn wake_all(&self) {
         // Taking the lock orders this notify after any waiter that registered has started
-        // waiting (see the module docs).
-        drop(lock(&self.lock));
+        // waiting (see the module docs); every waiter re-registers its position when it wakes.
+        let guard = lock(&self.lock);
+        self.wake_at.store(u64::MAX, Ordering::SeqCst);
+        drop(guard);
         self.cv.notify_all();
     }
 
@@ -81,7 +109,11 @@ impl Progress {
         }
         let mut guard = lock(&self.lock);
         self.sleepers.fetch_add(1, Ordering::SeqCst);
-        while self.done.load(Ordering::SeqCst) < k {
+        loop {
+            self.wake_at.fetch_min(k, Ordering::SeqCst);
+            if self.done.load(Ordering::SeqCst) >= k {
+                break;
+            }
             guard = wait(&self.cv, guard);
         }
         self.sleepers.fetch_sub(1, Ordering::SeqCst);
