@@ -1,19 +1,20 @@
-//! Readable views of a finished graph: a one-line-per-stream text dump and Graphviz DOT.
+//! Readable views of a captured program: a one-line-per-stream text dump and Graphviz DOT.
 //!
-//! Owns formatting only; it reads [`Graph`] and changes nothing.
+//! Owns formatting only; it reads a [`Program`] and changes nothing. (The program, not the
+//! tracer's IR, is what a kept graph holds: the IR is dropped once lowered.)
 
 use std::fmt::Write;
 
-use super::ir::{EntryKind, Graph};
+use super::program::{Instr, Program};
 
 /// One line per stream, main first: `"tag": entry, entry, ...` (semantics §8 notation).
-pub(crate) fn text(graph: &Graph) -> String {
-    graph
+pub(crate) fn text(program: &Program) -> String {
+    program
         .streams
         .iter()
         .map(|s| {
-            let entries: Vec<String> = s.entries.iter().map(EntryKind::label).collect();
-            format!("{:?}: {}", s.tag, entries.join(", "))
+            let entries: Vec<String> = s.instrs.iter().map(Instr::label).collect();
+            format!("{:?}: {}", &*s.tag, entries.join(", "))
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -21,30 +22,32 @@ pub(crate) fn text(graph: &Graph) -> String {
 
 /// Graphviz DOT: one cluster per stream; solid edges for stream order, dashed edges from each
 /// record to the waits bound to it.
-pub(crate) fn dot(graph: &Graph) -> String {
+pub(crate) fn dot(program: &Program) -> String {
     let mut out =
         String::from("digraph tagstream {\n  rankdir=LR;\n  node [shape=box, fontsize=10];\n");
-    for (si, s) in graph.streams.iter().enumerate() {
+    for (si, s) in program.streams.iter().enumerate() {
         let _ = writeln!(
             out,
             "  subgraph cluster_{si} {{\n    label={:?};",
-            format!("stream {:?}", s.tag)
+            format!("stream {:?}", &*s.tag)
         );
-        for (i, e) in s.entries.iter().enumerate() {
+        for (i, e) in s.instrs.iter().enumerate() {
             let _ = writeln!(out, "    n{si}_{} [label={:?}];", i + 1, e.label());
         }
-        for i in 1..s.entries.len() {
+        for i in 1..s.instrs.len() {
             let _ = writeln!(out, "    n{si}_{i} -> n{si}_{};", i + 1);
         }
         out.push_str("  }\n");
     }
-    for (r, e) in graph.entries() {
-        if let EntryKind::Wait { bound: Some(b), .. } = e {
-            let _ = writeln!(
-                out,
-                "  n{}_{} -> n{}_{} [style=dashed, color=blue];",
-                b.stream, b.pos, r.stream, r.pos
-            );
+    for (si, s) in program.streams.iter().enumerate() {
+        for (i, e) in s.instrs.iter().enumerate() {
+            if let Instr::Wait { stream, pos, .. } = e {
+                let _ = writeln!(
+                    out,
+                    "  n{stream}_{pos} -> n{si}_{} [style=dashed, color=blue];",
+                    i + 1
+                );
+            }
         }
     }
     out.push_str("}\n");

@@ -68,22 +68,18 @@ pub(crate) enum EntryKind {
     },
 }
 
-impl EntryKind {
-    /// The entry's short name, as `graph_dump` prints it.
-    pub(crate) fn label(&self) -> String {
-        let event = |e: &EventName| match e {
-            EventName::Fork => "fork".to_string(),
-            EventName::Join(n) => format!("join{n}"),
-            EventName::User { tag, .. } => format!("{tag:?}"),
-        };
+impl std::fmt::Display for EventName {
+    /// As the graph dump writes it: `fork`, `join1`, `"66"`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            EntryKind::CopyIn { input, .. } => format!("copy_in({input})"),
-            EntryKind::Op { op, .. } => op.name().to_string(),
-            EntryKind::Record { event: e } => format!("record({})", event(e)),
-            EntryKind::Wait { event: e, .. } => format!("wait({})", event(e)),
+            EventName::Fork => f.write_str("fork"),
+            EventName::Join(n) => write!(f, "join{n}"),
+            EventName::User { tag, .. } => write!(f, "{tag:?}"),
         }
     }
+}
 
+impl EntryKind {
     /// The name used in error messages and positions.
     pub(crate) fn name(&self) -> &'static str {
         match self {
@@ -193,19 +189,5 @@ impl Graph {
             at.pos,
             self.streams[at.stream].tag
         )
-    }
-
-    /// Records and waits in the graph (for the R4.4 counts).
-    #[cfg(test)]
-    pub(crate) fn event_counts(&self) -> (usize, usize) {
-        let mut counts = (0, 0);
-        for (_, e) in self.entries() {
-            match e {
-                EntryKind::Record { .. } => counts.0 += 1,
-                EntryKind::Wait { .. } => counts.1 += 1,
-                _ => {}
-            }
-        }
-        counts
     }
 }

@@ -26,10 +26,10 @@ use self::program::Program;
 pub(crate) use self::trace::Tracer;
 use crate::error::Result;
 
-/// A captured graph: its IR (for dumps) and its program.
+/// A captured graph: its program (the IR is dropped once lowered, so a kept graph costs only
+/// what replay and the dumps need).
 #[derive(Debug)]
 pub(crate) struct Captured {
-    graph: Graph,
     program: Arc<Program>,
 }
 
@@ -42,7 +42,7 @@ impl Captured {
     pub(crate) fn new(graph: Graph) -> Result<Captured> {
         check::acyclic(&graph)?;
         let program = Arc::new(Program::lower(&graph)?);
-        Ok(Captured { graph, program })
+        Ok(Captured { program })
     }
 
     /// The program, for a backend to instantiate.
@@ -52,12 +52,12 @@ impl Captured {
 
     /// See `Compiled::graph_dump`.
     pub(crate) fn dump(&self) -> String {
-        dump::text(&self.graph)
+        dump::text(&self.program)
     }
 
     /// See `Compiled::graph_dot`.
     pub(crate) fn dot(&self) -> String {
-        dump::dot(&self.graph)
+        dump::dot(&self.program)
     }
 
     pub(crate) fn memory_stats(&self) -> MemoryStats {
@@ -67,6 +67,6 @@ impl Captured {
     /// Records and waits in the graph, closure events included (R4.4 counts).
     #[cfg(test)]
     pub(crate) fn event_counts(&self) -> (usize, usize) {
-        self.graph.event_counts()
+        self.program.event_counts()
     }
 }

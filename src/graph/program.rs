@@ -9,7 +9,8 @@
 
 use std::sync::Arc;
 
-use super::ir::{EntryKind, EntryRef, EventName, Graph, Operand, Output};
+pub(crate) use super::ir::EventName;
+use super::ir::{EntryKind, EntryRef, Graph, Operand, Output};
 use super::memory::{ClockOracle, ValueLife, too_large, total_bytes, try_plan_memory};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -34,47 +35,47 @@ pub struct MemoryStats {
     pub output_bytes: usize,
 }
 
-/// Where a value's elements sit in the arena: a byte offset, a shape and element strides.
+/// The shape and element strides of a view that is not dense row-major.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Strided {
+    pub(crate) shape: Box<[usize]>,
+    pub(crate) strides: Box<[usize]>,
+}
+
+/// Where a value's elements sit in the arena: a byte offset, a length, and a layout.
 ///
-/// Shape and strides are shared (`Arc`) by every use of a value, so a view costs no allocation
-/// per instruction. Strides let later ops (reshape, transpose) be copy-free views; the values
-/// the tracer makes today are all contiguous.
+/// A dense row-major value (every value the tracer makes today) needs no more: its shape is
+/// its writer's output shape. `strided` carries the shape and strides of a copy-free view
+/// (reshape, transpose) over bytes of another value; a view is 32 bytes and allocates nothing
+/// when dense, so a kept program costs little per value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct View {
-    /// The graph value the view holds (the index of its poison state in a replay, R3.12).
-    pub(crate) value: usize,
     /// Byte offset in the arena.
     pub(crate) offset: usize,
-    pub(crate) dtype: DType,
     /// Number of elements.
     pub(crate) len: usize,
-    pub(crate) shape: Arc<[usize]>,
-    /// Element strides, one per dimension.
-    pub(crate) strides: Arc<[usize]>,
+    pub(crate) dtype: DType,
+    /// `None`: dense row-major.
+    pub(crate) strided: Option<Arc<Strided>>,
 }
 
 impl View {
-    fn contiguous(value: usize, offset: usize, dtype: DType, shape: &[usize]) -> View {
-        let mut strides = vec![0; shape.len()];
-        let mut step = 1usize;
-        for (s, &d) in strides.iter_mut().zip(shape).rev() {
-            *s = step;
-            step = step.saturating_mul(d);
-        }
+    fn dense(offset: usize, len: usize, dtype: DType) -> View {
         View {
-            value,
             offset,
+            len,
             dtype,
-            len: shape.iter().product(),
-            shape: shape.into(),
-            strides: strides.into(),
+            strided: None,
         }
     }
 
     /// Whether the view is dense and row-major (what the CPU kernels read and write).
     pub(crate) fn is_contiguous(&self) -> bool {
+        let Some(st) = &self.strided else {
+            return true;
+        };
         let mut step = 1usize;
-        for (&s, &d) in self.strides.iter().zip(self.shape.iter()).rev() {
+        for (&s, &d) in st.strides.iter().zip(st.shape.iter()).rev() {
             if d != 1 && s != step {
                 return false;
             }
@@ -91,51 +92,113 @@ impl View {
     }
 }
 
+/// A graph value (its index in [`Program::views`]).
+pub(crate) type ValueId = usize;
+
 /// Where an operand or result lives during a replay.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Loc {
-    Arena(View),
+    /// Arena value `v` (its view is `Program::views[v]`; `v` also indexes its poison state in
+    /// a replay, R3.12).
+    Arena(ValueId),
     /// Output slot `i` of the replay (outputs never live in the arena, R5.5).
     Out(usize),
     /// Constant `i` of the program.
     Const(usize),
 }
 
+/// The operands of an op: one or two, inline.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Operands {
+    locs: [Loc; 2],
+    len: u8,
+}
+
+impl Operands {
+    fn new(locs: &[Loc]) -> Option<Operands> {
+        match *locs {
+            [a] => Some(Operands {
+                locs: [a, a],
+                len: 1,
+            }),
+            [a, b] => Some(Operands {
+                locs: [a, b],
+                len: 2,
+            }),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[Loc] {
+        &self.locs[..usize::from(self.len)]
+    }
+}
+
 /// One entry of a program stream.
 #[derive(Debug)]
 pub(crate) enum Instr {
-    /// Copy call input `input` into its arena view (R5.2).
+    /// Copy call input `input` into arena value `dst` (R5.2).
     CopyIn {
         input: usize,
-        dst: View,
+        dst: ValueId,
     },
     Op {
         op: Op,
-        inputs: Vec<Loc>,
+        inputs: Operands,
         dst: Loc,
     },
     /// The stream's progress up to this entry is published: the record fires.
     Record {
-        label: Label,
+        event: EventName,
     },
     /// Block until program stream `stream` has executed its entry `pos` of this replay.
     Wait {
         stream: usize,
         pos: u64,
-        label: Label,
+        event: EventName,
     },
 }
 
 impl Instr {
     /// The entry's kind and name, for timelines.
     pub(crate) fn span(&self) -> (SpanKind, Label) {
+        let label = |e: &EventName| match e {
+            EventName::Fork => Label::Static("fork"),
+            EventName::Join(_) => Label::Static("join"),
+            EventName::User { tag, .. } => Label::Tag(tag.clone()),
+        };
         match self {
             Instr::CopyIn { .. } => (SpanKind::CopyIn, Label::Static("copy_in")),
             Instr::Op { op, .. } => (SpanKind::Op, Label::Static(op.name())),
-            Instr::Record { label } => (SpanKind::Record, label.clone()),
-            Instr::Wait { label, .. } => (SpanKind::Wait, label.clone()),
+            Instr::Record { event } => (SpanKind::Record, label(event)),
+            Instr::Wait { event, .. } => (SpanKind::Wait, label(event)),
         }
     }
+
+    /// The entry as the graph dump writes it: `copy_in(0)`, `matmul`, `record("66")`,
+    /// `wait(join1)`.
+    pub(crate) fn label(&self) -> String {
+        match self {
+            Instr::CopyIn { input, .. } => format!("copy_in({input})"),
+            Instr::Op { op, .. } => op.name().to_string(),
+            Instr::Record { event } => format!("record({event})"),
+            Instr::Wait { event, .. } => format!("wait({event})"),
+        }
+    }
+}
+
+/// A graph-local vector clock as its non-zero components `(program stream, position)`: an
+/// entry usually depends on a few streams, so a kept program's clocks cost what they say, not
+/// 8 bytes per stream of the graph.
+pub(crate) type SparseClock = Box<[(usize, u64)]>;
+
+fn sparse(dense: &[u64]) -> SparseClock {
+    dense
+        .iter()
+        .enumerate()
+        .filter(|&(_, &v)| v > 0)
+        .map(|(t, &v)| (t, v))
+        .collect()
 }
 
 /// One stream's part of a program.
@@ -145,7 +208,7 @@ pub(crate) struct ProgramStream {
     pub(crate) tag: Arc<str>,
     pub(crate) instrs: Vec<Instr>,
     /// Graph-local clock of the last entry (for the R5.8 clock update).
-    pub(crate) last_clock: Vec<u64>,
+    pub(crate) last_clock: SparseClock,
 }
 
 /// An output slot's metadata and the entry that writes it.
@@ -154,7 +217,7 @@ pub(crate) struct OutMeta {
     pub(crate) shape: Vec<usize>,
     pub(crate) dtype: DType,
     at: EntryRef,
-    clock: Vec<u64>,
+    clock: SparseClock,
     op: &'static str,
 }
 
@@ -170,8 +233,8 @@ pub(crate) struct Program {
     pub(crate) streams: Vec<ProgramStream>,
     /// Bytes of the one arena every `Loc::Arena` view lives in.
     pub(crate) arena_bytes: usize,
-    /// Number of graph values (views name them by index).
-    pub(crate) values: usize,
+    /// The view of each graph value in the arena (`None` for values that are outputs).
+    pub(crate) views: Vec<Option<View>>,
     /// Constants read by the graph (tensors made outside it, R4.8).
     pub(crate) consts: Vec<Tensor>,
     /// The output slots, each written by one entry.
@@ -181,7 +244,7 @@ pub(crate) struct Program {
     /// Output value → output slot.
     out_slot_of: Vec<Option<usize>>,
     /// The last record of each user event: (event id, entry, its clock).
-    records: Vec<(u64, EntryRef, Vec<u64>)>,
+    records: Vec<(u64, EntryRef, SparseClock)>,
     stats: MemoryStats,
 }
 
@@ -190,14 +253,6 @@ fn internal(message: String) -> Error {
         op: "capture".into(),
         stream: "host".into(),
         message: format!("internal error while planning the graph: {message}"),
-    }
-}
-
-fn label(e: &EventName) -> Label {
-    match e {
-        EventName::Fork => Label::Static("fork"),
-        EventName::Join(_) => Label::Static("join"),
-        EventName::User { tag, .. } => Label::Tag(tag.clone()),
     }
 }
 
@@ -220,7 +275,7 @@ impl Program {
                     shape: val.shape.clone(),
                     dtype: val.dtype,
                     at: val.write,
-                    clock: graph.clock(val.write).to_vec(),
+                    clock: sparse(&graph.clock(val.write)),
                     op: graph.entry(val.write).name(),
                 });
             }
@@ -251,21 +306,21 @@ impl Program {
                 clocks: &graph.clocks,
             },
         )?;
-        let mut view_of = vec![None; graph.values.len()];
+        let mut views = vec![None; graph.values.len()];
         for (i, &v) in arena_values.iter().enumerate() {
             let val = &graph.values[v];
-            let view = View::contiguous(v, mem.offsets[i], val.dtype, &val.shape);
+            let view = View::dense(mem.offsets[i], val.len(), val.dtype);
             if view.end().is_none_or(|end| end > mem.arena_bytes) {
                 return Err(internal(format!(
                     "the memory plan put value {v} at {view:?}, outside the {}-byte arena",
                     mem.arena_bytes
                 )));
             }
-            view_of[v] = Some(view);
+            views[v] = Some(view);
         }
-        let loc = |v: usize| match (out_slot_of[v], &view_of[v]) {
+        let loc = |v: usize| match (out_slot_of[v], &views[v]) {
             (Some(o), _) => Ok(Loc::Out(o)),
-            (None, Some(view)) => Ok(Loc::Arena(view.clone())),
+            (None, Some(_)) => Ok(Loc::Arena(v)),
             (None, None) => Err(internal(format!("value {v} has no place"))),
         };
         let mut streams = Vec::with_capacity(graph.streams.len());
@@ -277,19 +332,24 @@ impl Program {
                         Loc::Arena(dst) => Instr::CopyIn { input: *input, dst },
                         _ => return Err(internal("an input value outside the arena".into())),
                     },
-                    EntryKind::Op { op, inputs, output } => Instr::Op {
-                        op: op.clone(),
-                        inputs: inputs
+                    EntryKind::Op { op, inputs, output } => {
+                        let locs = inputs
                             .iter()
                             .map(|o| match *o {
                                 Operand::Value(v) => loc(v),
                                 Operand::Const(c) => Ok(Loc::Const(c)),
                             })
-                            .collect::<Result<_>>()?,
-                        dst: loc(*output)?,
-                    },
+                            .collect::<Result<Vec<_>>>()?;
+                        Instr::Op {
+                            op: op.clone(),
+                            inputs: Operands::new(&locs).ok_or_else(|| {
+                                internal(format!("{} with {} operands", op.name(), locs.len()))
+                            })?,
+                            dst: loc(*output)?,
+                        }
+                    }
                     EntryKind::Record { event } => Instr::Record {
-                        label: label(event),
+                        event: event.clone(),
                     },
                     EntryKind::Wait {
                         bound: Some(b),
@@ -297,7 +357,7 @@ impl Program {
                     } => Instr::Wait {
                         stream: b.stream,
                         pos: b.pos,
-                        label: label(event),
+                        event: event.clone(),
                     },
                     EntryKind::Wait { bound: None, .. } => {
                         let at = EntryRef {
@@ -315,7 +375,7 @@ impl Program {
                 id: gs.id,
                 tag: Arc::from(gs.tag.as_str()),
                 instrs,
-                last_clock: graph.clocks[s].last_dense(),
+                last_clock: sparse(&graph.clocks[s].last_dense()),
             });
         }
         let stats = MemoryStats {
@@ -328,7 +388,7 @@ impl Program {
         Ok(Program {
             streams,
             arena_bytes: mem.arena_bytes,
-            values: graph.values.len(),
+            views,
             consts: graph.consts.clone(),
             outs,
             outputs: graph.outputs.clone(),
@@ -336,7 +396,7 @@ impl Program {
             records: graph
                 .last_records
                 .iter()
-                .map(|&(ev, r)| (ev, r, graph.clock(r).to_vec()))
+                .map(|&(ev, r)| (ev, r, sparse(&graph.clock(r))))
                 .collect(),
             stats,
         })
@@ -344,6 +404,25 @@ impl Program {
 
     pub(crate) fn memory_stats(&self) -> MemoryStats {
         self.stats
+    }
+
+    /// The arena view of value `v`, if `v` lives in the arena.
+    pub(crate) fn view(&self, v: ValueId) -> Option<&View> {
+        self.views.get(v)?.as_ref()
+    }
+
+    /// Records and waits in the program, closure events included (R4.4 counts).
+    #[cfg(test)]
+    pub(crate) fn event_counts(&self) -> (usize, usize) {
+        let mut counts = (0, 0);
+        for i in self.streams.iter().flat_map(|s| &s.instrs) {
+            match i {
+                Instr::Record { .. } => counts.0 += 1,
+                Instr::Wait { .. } => counts.1 += 1,
+                _ => {}
+            }
+        }
+        counts
     }
 
     /// The buffers of the constants, in program order.
@@ -368,7 +447,7 @@ impl Program {
         input_producers: &[Option<&Arc<Position>>],
         issue: impl FnOnce(&Batch<'_>) -> Result<T>,
     ) -> Result<T> {
-        fn point<'c>(at: EntryRef, clock: &'c [u64], op: &'static str) -> BatchPoint<'c> {
+        fn point<'c>(at: EntryRef, clock: &'c [(usize, u64)], op: &'static str) -> BatchPoint<'c> {
             BatchPoint {
                 stream: at.stream,
                 pos: at.pos,
@@ -436,18 +515,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn contiguous_views() {
-        let v = View::contiguous(0, 64, DType::F16, &[2, 3, 4]);
-        assert_eq!(
-            (&*v.strides, v.len, v.end()),
-            (&[12, 4, 1][..], 24, Some(112))
-        );
+    fn dense_and_strided_views() {
+        let v = View::dense(64, 24, DType::F16);
+        assert_eq!(v.end(), Some(112));
         assert!(v.is_contiguous());
-        let t = View {
-            strides: vec![1, 4, 12].into(),
+        let transposed = View {
+            strided: Some(Arc::new(Strided {
+                shape: vec![4, 3, 2].into(),
+                strides: vec![1, 4, 12].into(),
+            })),
             ..v.clone()
         };
-        assert!(!t.is_contiguous());
-        assert!(View::contiguous(0, 0, DType::F32, &[]).is_contiguous());
+        assert!(!transposed.is_contiguous());
+        let row_major = View {
+            strided: Some(Arc::new(Strided {
+                shape: vec![2, 3, 4].into(),
+                strides: vec![12, 4, 1].into(),
+            })),
+            ..v
+        };
+        assert!(row_major.is_contiguous());
+        assert_eq!(View::dense(usize::MAX, 2, DType::F32).end(), None);
+    }
+
+    /// A kept program costs little per value: dense views and operands allocate nothing.
+    #[test]
+    fn instructions_and_views_stay_small() {
+        assert!(
+            std::mem::size_of::<View>() <= 32,
+            "{}",
+            std::mem::size_of::<View>()
+        );
+        assert!(std::mem::size_of::<Loc>() <= 16);
+        assert!(
+            std::mem::size_of::<Instr>() <= 144,
+            "{}",
+            std::mem::size_of::<Instr>()
+        );
     }
 }

@@ -365,14 +365,14 @@ impl Runtime {
             })
             .collect();
         submit(&issues)?;
-        let translate = |local: &[u64]| -> VClock {
+        let translate = |local: &[(usize, u64)]| -> VClock {
             let mut c = VClock::default();
-            for (t, &l) in local.iter().enumerate() {
+            for &(t, l) in local {
                 if l > 0 {
                     c.join(&before[t]);
                 }
             }
-            for (t, &l) in local.iter().enumerate() {
+            for &(t, l) in local {
                 if l > 0 {
                     c.raise(batch.streams[t].stream, bases[t] + l);
                 }
@@ -442,17 +442,18 @@ pub(crate) struct BatchStream<'a> {
     pub(crate) stream: StreamId,
     /// Entries of the graph on this stream (its segment counts as that many positions).
     pub(crate) entries: u64,
-    /// Graph-local clock of the segment's last entry, indexed like `Batch::streams`.
-    pub(crate) last_clock: &'a [u64],
+    /// Graph-local clock of the segment's last entry: its non-zero components, indexed like
+    /// `Batch::streams`.
+    pub(crate) last_clock: &'a [(usize, u64)],
 }
 
 /// An entry of a batch whose eager position is wanted: `pos` is 1-based on batch stream
-/// `stream`, `clock` is its graph-local clock.
+/// `stream`, `clock` is its graph-local clock (non-zero components).
 #[derive(Debug)]
 pub(crate) struct BatchPoint<'a> {
     pub(crate) stream: usize,
     pub(crate) pos: u64,
-    pub(crate) clock: &'a [u64],
+    pub(crate) clock: &'a [(usize, u64)],
     pub(crate) op: &'static str,
 }
 

@@ -28,7 +28,7 @@ use super::execute::{self, out_of_memory};
 use super::signal::Progress;
 use super::worker::{SegmentCtx, SegmentJob, wait_for};
 use crate::error::{Error, Result};
-use crate::graph::program::{Instr, Loc, Program, View};
+use crate::graph::program::{Instr, Loc, Program, ValueId, View};
 use crate::ops::op::Op;
 use crate::tensor::storage::{Buffer, Data, DataRef};
 use crate::trace::spans::{self, RawSpan};
@@ -94,23 +94,28 @@ impl CpuExec {
             bytes: program.arena_bytes,
         })?;
         let consts = program.const_buffers()?;
+        // Every view must be dense and inside the arena, and every value an instruction names
+        // must have one: checked once here, so a replay never meets a bad view.
+        for v in program.views.iter().flatten() {
+            if !v.is_contiguous() || !arena.fits(slot(v)) {
+                return Err(internal(
+                    "a view the CPU executor cannot run (strided, or outside the arena)",
+                ));
+            }
+        }
         for instr in program.streams.iter().flat_map(|s| &s.instrs) {
-            let views: Vec<&View> = match instr {
-                Instr::CopyIn { dst, .. } => vec![dst],
-                Instr::Op { inputs, dst, .. } => std::iter::once(dst)
-                    .chain(inputs)
-                    .filter_map(|l| match l {
-                        Loc::Arena(v) => Some(v),
-                        _ => None,
-                    })
+            let named = match instr {
+                Instr::CopyIn { dst, .. } => vec![Loc::Arena(*dst)],
+                Instr::Op { inputs, dst, .. } => std::iter::once(*dst)
+                    .chain(inputs.as_slice().iter().copied())
                     .collect(),
                 _ => Vec::new(),
             };
-            for v in views {
-                if !v.is_contiguous() || !arena.fits(slot(v)) || v.value >= program.values {
-                    return Err(internal(
-                        "a view the CPU executor cannot run (strided, or outside the arena)",
-                    ));
+            for loc in named {
+                if let Loc::Arena(v) = loc
+                    && program.view(v).is_none()
+                {
+                    return Err(internal("an instruction names a value with no arena view"));
                 }
             }
         }
@@ -175,7 +180,7 @@ impl CpuReplay {
             .zip(&bases)
             .map(|(s, &b)| (b, s.instrs.len() as u64))
             .collect();
-        let poison = (0..self.shared.program.values)
+        let poison = (0..self.shared.program.views.len())
             .map(|_| AtomicU32::new(0))
             .collect();
         let job = Arc::new(Frame {
@@ -221,24 +226,33 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Frame {
     /// The failure that poisoned arena value `v` in this replay, if any.
-    fn poisoned(&self, v: &View) -> Option<Error> {
-        match self.poison[v.value].load(Ordering::Acquire) {
+    /// The arena bytes of value `v` (checked to exist at instantiation).
+    fn slot_of(&self, v: ValueId) -> std::result::Result<Slot, Error> {
+        self.shared
+            .program
+            .view(v)
+            .map(slot)
+            .ok_or_else(|| internal("a value with no arena view"))
+    }
+
+    fn poisoned(&self, v: ValueId) -> Option<Error> {
+        match self.poison[v].load(Ordering::Acquire) {
             0 => None,
             i => lock(&self.failures).get(i as usize - 1).cloned(),
         }
     }
 
-    fn set_poison(&self, v: &View, e: Error) {
+    fn set_poison(&self, v: ValueId, e: Error) {
         let mut failures = lock(&self.failures);
         failures.push(e);
         let i = u32::try_from(failures.len()).unwrap_or(u32::MAX);
-        self.poison[v.value].store(i, Ordering::Release);
+        self.poison[v].store(i, Ordering::Release);
     }
 
     /// Reads `loc`, or the error that poisoned it in this replay (R3.12).
     fn view(&self, loc: &Loc) -> std::result::Result<DataRef<'_>, Error> {
         match loc {
-            Loc::Arena(v) => match self.poisoned(v) {
+            Loc::Arena(v) => match self.poisoned(*v) {
                 Some(e) => Err(e),
                 // SAFETY: the memory plan lets two values share bytes only if every use of
                 // the first happens-before the write of the second (R4.9), and this entry is
@@ -246,7 +260,7 @@ impl Frame {
                 // capture, R4.8), which the workers enforce through the progress counters
                 // (waits block until the bound record is published). So no write to these
                 // bytes runs while we read them. `CpuExec::new` checked the view is in bounds.
-                None => Ok(unsafe { self.shared.arena.view(slot(v)) }),
+                None => Ok(unsafe { self.shared.arena.view(self.slot_of(*v)?) }),
             },
             Loc::Out(i) => ready(&self.outs[*i].buffer),
             Loc::Const(i) => ready(&self.shared.consts[*i]),
@@ -257,7 +271,7 @@ impl Frame {
     /// or through other failed values) see the failure (R3.12).
     fn poison(&self, dst: &Loc, e: Error, ctx: &SegmentCtx<'_>) {
         match dst {
-            Loc::Arena(v) => self.set_poison(v, e),
+            Loc::Arena(v) => self.set_poison(*v, e),
             Loc::Out(i) => {
                 if !self.outs[*i].buffer.fill(Err(e)) {
                     ctx.failures
@@ -268,13 +282,17 @@ impl Frame {
         }
     }
 
-    fn copy_in(&self, input: usize, dst: &View, ctx: &SegmentCtx<'_>) {
+    fn copy_in(&self, input: usize, dst: ValueId, ctx: &SegmentCtx<'_>) {
+        let dst_slot = match self.slot_of(dst) {
+            Ok(s) => s,
+            Err(e) => return self.set_poison(dst, e),
+        };
         match self.inputs[input].get() {
             Some(Ok(d)) => {
                 // SAFETY: input views are written only by their copy-in, and replays of one
                 // program are ordered (R5.9), so no other entry uses these bytes while the copy
                 // runs (same argument as `view`).
-                let mut out = unsafe { self.shared.arena.view_mut(slot(dst)) };
+                let mut out = unsafe { self.shared.arena.view_mut(dst_slot) };
                 if !out.copy_from(d.view()) {
                     let e = internal("an input's shape changed since the capture");
                     ctx.failures.report(e.clone());
@@ -320,12 +338,16 @@ impl Frame {
         let threads = ctx.split.threads_for(op);
         let result = match dst {
             Loc::Arena(v) => {
+                let slot = match self.slot_of(*v) {
+                    Ok(s) => s,
+                    Err(e) => return self.poison(dst, e, ctx),
+                };
                 // SAFETY: as in `view`, the plan and the hb order give this entry exclusive
                 // use of the value's bytes: every earlier value sharing them has had all its
                 // uses complete, and later sharers are written only after this value's uses.
                 // The bytes overlap none of this op's inputs (a reader never shares with the
                 // value it reads: hb is strict), so no other view of them is alive.
-                let out = unsafe { self.shared.arena.view_mut(slot(v)) };
+                let out = unsafe { self.shared.arena.view_mut(slot) };
                 execute::run_kernel(ctx.tag, op, views, out, threads)
             }
             Loc::Out(i) => {
@@ -375,8 +397,8 @@ impl SegmentJob for Frame {
                         ctx.split,
                     );
                 }
-                Instr::CopyIn { input, dst } => self.copy_in(*input, dst, ctx),
-                Instr::Op { op, inputs, dst } => self.run_op(op, inputs, dst, ctx),
+                Instr::CopyIn { input, dst } => self.copy_in(*input, *dst, ctx),
+                Instr::Op { op, inputs, dst } => self.run_op(op, inputs.as_slice(), dst, ctx),
             }
             if let Some(start) = started {
                 let (kind, label) = instr.span();

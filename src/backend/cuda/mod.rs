@@ -757,12 +757,18 @@ struct ExecRef {
 }
 
 impl Cuda {
-    fn loc_ptr(&self, exec: &CudaExec, loc: &Loc) -> Operand {
-        match loc {
-            Loc::Arena(v) => Operand {
-                ptr: exec.arena + v.offset as u64,
-                dtype: v.dtype,
-            },
+    fn loc_ptr(&self, exec: &CudaExec, loc: &Loc) -> Result<Operand> {
+        Ok(match loc {
+            Loc::Arena(v) => {
+                let view = exec
+                    .program
+                    .view(*v)
+                    .ok_or_else(|| internal("capture", "a value with no arena view"))?;
+                Operand {
+                    ptr: exec.arena + view.offset as u64,
+                    dtype: view.dtype,
+                }
+            }
             Loc::Out(i) => Operand {
                 ptr: exec.outs[*i],
                 dtype: exec.program.outs[*i].dtype,
@@ -771,7 +777,7 @@ impl Cuda {
                 ptr: exec.const_mem[*i],
                 dtype: exec.program.consts[*i].dtype(),
             },
-        }
+        })
     }
 
     fn build(&self, program: Arc<Program>) -> Result<CudaExec> {
@@ -867,9 +873,12 @@ impl Cuda {
                 match &program.streams[si].instrs[ii] {
                     Instr::CopyIn { .. } | Instr::Record { .. } => {}
                     Instr::Op { op, inputs, dst } => {
-                        let ins: Vec<Operand> =
-                            inputs.iter().map(|l| self.loc_ptr(&exec, l)).collect();
-                        let out = self.loc_ptr(&exec, dst).ptr;
+                        let ins = inputs
+                            .as_slice()
+                            .iter()
+                            .map(|l| self.loc_ptr(&exec, l))
+                            .collect::<Result<Vec<Operand>>>()?;
+                        let out = self.loc_ptr(&exec, dst)?.ptr;
                         self.launch(s, op, &ins, out)?;
                     }
                     Instr::Wait { stream, pos, .. } => {
@@ -941,6 +950,10 @@ impl Cuda {
             for instr in &x.program.streams[x.main].instrs {
                 if let Instr::CopyIn { input, dst } = instr {
                     let src = self.operand(main, &r.inputs[*input], "Compiled::run (input)")?;
+                    let dst = x
+                        .program
+                        .view(*dst)
+                        .ok_or_else(|| internal("replay", "an input with no arena view"))?;
                     let bytes = dst.len * dst.dtype.size_in_bytes();
                     drv::memcpy_dtod_async(x.arena + dst.offset as u64, src.ptr, bytes, main.raw.0)
                         .map_err(|e| err("cuMemcpyDtoDAsync", e))?;
