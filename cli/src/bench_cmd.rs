@@ -242,6 +242,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<bool> {
         load_at_start.unwrap_or(f64::NAN),
         load_average().unwrap_or(f64::NAN),
     );
+    println!("CPU: {}; {}", cpu_model(), instruction_sets());
     if let (Some(a), Some(b)) = (pressure_at_start, cpu_pressure()) {
         println!(
             "CPU pressure (share of time some runnable thread of the machine waited for a CPU, \
@@ -732,4 +733,52 @@ fn add_rows(plan: &Plan, rows: &mut Vec<Row>) -> Result<()> {
         ms,
     ));
     Ok(())
+}
+
+/// The CPU's model name (Linux `/proc/cpuinfo`), so a table says which machine it is from.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown model".into())
+}
+
+/// The instruction sets the kernels may pick at run time on this CPU.
+fn instruction_sets() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let sets = [
+            ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+            ("fma", std::arch::is_x86_feature_detected!("fma")),
+            ("f16c", std::arch::is_x86_feature_detected!("f16c")),
+            ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
+            (
+                "avx512bf16",
+                std::arch::is_x86_feature_detected!("avx512bf16"),
+            ),
+            (
+                "avx512fp16",
+                std::arch::is_x86_feature_detected!("avx512fp16"),
+            ),
+        ];
+        let found: Vec<&str> = sets.iter().filter(|s| s.1).map(|s| s.0).collect();
+        format!(
+            "instruction sets: {} (f16 conversions and elementwise f16 use F16C where present; \
+             GEMM is the gemm crate's runtime-dispatched AVX2/FMA path)",
+            if found.is_empty() {
+                "baseline x86-64".to_string()
+            } else {
+                found.join(" ")
+            }
+        )
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        format!("{} (portable kernels)", std::env::consts::ARCH)
+    }
 }
