@@ -64,6 +64,10 @@ struct Instance {
     program: Arc<Program>,
     arena: Arena,
     consts: Vec<Arc<Buffer>>,
+    /// The arena bytes of each value, resolved once (an empty slot for values that live
+    /// elsewhere, which no instruction reads from the arena): the replay loop indexes this
+    /// table instead of decoding views.
+    slots: Box<[Slot]>,
 }
 
 /// One replay of a [`CpuExec`], bound to its inputs and outputs but not yet enqueued.
@@ -122,6 +126,20 @@ impl CpuExec {
         let outs = program.outs.len();
         Ok(CpuExec {
             shared: Arc::new(Instance {
+                slots: program
+                    .views
+                    .iter()
+                    .map(|v| {
+                        v.as_ref().map_or(
+                            Slot {
+                                offset: 0,
+                                len: 0,
+                                dtype: crate::dtype::DType::F32,
+                            },
+                            slot,
+                        )
+                    })
+                    .collect(),
                 program,
                 arena,
                 consts,
@@ -226,13 +244,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Frame {
     /// The failure that poisoned arena value `v` in this replay, if any.
-    /// The arena bytes of value `v` (checked to exist at instantiation).
-    fn slot_of(&self, v: ValueId) -> std::result::Result<Slot, Error> {
-        self.shared
-            .program
-            .view(v)
-            .map(slot)
-            .ok_or_else(|| internal("a value with no arena view"))
+    /// The arena bytes of value `v` (every value an instruction names was checked to have a
+    /// view at instantiation).
+    #[inline]
+    fn slot_of(&self, v: ValueId) -> Slot {
+        self.shared.slots[v]
     }
 
     fn poisoned(&self, v: ValueId) -> Option<Error> {
@@ -260,7 +276,7 @@ impl Frame {
                 // capture, R4.8), which the workers enforce through the progress counters
                 // (waits block until the bound record is published). So no write to these
                 // bytes runs while we read them. `CpuExec::new` checked the view is in bounds.
-                None => Ok(unsafe { self.shared.arena.view(self.slot_of(*v)?) }),
+                None => Ok(unsafe { self.shared.arena.view(self.slot_of(*v)) }),
             },
             Loc::Out(i) => ready(&self.outs[*i].buffer),
             Loc::Const(i) => ready(&self.shared.consts[*i]),
@@ -283,10 +299,7 @@ impl Frame {
     }
 
     fn copy_in(&self, input: usize, dst: ValueId, ctx: &SegmentCtx<'_>) {
-        let dst_slot = match self.slot_of(dst) {
-            Ok(s) => s,
-            Err(e) => return self.set_poison(dst, e),
-        };
+        let dst_slot = self.slot_of(dst);
         match self.inputs[input].get() {
             Some(Ok(d)) => {
                 // SAFETY: input views are written only by their copy-in, and replays of one
@@ -338,10 +351,7 @@ impl Frame {
         let threads = ctx.split.threads_for(op);
         let result = match dst {
             Loc::Arena(v) => {
-                let slot = match self.slot_of(*v) {
-                    Ok(s) => s,
-                    Err(e) => return self.poison(dst, e, ctx),
-                };
+                let slot = self.slot_of(*v);
                 // SAFETY: as in `view`, the plan and the hb order give this entry exclusive
                 // use of the value's bytes: every earlier value sharing them has had all its
                 // uses complete, and later sharers are written only after this value's uses.
