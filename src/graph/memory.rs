@@ -879,7 +879,7 @@ mod tests {
     }
 
     /// A chain of `n` ops on one stream, each reading a weight (an input alive throughout) and
-    /// the previous value: the shape that made planning quadratic (issue 10 item 5).
+    /// the previous value: the shape that made planning quadratic.
     fn weight_chain(n: usize) -> (Graph, Vec<ValueLife>) {
         let mut g = Graph::new(1);
         let weight = g.issue(0, None);

@@ -11,7 +11,7 @@
 //! (`Parallelism::None`). A larger one runs `Parallelism::Rayon(threads)` inside
 //! [`gemm_pool`], a rayon pool tagstream owns: gemm's parallel loop uses rayon's *current*
 //! pool (`into_par_iter` in `gemm_common::gemm::par_for_each`), and the global pool belongs to
-//! the user, whose threads may all be blocked reading this very product (issue 10 item 1).
+//! the user, whose threads may all be blocked reading this very product.
 //! gemm splits output tiles across threads and keeps its k-blocking a function of the shape,
 //! so the bits do not depend on the thread count (R6.4, tested below).
 

@@ -235,7 +235,7 @@ pub fn chrome_json(runs: &[(&str, &Timeline)]) -> String {
 /// `s` as XML 1.0 text or attribute value: the five markup characters as entities, and every
 /// control character as a visible Rust escape (`\0`, `\n`, `\u{1b}`), as are U+FFFE and U+FFFF.
 /// XML 1.0 cannot hold NUL and most C0 controls at all, not even as character references, and
-/// the rest (tab, newlines, DEL, C1) would be invisible or normalised away (issue 10 item 7).
+/// the rest (tab, newlines, DEL, C1) would be invisible or normalised away.
 fn xml(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {

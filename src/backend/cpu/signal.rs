@@ -6,7 +6,7 @@
 //! `s` has executed its first `k` entries". Streams run their entries in FIFO order, so one
 //! monotonic counter per stream answers every such question, for any number of events, with no
 //! per-record allocation. A record therefore publishes its event simply by completing, and a
-//! wait is "block until `done(s) ≥ k`" (the event generation of design.md §3 is the position).
+//! wait is "block until `done(s) ≥ k`" (an event's generation is the position).
 //!
 //! # Strategy: spin, then park (style §7)
 //! 1. Fast path: one acquire load; if the position is reached, no lock is touched.

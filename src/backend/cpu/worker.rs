@@ -92,7 +92,7 @@ pub(crate) struct WorkerShared {
     pub(crate) progress: Arc<Progress>,
 }
 
-/// The core-split policy (design.md §3 "Threads per stream").
+/// The core-split policy: streams that run at once share the cores.
 ///
 /// A stream is *busy* while it has an entry to run and is not blocked in a wait. A matmul may
 /// use `max(1, cores / busy)` threads, so streams that run at once share the machine instead of
