@@ -14,7 +14,7 @@
 //! ```
 
 use crate::kernels::scalar;
-pub use crate::kernels::{BinaryOp, MatmulDims, UnaryOp};
+pub use crate::kernels::{BinaryOp, MatmulDims, ReduceDims, ReduceOp, UnaryOp};
 use crate::tensor::DType;
 
 /// `a op b` elementwise, rounded to `dtype`.
@@ -29,6 +29,47 @@ pub fn binary(op: BinaryOp, a: &[f32], b: &[f32], dtype: DType) -> Vec<f32> {
         .zip(b)
         .map(|(&x, &y)| dtype.round_f32(f(x, y)))
         .collect()
+}
+
+/// A reduction of `a` (seen as `[outer, len, inner]`) over its middle dimension, one output
+/// element at a time, folding left to right in f32 and rounding to `dtype` (R6.4). An empty sum
+/// is 0 and an empty mean NaN.
+pub fn reduce(a: &[f32], dims: ReduceDims, dtype: DType) -> Vec<f32> {
+    let ReduceDims {
+        op,
+        outer,
+        len,
+        inner,
+    } = dims;
+    let mut out = Vec::with_capacity(outer * inner);
+    for o in 0..outer {
+        for i in 0..inner {
+            let x = |j: usize| a[(o * len + j) * inner + i];
+            let v = match op {
+                _ if len == 0 => {
+                    if op == ReduceOp::Mean {
+                        f32::NAN
+                    } else {
+                        0.0
+                    }
+                }
+                ReduceOp::Sum | ReduceOp::Mean => {
+                    let s = (1..len).fold(x(0), |s, j| s + x(j));
+                    if op == ReduceOp::Mean {
+                        s / len as f32
+                    } else {
+                        s
+                    }
+                }
+                ReduceOp::Max => (1..len).fold(x(0), |m, j| {
+                    let y = x(j);
+                    if y > m || y.is_nan() { y } else { m }
+                }),
+            };
+            out.push(dtype.round_f32(v));
+        }
+    }
+    out
 }
 
 /// `op(a)` elementwise, rounded to `dtype`.

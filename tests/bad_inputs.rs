@@ -295,8 +295,8 @@ fn e2_invalid_tag() {
     assert_runtime_works();
 }
 
-/// E3 (R6.11): elementwise operands with different shapes, on a side stream and with pending
-/// operands.
+/// E3 (R6.11): elementwise operands whose shapes do not broadcast, on a side stream and with
+/// pending operands.
 #[test]
 fn e3_elementwise_shape_mismatch() {
     let _s = serial();
@@ -318,18 +318,21 @@ fn e3_elementwise_shape_mismatch() {
                 op: name,
                 lhs: vec![2, 3],
                 rhs: vec![3, 2],
-                reason: "elementwise ops need identical shapes (no broadcasting, R6.11)".into()
+                reason: "the shapes do not broadcast: dimension 0 of the aligned shapes is 2 vs 3 \
+                         (R6.11: aligned from the right, equal or 1)"
+                    .into()
             }
         );
         assert_eq!(
             err.to_string(),
             format!(
-                "{name}: shape mismatch between [2, 3] and [3, 2]: elementwise ops need \
-                 identical shapes (no broadcasting, R6.11)"
+                "{name}: shape mismatch between [2, 3] and [3, 2]: the shapes do not broadcast: \
+                 dimension 0 of the aligned shapes is 2 vs 3 (R6.11: aligned from the right, equal \
+                 or 1)"
             )
         );
     }
-    // Same number of elements, other rank: still refused (no reshaping).
+    // Same number of elements, other rank: refused ([6] aligns with the trailing 3; no reshaping).
     let flat = Tensor::zeros(&[6], DType::F32).unwrap();
     let err = refused(|| a.add(&flat));
     assert!(

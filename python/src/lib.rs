@@ -47,6 +47,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(tensor::exp, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::softmax, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::rms_norm, m)?)?;
+    m.add_function(wrap_pyfunction!(tensor::sum, m)?)?;
+    m.add_function(wrap_pyfunction!(tensor::mean, m)?)?;
+    m.add_function(wrap_pyfunction!(tensor::max, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::to_dtype, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::cuda_is_available, m)?)?;
     m.add_function(wrap_pyfunction!(events::create_tagged_event, m)?)?;

@@ -36,8 +36,8 @@ fn helpers(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
 /// A tensor: an immutable, asynchronous value on one stream's timeline.
 ///
 /// Ops return at once; `.numpy()`, `.tolist()`, `repr()` and `tagstream.synchronize()` wait (with
-/// the GIL released). Operators `+ - * /` work elementwise on equal shapes (a Python number is
-/// broadcast), `@` is `matmul`.
+/// the GIL released). Operators `+ - * /` work elementwise with NumPy/torch broadcasting (a
+/// Python number too), `@` is `matmul`.
 #[pyclass(frozen, module = "tagstream", name = "Tensor")]
 pub(crate) struct PyTensor {
     pub(crate) inner: Tensor,
@@ -258,6 +258,27 @@ fn mm_checked(a: &Tensor, b: &Tensor) -> tagstream::Result<Tensor> {
         });
     }
     a.matmul(b)
+}
+
+/// A reduction over `dim`, negative counting from the end as in torch.
+fn reduce_checked(
+    t: &Tensor,
+    dim: isize,
+    keepdim: bool,
+    op: fn(&Tensor, usize, bool) -> tagstream::Result<Tensor>,
+    name: &'static str,
+) -> tagstream::Result<Tensor> {
+    let rank = t.shape().len() as isize;
+    let d = if dim < 0 { dim + rank } else { dim };
+    if d < 0 || d >= rank {
+        return Err(Error::ShapeMismatch {
+            op: name,
+            lhs: dims(t),
+            rhs: Vec::new(),
+            reason: format!("dim {dim} is out of range for a tensor of rank {rank}"),
+        });
+    }
+    op(t, d as usize, keepdim)
 }
 
 fn softmax_checked(t: &Tensor, dim: isize) -> tagstream::Result<Tensor> {
@@ -508,7 +529,7 @@ impl PyTensor {
 
     // ---- ops (named like the Rust ops) ----------------------------------------------------
 
-    /// Elementwise `self + other` (equal shapes; a number is broadcast).
+    /// Elementwise `self + other` (shapes broadcast; a number too).
     fn add(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         required(
             py,
@@ -572,6 +593,32 @@ impl PyTensor {
         Ok(PyTensor::wrap(
             softmax_checked(&self.inner, dim).or_raise()?,
         ))
+    }
+    /// Elementwise `self + value`, computed in float32 and rounded once to the dtype.
+    fn add_scalar(&self, value: f32) -> PyResult<PyTensor> {
+        Ok(PyTensor::wrap(self.inner.add_scalar(value).or_raise()?))
+    }
+    /// Elementwise `self * value`, computed in float32 and rounded once to the dtype.
+    fn mul_scalar(&self, value: f32) -> PyResult<PyTensor> {
+        Ok(PyTensor::wrap(self.inner.mul_scalar(value).or_raise()?))
+    }
+    /// Sum over `dim` (negative counts from the end), kept as size 1 when `keepdim`.
+    #[pyo3(signature = (dim, keepdim=false))]
+    fn sum(&self, dim: isize, keepdim: bool) -> PyResult<PyTensor> {
+        let t = reduce_checked(&self.inner, dim, keepdim, Tensor::sum, "sum").or_raise()?;
+        Ok(PyTensor::wrap(t))
+    }
+    /// Mean over `dim` (negative counts from the end), kept as size 1 when `keepdim`.
+    #[pyo3(signature = (dim, keepdim=false))]
+    fn mean(&self, dim: isize, keepdim: bool) -> PyResult<PyTensor> {
+        let t = reduce_checked(&self.inner, dim, keepdim, Tensor::mean, "mean").or_raise()?;
+        Ok(PyTensor::wrap(t))
+    }
+    /// Largest value over `dim` (values only, unlike torch's `(values, indices)`).
+    #[pyo3(signature = (dim, keepdim=false))]
+    fn max(&self, dim: isize, keepdim: bool) -> PyResult<PyTensor> {
+        let t = reduce_checked(&self.inner, dim, keepdim, Tensor::max, "max").or_raise()?;
+        Ok(PyTensor::wrap(t))
     }
     /// RMS normalisation over the last dim, scaled by `weight`.
     #[pyo3(signature = (weight, eps=1e-6))]
@@ -785,22 +832,22 @@ macro_rules! binary_fn {
 binary_fn!(
     add,
     Tensor::add,
-    "Elementwise `input + other` (equal shapes; a number is broadcast)."
+    "Elementwise `input + other` (shapes broadcast; a number too)."
 );
 binary_fn!(
     sub,
     Tensor::sub,
-    "Elementwise `input - other` (equal shapes; a number is broadcast)."
+    "Elementwise `input - other` (shapes broadcast; a number too)."
 );
 binary_fn!(
     mul,
     Tensor::mul,
-    "Elementwise `input * other` (equal shapes; a number is broadcast)."
+    "Elementwise `input * other` (shapes broadcast; a number too)."
 );
 binary_fn!(
     div,
     Tensor::div,
-    "Elementwise `input / other` (equal shapes; a number is broadcast)."
+    "Elementwise `input / other` (shapes broadcast; a number too)."
 );
 
 /// Matrix product: `[m, k] x [k, n]`, with an optional leading batch dim.
@@ -846,6 +893,27 @@ pub(crate) fn exp(input: PyRef<'_, PyTensor>) -> PyResult<PyTensor> {
 #[pyo3(signature = (input, dim=-1))]
 pub(crate) fn softmax(input: PyRef<'_, PyTensor>, dim: isize) -> PyResult<PyTensor> {
     input.softmax(dim)
+}
+
+/// Sum of `input` over `dim` (torch's `sum(input, dim, keepdim)`).
+#[pyfunction]
+#[pyo3(signature = (input, dim, keepdim=false))]
+pub(crate) fn sum(input: PyRef<'_, PyTensor>, dim: isize, keepdim: bool) -> PyResult<PyTensor> {
+    input.sum(dim, keepdim)
+}
+
+/// Mean of `input` over `dim` (torch's `mean(input, dim, keepdim)`).
+#[pyfunction]
+#[pyo3(signature = (input, dim, keepdim=false))]
+pub(crate) fn mean(input: PyRef<'_, PyTensor>, dim: isize, keepdim: bool) -> PyResult<PyTensor> {
+    input.mean(dim, keepdim)
+}
+
+/// Largest values of `input` over `dim` (values only).
+#[pyfunction]
+#[pyo3(signature = (input, dim, keepdim=false))]
+pub(crate) fn max(input: PyRef<'_, PyTensor>, dim: isize, keepdim: bool) -> PyResult<PyTensor> {
+    input.max(dim, keepdim)
 }
 
 /// RMS normalisation over the last dim: `x / sqrt(mean(x^2) + eps) * weight`.

@@ -129,3 +129,90 @@ fn convert_chunks<S: Element, D: Element, const N: usize>(a: &[S], out: &mut [D]
         D::store_f32(&x[..n], o);
     }
 }
+
+/// `out[i] = a[ia] op b[ib]` for operands broadcast to `shape`: bit `d` of `mask[k]` is set
+/// where operand `k` (padded with leading 1s to the rank of `shape`, at most 64) has size 1 in
+/// dimension `d`. The same f32 op and rounding as [`binary`], so each element has the bits of
+/// the identical-shape kernel on expanded operands.
+pub(crate) fn binary_broadcast<T: Element>(
+    op: BinaryOp,
+    a: &[T],
+    b: &[T],
+    out: &mut [T],
+    shape: &[usize],
+    mask: [u64; 2],
+) {
+    const MAX_RANK: usize = 64;
+    let rank = shape.len();
+    assert!(rank <= MAX_RANK, "{}: rank {rank} > {MAX_RANK}", op.name());
+    assert_eq!(
+        shape.iter().product::<usize>(),
+        out.len(),
+        "{}: output length differs from its shape",
+        op.name()
+    );
+    if out.is_empty() {
+        return;
+    }
+    // Row-major element strides of each operand, 0 along its broadcast dimensions.
+    let mut strides = [[0usize; 2]; MAX_RANK];
+    let mut next = [1usize; 2];
+    for d in (0..rank).rev() {
+        for k in 0..2 {
+            if mask[k] >> d & 1 == 0 {
+                strides[d][k] = next[k];
+                next[k] *= shape[d];
+            }
+        }
+    }
+    assert!(
+        next[0] == a.len() && next[1] == b.len(),
+        "{}: operand lengths differ from the broadcast shapes",
+        op.name()
+    );
+    let strides = &strides[..rank];
+    let (mut ta, mut tb) = ([T::default(); CHUNK], [T::default(); CHUNK]);
+    let (mut xa, mut xb, mut xo) = ([0f32; CHUNK], [0f32; CHUNK], [0f32; CHUNK]);
+    // Odometer over the output index, with each operand's offset kept alongside.
+    let mut idx = [0usize; MAX_RANK];
+    let (mut oa, mut ob) = (0usize, 0usize);
+    for o in out.chunks_mut(CHUNK) {
+        let n = o.len();
+        for i in 0..n {
+            ta[i] = a[oa];
+            tb[i] = b[ob];
+            for d in (0..rank).rev() {
+                idx[d] += 1;
+                oa += strides[d][0];
+                ob += strides[d][1];
+                if idx[d] < shape[d] {
+                    break;
+                }
+                oa -= strides[d][0] * shape[d];
+                ob -= strides[d][1] * shape[d];
+                idx[d] = 0;
+            }
+        }
+        T::load_f32(&ta[..n], &mut xa[..n]);
+        T::load_f32(&tb[..n], &mut xb[..n]);
+        binary_f32(op, &xa[..n], &xb[..n], &mut xo[..n]);
+        T::store_f32(&xo[..n], o);
+    }
+}
+
+/// `out[i] = a[i] op value`, in f32 and rounded once (R6.2, R6.3).
+pub(crate) fn binary_scalar<T: Element>(op: BinaryOp, a: &[T], value: f32, out: &mut [T]) {
+    assert_eq!(
+        a.len(),
+        out.len(),
+        "{}: operand length differs from output",
+        op.name()
+    );
+    let (mut xa, xb, mut xo) = ([0f32; CHUNK], [value; CHUNK], [0f32; CHUNK]);
+    for (a, o) in a.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
+        let n = a.len();
+        T::load_f32(a, &mut xa[..n]);
+        binary_f32(op, &xa[..n], &xb[..n], &mut xo[..n]);
+        T::store_f32(&xo[..n], o);
+    }
+}

@@ -57,6 +57,41 @@ impl UnaryOp {
     }
 }
 
+/// A reduction over one dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    /// Sum, left to right in f32.
+    Sum,
+    /// The sum divided by the reduced length.
+    Mean,
+    /// The largest value; NaN propagates.
+    Max,
+}
+
+impl ReduceOp {
+    /// The op's name as it appears in errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReduceOp::Sum => "sum",
+            ReduceOp::Mean => "mean",
+            ReduceOp::Max => "max",
+        }
+    }
+}
+
+/// A reduction of a tensor seen as `[outer, len, inner]` over its middle dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReduceDims {
+    /// What is computed.
+    pub op: ReduceOp,
+    /// Product of the dimensions before the reduced one.
+    pub outer: usize,
+    /// The reduced dimension's size.
+    pub len: usize,
+    /// Product of the dimensions after the reduced one.
+    pub inner: usize,
+}
+
 /// The dimensions of a (batched) matrix product: `[batch, m, k] × [batch?, k, n]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MatmulDims {

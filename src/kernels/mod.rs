@@ -22,12 +22,12 @@ mod matmul;
 mod reduce;
 pub(crate) mod scalar;
 
-pub(crate) use elementwise::{binary, convert, unary};
+pub(crate) use elementwise::{binary, binary_broadcast, binary_scalar, convert, unary};
 // `pub` for `reference`, which re-exports them when the `workloads` feature is on.
 #[cfg_attr(not(any(test, feature = "workloads")), allow(unreachable_pub))]
-pub use kind::{BinaryOp, MatmulDims, UnaryOp};
+pub use kind::{BinaryOp, MatmulDims, ReduceDims, ReduceOp, UnaryOp};
 pub(crate) use matmul::matmul;
-pub(crate) use reduce::{rms_norm, softmax};
+pub(crate) use reduce::{reduce, rms_norm, softmax};
 
 #[cfg(test)]
 mod tests;

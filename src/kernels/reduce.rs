@@ -4,6 +4,7 @@
 //! [`LANES`] independent partial sums that are combined in a fixed order (so the loop
 //! vectorizes and the summation order depends on `n` only, R6.4), and rounded once.
 
+use super::kind::{ReduceDims, ReduceOp};
 use super::scalar;
 use crate::dtype::Element;
 
@@ -86,5 +87,61 @@ pub(crate) fn rms_norm<T: Element>(a: &[T], w: &[T], eps: f32, out: &mut [T], n:
             .zip(&weight)
             .for_each(|(x, w)| *x = *x / d * w);
         T::store_f32(&row, o);
+    }
+}
+
+/// A reduction of `a`, seen as `[outer, len, inner]`, over its middle dimension into `out`
+/// (`[outer, inner]`). Each output element folds its `len` inputs left to right in f32, whatever
+/// the threads (R6.4): `sum` starts from the first element (0 when `len` is 0), `mean` divides the
+/// sum by `len`, `max` propagates NaN. One rounding at the end.
+pub(crate) fn reduce<T: Element>(a: &[T], out: &mut [T], dims: ReduceDims) {
+    let ReduceDims {
+        op,
+        outer,
+        len,
+        inner,
+    } = dims;
+    assert_eq!(
+        a.len(),
+        outer * len * inner,
+        "{}: operand length",
+        op.name()
+    );
+    assert_eq!(out.len(), outer * inner, "{}: output length", op.name());
+    if out.is_empty() {
+        return;
+    }
+    let mut acc = vec![0f32; inner];
+    if len == 0 {
+        // Empty sums are 0, empty means 0/0 = NaN (max over 0 elements is refused upfront).
+        let v = if op == ReduceOp::Mean { f32::NAN } else { 0.0 };
+        acc.iter_mut().for_each(|s| *s = v);
+        out.chunks_exact_mut(inner)
+            .for_each(|o| T::store_f32(&acc, o));
+        return;
+    }
+    let mut row = vec![0f32; inner];
+    for (block, o) in a.chunks_exact(len * inner).zip(out.chunks_exact_mut(inner)) {
+        let mut rows = block.chunks_exact(inner);
+        if let Some(first) = rows.next() {
+            T::load_f32(first, &mut acc);
+        }
+        for r in rows {
+            T::load_f32(r, &mut row);
+            match op {
+                ReduceOp::Sum | ReduceOp::Mean => {
+                    acc.iter_mut().zip(&row).for_each(|(s, x)| *s += x);
+                }
+                ReduceOp::Max => acc.iter_mut().zip(&row).for_each(|(m, &x)| {
+                    if x > *m || x.is_nan() {
+                        *m = x;
+                    }
+                }),
+            }
+        }
+        if op == ReduceOp::Mean {
+            acc.iter_mut().for_each(|s| *s /= len as f32);
+        }
+        T::store_f32(&acc, o);
     }
 }

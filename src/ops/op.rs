@@ -7,15 +7,31 @@
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::kernels::{BinaryOp, MatmulDims, UnaryOp};
+use crate::kernels::{BinaryOp, MatmulDims, ReduceDims, ReduceOp, UnaryOp};
 
 /// What an op computes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum OpKind {
+    /// Operands of identical shape.
     Binary(BinaryOp),
+    /// Operands of different shapes, broadcast to `out_shape`: bit `d` of `mask[i]` is set
+    /// where operand `i`, padded with leading 1s to the output rank, has size 1 in dimension
+    /// `d` (a mask rather than strides keeps `Op` and each kept instruction small).
+    Broadcast {
+        op: BinaryOp,
+        mask: [u64; 2],
+    },
+    /// `a op value`, computed in f32 (R6.2).
+    Scalar {
+        op: BinaryOp,
+        value: f32,
+    },
     Unary(UnaryOp),
+    Reduce(ReduceDims),
     Softmax,
-    RmsNorm { eps: f32 },
+    RmsNorm {
+        eps: f32,
+    },
     Matmul(MatmulDims),
     ToDType(DType),
 }
@@ -27,6 +43,9 @@ pub(crate) struct Op {
     pub(crate) out_shape: Vec<usize>,
     pub(crate) out_dtype: DType,
 }
+
+/// The largest output rank a broadcast op takes (one mask bit per dimension).
+pub(crate) const MAX_BROADCAST_RANK: usize = 64;
 
 /// A tensor's shape and dtype, all validation needs to know about an operand.
 pub(crate) type Meta<'a> = (&'a [usize], DType);
@@ -48,20 +67,116 @@ impl Op {
         self.out_shape.iter().product()
     }
 
+    /// Elementwise `a op b` with NumPy/torch broadcasting (R6.11): shapes are aligned from the
+    /// right and each pair of dimensions must be equal or contain a 1. Identical shapes keep the
+    /// plain kernel.
     pub(crate) fn binary(op: BinaryOp, a: Meta<'_>, b: Meta<'_>) -> Result<Op> {
         let name = op.name();
-        if a.0 != b.0 {
+        if a.0 == b.0 {
+            same_dtype(name, a.1, b.1)?;
+            return Ok(Op {
+                kind: OpKind::Binary(op),
+                out_shape: a.0.to_vec(),
+                out_dtype: a.1,
+            });
+        }
+        let rank = a.0.len().max(b.0.len());
+        // Each operand's shape padded on the left with 1s to the output rank.
+        let dim = |s: &[usize], d: usize| (d + s.len()).checked_sub(rank).map_or(1, |i| s[i]);
+        let mut out_shape = Vec::with_capacity(rank);
+        for d in 0..rank {
+            let (x, y) = (dim(a.0, d), dim(b.0, d));
+            out_shape.push(match (x, y) {
+                _ if x == y => x,
+                (1, _) => y,
+                (_, 1) => x,
+                _ => {
+                    return Err(Error::ShapeMismatch {
+                        op: name,
+                        lhs: a.0.to_vec(),
+                        rhs: b.0.to_vec(),
+                        reason: format!(
+                            "the shapes do not broadcast: dimension {d} of the aligned shapes is \
+                             {x} vs {y} (R6.11: aligned from the right, equal or 1)"
+                        ),
+                    });
+                }
+            });
+        }
+        same_dtype(name, a.1, b.1)?;
+        if crate::dtype::checked_len(&out_shape, a.1).is_none() {
             return Err(Error::ShapeMismatch {
                 op: name,
                 lhs: a.0.to_vec(),
                 rhs: b.0.to_vec(),
-                reason: "elementwise ops need identical shapes (no broadcasting, R6.11)".into(),
+                reason: format!("the output {out_shape:?} would hold more than isize::MAX bytes"),
             });
         }
-        same_dtype(name, a.1, b.1)?;
+        if rank > MAX_BROADCAST_RANK {
+            return Err(Error::ShapeMismatch {
+                op: name,
+                lhs: a.0.to_vec(),
+                rhs: b.0.to_vec(),
+                reason: format!("broadcasting supports rank <= {MAX_BROADCAST_RANK}"),
+            });
+        }
+        let mut mask = [0u64; 2];
+        for d in 0..rank {
+            mask[0] |= u64::from(dim(a.0, d) == 1) << d;
+            mask[1] |= u64::from(dim(b.0, d) == 1) << d;
+        }
         Ok(Op {
-            kind: OpKind::Binary(op),
+            kind: OpKind::Broadcast { op, mask },
+            out_shape,
+            out_dtype: a.1,
+        })
+    }
+
+    /// Elementwise `a op value`, in f32 then rounded once (R6.2, R6.3).
+    pub(crate) fn scalar(op: BinaryOp, a: Meta<'_>, value: f32) -> Op {
+        Op {
+            kind: OpKind::Scalar { op, value },
             out_shape: a.0.to_vec(),
+            out_dtype: a.1,
+        }
+    }
+
+    /// A reduction over dimension `dim` of `a`, keeping it as size 1 when `keepdim` (R6.4).
+    pub(crate) fn reduce(op: ReduceOp, a: Meta<'_>, dim: usize, keepdim: bool) -> Result<Op> {
+        let name = op.name();
+        let mismatch = |reason: String| Error::ShapeMismatch {
+            op: name,
+            lhs: a.0.to_vec(),
+            rhs: vec![],
+            reason,
+        };
+        if dim >= a.0.len() {
+            return Err(mismatch(format!(
+                "dim {dim} is out of range for a tensor of rank {}",
+                a.0.len()
+            )));
+        }
+        let len = a.0[dim];
+        if len == 0 && op == ReduceOp::Max {
+            return Err(mismatch(format!(
+                "max over dimension {dim} of size 0 has no identity"
+            )));
+        }
+        let dims = ReduceDims {
+            op,
+            outer: a.0[..dim].iter().product(),
+            len,
+            inner: a.0[dim + 1..].iter().product(),
+        };
+        let mut out_shape = a.0.to_vec();
+        if keepdim {
+            out_shape[dim] = 1;
+        } else {
+            out_shape.remove(dim);
+        }
+        Ok(Op {
+            kind: OpKind::Reduce(dims),
+            out_shape,
             out_dtype: a.1,
         })
     }
@@ -178,8 +293,15 @@ impl Op {
 impl OpKind {
     pub(crate) fn name(&self) -> &'static str {
         match self {
-            OpKind::Binary(op) => op.name(),
+            OpKind::Binary(op) | OpKind::Broadcast { op, .. } => op.name(),
+            OpKind::Scalar { op, .. } => match op {
+                BinaryOp::Add => "add_scalar",
+                BinaryOp::Sub => "sub_scalar",
+                BinaryOp::Mul => "mul_scalar",
+                BinaryOp::Div => "div_scalar",
+            },
             OpKind::Unary(op) => op.name(),
+            OpKind::Reduce(d) => d.op.name(),
             OpKind::Softmax => "softmax",
             OpKind::RmsNorm { .. } => "rms_norm",
             OpKind::Matmul(_) => "matmul",
@@ -193,5 +315,57 @@ fn same_dtype(op: &'static str, lhs: DType, rhs: DType) -> Result<()> {
         Ok(())
     } else {
         Err(Error::DTypeMismatch { op, lhs, rhs })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// R6.11: shapes align from the right; the mask marks each operand's size-1 dimensions.
+    #[test]
+    fn broadcast_shape_and_strides() {
+        let op = Op::binary(
+            BinaryOp::Add,
+            (&[4, 1, 5], DType::F32),
+            (&[3, 1], DType::F32),
+        )
+        .unwrap();
+        assert_eq!(op.out_shape, [4, 3, 5]);
+        // [4,1,5] is size 1 in dim 1; [3,1] padded to [1,3,1] in dims 0 and 2.
+        let mask = [0b010, 0b101];
+        assert_eq!(
+            op.kind,
+            OpKind::Broadcast {
+                op: BinaryOp::Add,
+                mask
+            }
+        );
+        // Identical shapes keep the plain kind.
+        let same = Op::binary(BinaryOp::Mul, (&[2, 3], DType::F16), (&[2, 3], DType::F16));
+        assert_eq!(same.unwrap().kind, OpKind::Binary(BinaryOp::Mul));
+        // A zero-sized dim broadcasts against 1 only.
+        let z = Op::binary(BinaryOp::Sub, (&[0, 3], DType::F32), (&[1], DType::F32)).unwrap();
+        assert_eq!(z.out_shape, [0, 3]);
+        assert!(Op::binary(BinaryOp::Sub, (&[0], DType::F32), (&[2], DType::F32)).is_err());
+    }
+
+    /// R6.4: reduce geometry, keepdim, and the refusals.
+    #[test]
+    fn reduce_shapes() {
+        let op = Op::reduce(ReduceOp::Sum, (&[2, 3, 4], DType::F32), 1, false).unwrap();
+        assert_eq!(op.out_shape, [2, 4]);
+        let dims = ReduceDims {
+            op: ReduceOp::Sum,
+            outer: 2,
+            len: 3,
+            inner: 4,
+        };
+        assert_eq!(op.kind, OpKind::Reduce(dims));
+        let kept = Op::reduce(ReduceOp::Mean, (&[2, 3, 4], DType::F32), 2, true).unwrap();
+        assert_eq!(kept.out_shape, [2, 3, 1]);
+        assert!(Op::reduce(ReduceOp::Max, (&[2, 3], DType::F32), 2, false).is_err());
+        assert!(Op::reduce(ReduceOp::Max, (&[2, 0], DType::F32), 1, false).is_err());
+        assert!(Op::reduce(ReduceOp::Sum, (&[2, 0], DType::F32), 1, false).is_ok());
     }
 }

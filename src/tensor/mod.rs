@@ -18,7 +18,7 @@ use crate::dispatch;
 pub use crate::dtype::DType;
 pub(crate) use crate::dtype::Element;
 use crate::error::{Error, Result};
-use crate::kernels::{BinaryOp, UnaryOp};
+use crate::kernels::{BinaryOp, ReduceOp, UnaryOp};
 use crate::ops::op::Op;
 use crate::scope::stack::take_pending_error;
 
@@ -225,7 +225,9 @@ impl Tensor {
         dispatch::op(|| Ok(Op::unary(op, self.meta())), &[self])
     }
 
-    /// Elementwise `self + rhs`; shapes and dtypes must match (no broadcasting).
+    /// Elementwise `self + rhs`; dtypes must match, shapes broadcast by NumPy/torch rules
+    /// (aligned from the right, each pair of dimensions equal or one of them 1, R6.11; a
+    /// broadcast output has rank at most 64).
     ///
     /// ```
     /// use tagstream::{DType, Error, Tensor};
@@ -234,7 +236,12 @@ impl Tensor {
     /// let b = Tensor::from_vec(vec![10.0, 20.0], &[2], DType::F32)?;
     /// assert_eq!(a.add(&b)?.to_vec_f32()?, vec![11.0, 22.0]);
     /// assert_eq!(b.sub(&a)?.div(&a)?.to_vec_f32()?, vec![9.0, 9.0]);
-    /// // No broadcasting, no implicit conversion:
+    /// // Broadcasting: [2, 1] + [2] is [2, 2].
+    /// let col = Tensor::from_vec(vec![100.0, 200.0], &[2, 1], DType::F32)?;
+    /// let sum = col.add(&a)?;
+    /// assert_eq!(sum.shape(), &[2, 2]);
+    /// assert_eq!(sum.to_vec_f32()?, vec![101.0, 102.0, 201.0, 202.0]);
+    /// // Shapes that do not broadcast, and no implicit conversion:
     /// let c = Tensor::zeros(&[3], DType::F32)?;
     /// assert!(matches!(a.add(&c), Err(Error::ShapeMismatch { op: "add", .. })));
     /// let h = Tensor::zeros(&[2], DType::F16)?;
@@ -271,6 +278,96 @@ impl Tensor {
     /// [`Error::ShapeMismatch`], [`Error::DTypeMismatch`], [`Error::DataRace`].
     pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
         self.binary(BinaryOp::Div, rhs)
+    }
+
+    fn scalar(&self, op: BinaryOp, value: f32) -> Result<Tensor> {
+        dispatch::op(|| Ok(Op::scalar(op, self.meta(), value)), &[self])
+    }
+
+    /// Elementwise `self + value`, computed in f32 and rounded once to the tensor's dtype (R6.2,
+    /// R6.3).
+    ///
+    /// ```
+    /// use tagstream::{DType, Tensor};
+    /// let a = Tensor::from_vec(vec![1.0, 2.0], &[2], DType::F16)?;
+    /// assert_eq!(a.add_scalar(0.5)?.to_vec_f32()?, vec![1.5, 2.5]);
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::DataRace`].
+    pub fn add_scalar(&self, value: f32) -> Result<Tensor> {
+        self.scalar(BinaryOp::Add, value)
+    }
+
+    /// Elementwise `self * value`, computed in f32 and rounded once to the tensor's dtype (R6.2,
+    /// R6.3).
+    ///
+    /// ```
+    /// use tagstream::{DType, Tensor};
+    /// let a = Tensor::from_vec(vec![1.0, -2.0], &[2], DType::BF16)?;
+    /// assert_eq!(a.mul_scalar(3.0)?.to_vec_f32()?, vec![3.0, -6.0]);
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::DataRace`].
+    pub fn mul_scalar(&self, value: f32) -> Result<Tensor> {
+        self.scalar(BinaryOp::Mul, value)
+    }
+
+    fn reduce(&self, op: ReduceOp, dim: usize, keepdim: bool) -> Result<Tensor> {
+        dispatch::op(|| Op::reduce(op, self.meta(), dim, keepdim), &[self])
+    }
+
+    /// Sum over dimension `dim`, kept as size 1 when `keepdim`. Each result adds its inputs left
+    /// to right in f32 (an order fixed by the shape, never by threads, R6.4) and rounds once.
+    ///
+    /// ```
+    /// use tagstream::{DType, Tensor};
+    /// let a = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3], DType::F32)?;
+    /// assert_eq!(a.sum(0, false)?.to_vec_f32()?, vec![5.0, 7.0, 9.0]);
+    /// let s = a.sum(1, true)?;
+    /// assert_eq!((s.shape(), s.to_vec_f32()?), (&[2, 1][..], vec![6.0, 15.0]));
+    /// assert!(a.sum(2, false).is_err()); // dim out of range
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when `dim` is out of range, [`Error::DataRace`].
+    pub fn sum(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Sum, dim, keepdim)
+    }
+
+    /// Mean over dimension `dim`: the [`sum`](Tensor::sum) divided by the dimension's size in
+    /// f32, rounded once (an empty dimension gives NaN).
+    ///
+    /// ```
+    /// use tagstream::{DType, Tensor};
+    /// let a = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], &[2, 2], DType::F32)?;
+    /// assert_eq!(a.mean(1, false)?.to_vec_f32()?, vec![1.5, 3.5]);
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when `dim` is out of range, [`Error::DataRace`].
+    pub fn mean(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Mean, dim, keepdim)
+    }
+
+    /// Largest value over dimension `dim` (values only; NaN propagates).
+    ///
+    /// ```
+    /// use tagstream::{DType, Tensor};
+    /// let a = Tensor::from_vec(vec![1.0, 5.0, 3.0, -4.0], &[2, 2], DType::F32)?;
+    /// assert_eq!(a.max(0, true)?.to_vec_f32()?, vec![3.0, 5.0]);
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when `dim` is out of range or has size 0, [`Error::DataRace`].
+    pub fn max(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Max, dim, keepdim)
     }
 
     /// Matrix product: `[m,k]×[k,n]`, `[b,m,k]×[b,k,n]` or `[b,m,k]×[k,n]`, accumulated in f32

@@ -158,6 +158,22 @@ pub(crate) fn execute_into(
         (OpKind::Binary(kind), [a, b]) => {
             typed2!(*a, *b, &mut out, |a, b, o| kernels::binary(kind, a, b, o))
         }
+        (OpKind::Broadcast { op: kind, mask }, [a, b]) => {
+            typed2!(*a, *b, &mut out, |a, b, o| kernels::binary_broadcast(
+                kind,
+                a,
+                b,
+                o,
+                &op.out_shape,
+                mask
+            ))
+        }
+        (OpKind::Scalar { op: kind, value }, [a]) => {
+            typed1!(*a, &mut out, |a, o| kernels::binary_scalar(
+                kind, a, value, o
+            ))
+        }
+        (OpKind::Reduce(dims), [a]) => typed1!(*a, &mut out, |a, o| kernels::reduce(a, o, dims)),
         (OpKind::Unary(kind), [a]) => typed1!(*a, &mut out, |a, o| kernels::unary(kind, a, o)),
         (OpKind::Softmax, [a]) => {
             let n = op.out_shape.last().copied().unwrap_or(0);

@@ -432,6 +432,13 @@ impl Cuda {
                 ],
             ),
             OpKind::Matmul(dims) => return self.gemm(ps, name, dims, dtype, ins, out),
+            OpKind::Broadcast { .. } | OpKind::Scalar { .. } | OpKind::Reduce(_) => {
+                return Err(Error::ExecutionFailed {
+                    op: name.into(),
+                    stream: ps.tag.to_string(),
+                    message: format!("not yet on CUDA: {name}"),
+                });
+            }
         };
         if n == 0 {
             return Ok(());
