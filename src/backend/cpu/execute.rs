@@ -82,23 +82,41 @@ pub(crate) fn execute(
             }
         }
     }
-    // The operands on the stack: the worker allocates only the output.
-    let (pair, single);
-    let views: &[DataRef<'_>] = match views {
-        [Some(a), Some(b)] => {
-            pair = [a, b];
-            &pair
-        }
-        [Some(a), None] => {
-            single = [a];
-            &single
-        }
-        _ => &[],
+    let Some(views) = OperandViews::new(views) else {
+        return Err(failed(op, stream, "an op with no operands".into()));
     };
     let mut out =
         Data::try_zeroed(op.out_dtype, op.out_len()).ok_or_else(|| out_of_memory(op, stream))?;
-    run_kernel(stream, op, views, out.view_mut(), threads)?;
+    run_kernel(stream, op, views.as_slice(), out.view_mut(), threads)?;
     Ok(out)
+}
+
+/// The one or two operand views of an op, on the stack: executing an op allocates only its
+/// output.
+pub(crate) struct OperandViews<'a> {
+    views: [DataRef<'a>; 2],
+    len: usize,
+}
+
+impl<'a> OperandViews<'a> {
+    /// The operands read in order (`None` where an op has fewer); `None` for no operand.
+    pub(crate) fn new(views: [Option<DataRef<'a>>; 2]) -> Option<OperandViews<'a>> {
+        match views {
+            [Some(a), Some(b)] => Some(OperandViews {
+                views: [a, b],
+                len: 2,
+            }),
+            [Some(a), None] => Some(OperandViews {
+                views: [a, a],
+                len: 1,
+            }),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[DataRef<'a>] {
+        &self.views[..self.len]
+    }
 }
 
 /// Runs the kernel of `op` into `out`, catching a kernel panic.

@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use super::arena::{Arena, Slot};
 use super::chaos;
-use super::execute::{self, out_of_memory};
+use super::execute::{self, OperandViews, out_of_memory};
 use super::signal::Progress;
 use super::worker::{SegmentCtx, SegmentJob, wait_for};
 use crate::error::{Error, Result};
@@ -334,20 +334,10 @@ impl Frame {
                 Err(e) => return self.poison(dst, e, ctx),
             }
         }
-        let (pair, single);
-        let views: &[DataRef<'_>] = match views {
-            [Some(a), Some(b)] => {
-                pair = [a, b];
-                &pair
-            }
-            [Some(a), None] => {
-                single = [a];
-                &single
-            }
-            _ => {
-                return self.poison(dst, internal("an op with no operands"), ctx);
-            }
+        let Some(views) = OperandViews::new(views) else {
+            return self.poison(dst, internal("an op with no operands"), ctx);
         };
+        let views = views.as_slice();
         let threads = ctx.split.threads_for(op);
         let result = match dst {
             Loc::Arena(v) => {
