@@ -8,6 +8,7 @@
 mod common;
 
 use common::{eager, ro, tensor_bits};
+use tagstream::models::seed_model;
 use tagstream::ops::{create_tagged_event, tagged_event_record, tagged_event_wait};
 use tagstream::scope::stream_switch;
 use tagstream::{DType, Device, Error, Result, Tensor, compile, synchronize};
@@ -103,26 +104,6 @@ fn unordered_cross_stream_read_is_refused_r3_5(dev: Device) {
     );
 }
 
-/// The seed model (add, record, matmul on a side stream after a wait, matmul, add), with the
-/// side stream's tag and event made per call of this body.
-fn seed(
-    ev: tagstream::ops::TaggedEvent,
-    side: String,
-) -> impl FnMut(&[Tensor]) -> Result<Vec<Tensor>> + Send + 'static {
-    move |x: &[Tensor]| {
-        let add = x[0].add(&x[1])?;
-        tagged_event_record(&ev)?;
-        let mm = {
-            let _s = stream_switch(&side)?;
-            tagged_event_wait(&ev)?;
-            x[2].matmul(&x[3])?
-        };
-        let mm1 = x[2].matmul(&x[3])?;
-        let add2 = x[2].add(&x[3])?;
-        Ok(vec![add, mm, mm1, add2])
-    }
-}
-
 fn seed_replay_equals_eager_and_serial_r5_6(dev: Device) {
     for dtype in [DType::F32, DType::F16, DType::BF16] {
         let name = format!("seed-{dtype}");
@@ -132,8 +113,8 @@ fn seed_replay_equals_eager_and_serial_r5_6(dev: Device) {
         let x: Vec<Tensor> = (0..4)
             .map(|i| randn(dev, &[48, 48], dtype, 10 + i))
             .collect();
-        let mut replayed = compile(seed(ev, side.clone()), ro());
-        let mut eager_run = compile(seed(ev2, side), eager());
+        let mut replayed = compile(seed_model(ev, &side), ro());
+        let mut eager_run = compile(seed_model(ev2, &side), eager());
         let first = replayed.run(&x).unwrap();
         let second = replayed.run(&x).unwrap();
         let eager_out = eager_run.run(&x).unwrap();
