@@ -33,35 +33,50 @@ pub enum DType {
     F16,
     /// bfloat16 (8 exponent bits, 7 mantissa bits).
     BF16,
+    /// 32-bit signed integers, for indices only (R6.1): made by
+    /// [`topk`](crate::Tensor::topk) or [`from_vec`](crate::Tensor::from_vec), read by the index
+    /// ops; every other op refuses it with [`Error::DTypeMismatch`].
+    I32,
 }
 
 impl DType {
     /// All dtypes, in a fixed order.
-    pub const ALL: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+    pub const ALL: [DType; 4] = [DType::F32, DType::F16, DType::BF16, DType::I32];
 
-    /// The lower-case name (`f32`, `f16`, `bf16`), as accepted by [`str::parse`].
+    /// The floating-point dtypes, the ones arithmetic ops take.
+    pub const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+    /// Whether this is a floating-point dtype (every dtype but [`I32`](DType::I32)).
+    pub fn is_float(self) -> bool {
+        self != DType::I32
+    }
+
+    /// The lower-case name (`f32`, `f16`, `bf16`, `i32`), as accepted by [`str::parse`].
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
             DType::F16 => "f16",
             DType::BF16 => "bf16",
+            DType::I32 => "i32",
         }
     }
 
     /// Bytes per element.
     pub fn size_in_bytes(self) -> usize {
         match self {
-            DType::F32 => 4,
+            DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
         }
     }
 
-    /// Rounds an f32 value to this dtype and back (R6.1), e.g. to build reference values.
+    /// Rounds an f32 value to this dtype and back (R6.1), e.g. to build reference values. For
+    /// [`I32`](DType::I32): toward zero, saturating at the `i32` range, NaN to 0 (Rust's `as`).
     pub fn round_f32(self, x: f32) -> f32 {
         match self {
             DType::F32 => x,
             DType::F16 => f16::from_f32(x).to_f32(),
             DType::BF16 => bf16::from_f32(x).to_f32(),
+            DType::I32 => x as i32 as f32,
         }
     }
 
@@ -71,13 +86,14 @@ impl DType {
             DType::F32 => f32::MAX,
             DType::F16 => f16::MAX.to_f32(),
             DType::BF16 => bf16::MAX.to_f32(),
+            DType::I32 => i32::MAX as f32,
         }
     }
 
     /// Unit roundoff of this dtype as an output type (`u_out` of R6.7).
     pub fn unit_roundoff(self) -> f64 {
         match self {
-            DType::F32 => 0.0,
+            DType::F32 | DType::I32 => 0.0,
             DType::F16 => 2f64.powi(-11),
             DType::BF16 => 2f64.powi(-8),
         }
@@ -86,7 +102,7 @@ impl DType {
     /// Half the smallest positive subnormal (`η_out` of R6.7).
     pub fn half_min_subnormal(self) -> f64 {
         match self {
-            DType::F32 => 0.0,
+            DType::F32 | DType::I32 => 0.0,
             DType::F16 => 2f64.powi(-25),
             DType::BF16 => 2f64.powi(-134),
         }
@@ -107,6 +123,7 @@ impl FromStr for DType {
             "f32" | "float32" => Ok(DType::F32),
             "f16" | "float16" | "half" => Ok(DType::F16),
             "bf16" | "bfloat16" => Ok(DType::BF16),
+            "i32" | "int32" => Ok(DType::I32),
             _ => Err(Error::UnknownDType {
                 name: s.to_string(),
             }),
@@ -243,7 +260,7 @@ mod tests {
         );
         let msg = err.to_string();
         assert!(
-            msg.contains("\"int8\"") && msg.contains("f32, f16, bf16"),
+            msg.contains("\"int8\"") && msg.contains("f32, f16, bf16, i32"),
             "{msg}"
         );
     }

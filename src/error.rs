@@ -71,11 +71,9 @@ pub enum Error {
         reason: String,
     },
 
-    /// E7: operands of different dtypes (the `rms_norm` weight included).
-    #[error(
-        "{op}: dtype mismatch between {lhs:?} and {rhs:?}; convert one operand with \
-         `to_dtype` first"
-    )]
+    /// E7: operands of different dtypes (the `rms_norm` weight included), or an
+    /// [`I32`](DType::I32) operand where an op computes (or a float where it needs indices).
+    #[error("{}", describe_dtype(op, *lhs, *rhs))]
     DTypeMismatch {
         /// The op that refused its operands.
         op: &'static str,
@@ -85,8 +83,8 @@ pub enum Error {
         rhs: DType,
     },
 
-    /// E8: a dtype name that is not one of `f32`, `f16`, `bf16`.
-    #[error("unknown dtype \"{name}\"; accepted names are f32, f16, bf16")]
+    /// E8: a dtype name that is not one of `f32`, `f16`, `bf16`, `i32`.
+    #[error("unknown dtype \"{name}\"; accepted names are f32, f16, bf16, i32")]
     UnknownDType {
         /// The name that was given.
         name: String,
@@ -251,6 +249,17 @@ pub enum Error {
         bytes: usize,
     },
 
+    /// A value the dtype cannot hold exactly: a non-integral or out-of-range value for an
+    /// [`I32`](DType::I32) tensor (`from_vec`, `full`), or a dtype a constructor cannot make
+    /// (`randn` of `I32`).
+    #[error("{op}: {reason}")]
+    InvalidValue {
+        /// The constructor or op that refused the value.
+        op: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The operating system refused to start a stream worker thread.
     #[error("could not start the worker thread of stream \"{stream}\": {message}")]
     WorkerSpawn {
@@ -269,6 +278,20 @@ impl Error {
             op,
             graph: format!("#{graph} (produced by {made_by})"),
         }
+    }
+}
+
+fn describe_dtype(op: &str, lhs: DType, rhs: DType) -> String {
+    if lhs.is_float() && rhs.is_float() {
+        format!(
+            "{op}: dtype mismatch between {lhs:?} and {rhs:?}; convert one operand with \
+             `to_dtype` first"
+        )
+    } else {
+        format!(
+            "{op}: dtype mismatch between {lhs:?} and {rhs:?}: I32 holds indices only (R6.1); \
+             arithmetic takes F32, F16 or BF16 operands and index operands must be I32"
+        )
     }
 }
 

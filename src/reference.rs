@@ -14,7 +14,7 @@
 //! ```
 
 use crate::kernels::scalar;
-pub use crate::kernels::{BinaryOp, MatmulDims, ReduceDims, ReduceOp, UnaryOp};
+pub use crate::kernels::{BinaryOp, IndexDims, MatmulDims, ReduceDims, ReduceOp, UnaryOp};
 use crate::tensor::DType;
 
 /// `a op b` elementwise, rounded to `dtype`.
@@ -233,6 +233,7 @@ fn neighbours(x: f32, dtype: DType) -> [f32; 2] {
                 half::bf16::from_bits(step16(b, true)).to_f32(),
             ]
         }
+        DType::I32 => [x - 1.0, x + 1.0],
     }
 }
 
@@ -263,6 +264,91 @@ pub fn first_mismatch(a: &[f32], b: &[f32]) -> Option<usize> {
     (a.len() != b.len()).then(|| a.len().min(b.len()))
 }
 
+/// The reference of `gather` along the middle of `dims` (indices as exact f32 values):
+/// `None` if an index is out of range.
+pub fn gather(src: &[f32], index: &[f32], dims: IndexDims) -> Option<Vec<f32>> {
+    let IndexDims {
+        src_len,
+        idx_len,
+        inner,
+        ..
+    } = dims;
+    let mut out = Vec::with_capacity(index.len());
+    for (at, &ix) in index.iter().enumerate() {
+        let (o, i) = (at / (idx_len * inner), at % inner);
+        let j = in_range(ix, src_len)?;
+        out.push(src[(o * src_len + j) * inner + i]);
+    }
+    Some(out)
+}
+
+/// The reference of `scatter`: a copy of `dst` with `src` written at `index` in row-major
+/// order (the last repeated index wins); `None` if an index is out of range.
+pub fn scatter(dst: &[f32], index: &[f32], src: &[f32], dims: IndexDims) -> Option<Vec<f32>> {
+    let IndexDims {
+        src_len,
+        idx_len,
+        inner,
+        ..
+    } = dims;
+    let mut out = dst.to_vec();
+    for (at, (&ix, &v)) in index.iter().zip(src).enumerate() {
+        let (o, i) = (at / (idx_len * inner), at % inner);
+        let j = in_range(ix, src_len)?;
+        out[(o * src_len + j) * inner + i] = v;
+    }
+    Some(out)
+}
+
+/// The reference of `index_select` with a 1-D `index`; `None` if an index is out of range.
+pub fn index_select(src: &[f32], index: &[f32], dims: IndexDims) -> Option<Vec<f32>> {
+    let IndexDims {
+        outer,
+        src_len,
+        inner,
+        ..
+    } = dims;
+    let mut out = Vec::with_capacity(outer * index.len() * inner);
+    for o in 0..outer {
+        for &ix in index {
+            let j = in_range(ix, src_len)?;
+            out.extend_from_slice(&src[(o * src_len + j) * inner..][..inner]);
+        }
+    }
+    Some(out)
+}
+
+/// The reference of `topk(k)` over rows of `n`: (values, positions as f32), by a stable sort
+/// of each row, largest first, NaN above every number.
+pub fn topk(x: &[f32], n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
+    let (mut values, mut positions) = (Vec::new(), Vec::new());
+    if n == 0 {
+        return (values, positions);
+    }
+    for row in x.chunks_exact(n) {
+        let mut order: Vec<usize> = (0..n).collect();
+        // Stable: equal values keep the lower position first.
+        order.sort_by(|&a, &b| {
+            let (x, y) = (row[a], row[b]);
+            match (x.is_nan(), y.is_nan()) {
+                (true, true) => std::cmp::Ordering::Equal,
+                (true, false) => std::cmp::Ordering::Less,
+                (false, true) => std::cmp::Ordering::Greater,
+                _ => y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal),
+            }
+        });
+        for &j in &order[..k] {
+            values.push(row[j]);
+            positions.push(j as f32);
+        }
+    }
+    (values, positions)
+}
+
+fn in_range(ix: f32, len: usize) -> Option<usize> {
+    (ix >= 0.0 && (ix as usize) < len).then_some(ix as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,7 +358,7 @@ mod tests {
     #[test]
     fn check_reduction_requires_infinities_and_nan_to_match_r6_8() {
         let (inf, max16) = (f32::INFINITY, 65504.0);
-        for dtype in DType::ALL {
+        for dtype in DType::FLOATS {
             let max = dtype.max_finite();
             for (got, want) in [
                 (max, inf),

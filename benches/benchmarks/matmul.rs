@@ -16,7 +16,7 @@ pub(crate) fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("matmul_1000");
     g.sample_size(10);
     g.throughput(Throughput::Elements(flops));
-    for dtype in DType::ALL {
+    for dtype in DType::FLOATS {
         let a = Tensor::randn(&[n, n], dtype, 1).expect("input");
         let b = Tensor::randn(&[n, n], dtype, 2).expect("input");
         g.bench_function(format!("cpu_matmul_{dtype}"), |bch| {

@@ -12,7 +12,7 @@ pub(crate) fn benches(c: &mut Criterion) {
     let ops = 1000;
     let mut g = c.benchmark_group("chain1000_16");
     g.throughput(Throughput::Elements(ops as u64));
-    for dtype in DType::ALL {
+    for dtype in DType::FLOATS {
         let inputs = models::tiny_inputs(16, dtype).expect("inputs");
         for (name, mode) in [("replay", Mode::ReduceOverhead), ("eager", Mode::Eager)] {
             let mut model = compile(

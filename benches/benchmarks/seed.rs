@@ -12,7 +12,7 @@ pub(crate) fn benches(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Elements(4 * (n as u64).pow(3)));
     let ev = ops::create_tagged_event("bench-seed-66").expect("event");
-    for dtype in DType::ALL {
+    for dtype in DType::FLOATS {
         let inputs = models::seed_inputs(n, dtype).expect("inputs");
         for (name, mode) in [("replay", Mode::ReduceOverhead), ("eager", Mode::Eager)] {
             let mut model = compile(

@@ -48,11 +48,13 @@ pub(crate) enum Work {
     Wait { on: Option<Bound>, label: Label },
 }
 
-/// The input buffers of an op, inline for the usual one or two (no allocation per issue).
+/// The input buffers of an op, inline (no allocation per issue; an op has at most
+/// [`MAX_OPERANDS`](crate::ops::op::MAX_OPERANDS)).
 #[derive(Debug)]
 pub(crate) enum Inputs {
     One([Arc<Buffer>; 1]),
     Two([Arc<Buffer>; 2]),
+    Three([Arc<Buffer>; 3]),
 }
 
 impl Inputs {
@@ -60,6 +62,7 @@ impl Inputs {
         match self {
             Inputs::One(b) => b,
             Inputs::Two(b) => b,
+            Inputs::Three(b) => b,
         }
     }
 }

@@ -148,16 +148,17 @@ fn eager_op<B: Backend>(backend: &B, device: Device, op: Op, inputs: &[&Tensor])
         return Err(device::no_gpu(device, name));
     }
     // Operands and producers on the stack: the eager issue path allocates only the output.
-    let mut buffers = [None, None];
-    let mut producers = [None, None];
+    let mut buffers = [None, None, None];
+    let mut producers = [None, None, None];
     for ((b, p), t) in buffers.iter_mut().zip(&mut producers).zip(inputs) {
         let (buffer, producer) = eager_parts(name, t)?;
         *b = Some(buffer);
         *p = producer.map(|p| &**p);
     }
     let operands = match buffers {
-        [Some(a), None] => Inputs::One([a.clone()]),
-        [Some(a), Some(b)] => Inputs::Two([a.clone(), b.clone()]),
+        [Some(a), None, None] => Inputs::One([a.clone()]),
+        [Some(a), Some(b), None] => Inputs::Two([a.clone(), b.clone()]),
+        [Some(a), Some(b), Some(c)] => Inputs::Three([a.clone(), b.clone(), c.clone()]),
         _ => {
             return Err(Error::ExecutionFailed {
                 op: name.to_string(),

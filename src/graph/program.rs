@@ -14,7 +14,7 @@ use super::ir::{EntryKind, EntryRef, Graph, Operand, Output};
 use super::memory::{ClockOracle, ValueLife, too_large, total_bytes, try_plan_memory};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::op::Op;
+use crate::ops::op::{MAX_OPERANDS, Op};
 use crate::runtime::{Batch, BatchPoint, BatchStream, Position, StreamId};
 use crate::tensor::handle::{Kind, Tensor};
 use crate::tensor::storage::Buffer;
@@ -110,7 +110,7 @@ pub(crate) enum Loc {
 /// The operands of an op: one or two, inline.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Operands {
-    locs: [Loc; 2],
+    locs: [Loc; MAX_OPERANDS],
     len: u8,
 }
 
@@ -118,12 +118,16 @@ impl Operands {
     fn new(locs: &[Loc]) -> Option<Operands> {
         match *locs {
             [a] => Some(Operands {
-                locs: [a, a],
+                locs: [a, a, a],
                 len: 1,
             }),
             [a, b] => Some(Operands {
-                locs: [a, b],
+                locs: [a, b, b],
                 len: 2,
+            }),
+            [a, b, c] => Some(Operands {
+                locs: [a, b, c],
+                len: 3,
             }),
             _ => None,
         }

@@ -110,3 +110,18 @@ pub struct MatmulDims {
 /// Elements per conversion chunk: 4 KiB of f32 per buffer, so a chunk's inputs and output stay
 /// in L1 while f16/bf16 go through f32.
 pub(crate) const CHUNK: usize = 1024;
+
+/// The geometry of an index op (`gather`, `scatter`, `index_select`): the data tensor seen as
+/// `[outer, src_len, inner]` around the indexed dimension, the index (and output) selecting
+/// `idx_len` positions along it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IndexDims {
+    /// Product of the dimensions before the indexed one.
+    pub outer: usize,
+    /// The indexed dimension's size in the data tensor: every index must be in `0..src_len`.
+    pub src_len: usize,
+    /// The indexed dimension's size in the index (and the output of `gather`/`index_select`).
+    pub idx_len: usize,
+    /// Product of the dimensions after the indexed one.
+    pub inner: usize,
+}

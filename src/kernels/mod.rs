@@ -17,6 +17,7 @@
 pub(crate) mod bf16;
 mod elementwise;
 pub(crate) mod f16c;
+mod index;
 mod kind;
 mod matmul;
 mod reduce;
@@ -24,8 +25,9 @@ pub(crate) mod scalar;
 
 pub(crate) use elementwise::{binary, binary_broadcast, binary_scalar, convert, unary};
 // `pub` for `reference`, which re-exports them when the `workloads` feature is on.
+pub(crate) use index::{gather, index_select, scatter, topk_indices};
 #[cfg_attr(not(any(test, feature = "workloads")), allow(unreachable_pub))]
-pub use kind::{BinaryOp, MatmulDims, ReduceDims, ReduceOp, UnaryOp};
+pub use kind::{BinaryOp, IndexDims, MatmulDims, ReduceDims, ReduceOp, UnaryOp};
 pub(crate) use matmul::matmul;
 pub(crate) use reduce::{reduce, rms_norm, softmax};
 

@@ -7,7 +7,7 @@
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::kernels::{BinaryOp, MatmulDims, ReduceDims, ReduceOp, UnaryOp};
+use crate::kernels::{BinaryOp, IndexDims, MatmulDims, ReduceDims, ReduceOp, UnaryOp};
 
 /// What an op computes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,6 +34,18 @@ pub(crate) enum OpKind {
     },
     Matmul(MatmulDims),
     ToDType(DType),
+    /// The `I32` positions of the `k` largest of each row of `n` (the indices half of `topk`;
+    /// its values are a `Gather` of them).
+    TopkIndices {
+        n: usize,
+        k: usize,
+    },
+    /// Operands: data, `I32` index of the output's shape.
+    Gather(IndexDims),
+    /// Operands: data, `I32` index, src (the index's shape); the output is the data's shape.
+    Scatter(IndexDims),
+    /// Operands: data, 1-D `I32` index.
+    IndexSelect(IndexDims),
 }
 
 /// A validated op: its kind and its output's shape and dtype.
@@ -43,6 +55,9 @@ pub(crate) struct Op {
     pub(crate) out_shape: Vec<usize>,
     pub(crate) out_dtype: DType,
 }
+
+/// The most operands an op reads (`scatter`: self, index, src).
+pub(crate) const MAX_OPERANDS: usize = 3;
 
 /// The largest output rank a broadcast op takes (one mask bit per dimension).
 pub(crate) const MAX_BROADCAST_RANK: usize = 64;
@@ -74,6 +89,7 @@ impl Op {
         let name = op.name();
         if a.0 == b.0 {
             same_dtype(name, a.1, b.1)?;
+            float_only(name, a.1)?;
             return Ok(Op {
                 kind: OpKind::Binary(op),
                 out_shape: a.0.to_vec(),
@@ -104,6 +120,7 @@ impl Op {
             });
         }
         same_dtype(name, a.1, b.1)?;
+        float_only(name, a.1)?;
         if crate::dtype::checked_len(&out_shape, a.1).is_none() {
             return Err(Error::ShapeMismatch {
                 op: name,
@@ -133,17 +150,20 @@ impl Op {
     }
 
     /// Elementwise `a op value`, in f32 then rounded once (R6.2, R6.3).
-    pub(crate) fn scalar(op: BinaryOp, a: Meta<'_>, value: f32) -> Op {
-        Op {
-            kind: OpKind::Scalar { op, value },
+    pub(crate) fn scalar(op: BinaryOp, a: Meta<'_>, value: f32) -> Result<Op> {
+        let kind = OpKind::Scalar { op, value };
+        float_only(kind.name(), a.1)?;
+        Ok(Op {
+            kind,
             out_shape: a.0.to_vec(),
             out_dtype: a.1,
-        }
+        })
     }
 
     /// A reduction over dimension `dim` of `a`, keeping it as size 1 when `keepdim` (R6.4).
     pub(crate) fn reduce(op: ReduceOp, a: Meta<'_>, dim: usize, keepdim: bool) -> Result<Op> {
         let name = op.name();
+        float_only(name, a.1)?;
         let mismatch = |reason: String| Error::ShapeMismatch {
             op: name,
             lhs: a.0.to_vec(),
@@ -181,23 +201,33 @@ impl Op {
         })
     }
 
-    pub(crate) fn unary(op: UnaryOp, a: Meta<'_>) -> Op {
-        Op {
+    pub(crate) fn unary(op: UnaryOp, a: Meta<'_>) -> Result<Op> {
+        float_only(op.name(), a.1)?;
+        Ok(Op {
             kind: OpKind::Unary(op),
             out_shape: a.0.to_vec(),
             out_dtype: a.1,
-        }
+        })
     }
 
-    pub(crate) fn to_dtype(a: Meta<'_>, dtype: DType) -> Op {
-        Op {
+    /// A conversion between float dtypes (R6.1 refuses `I32` on either side).
+    pub(crate) fn to_dtype(a: Meta<'_>, dtype: DType) -> Result<Op> {
+        if !a.1.is_float() || !dtype.is_float() {
+            return Err(Error::DTypeMismatch {
+                op: "to_dtype",
+                lhs: a.1,
+                rhs: dtype,
+            });
+        }
+        Ok(Op {
             kind: OpKind::ToDType(dtype),
             out_shape: a.0.to_vec(),
             out_dtype: dtype,
-        }
+        })
     }
 
     pub(crate) fn softmax(a: Meta<'_>) -> Result<Op> {
+        float_only("softmax", a.1)?;
         if a.0.is_empty() {
             return Err(Error::ShapeMismatch {
                 op: "softmax",
@@ -231,9 +261,93 @@ impl Op {
             });
         }
         same_dtype("rms_norm", a.1, w.1)?;
+        float_only("rms_norm", a.1)?;
         Ok(Op {
             kind: OpKind::RmsNorm { eps },
             out_shape: a.0.to_vec(),
+            out_dtype: a.1,
+        })
+    }
+
+    /// The indices half of `topk(k)` over the last dimension (design.md §1).
+    pub(crate) fn topk_indices(a: Meta<'_>, k: usize) -> Result<Op> {
+        float_only("topk", a.1)?;
+        let mismatch = |reason: String| Error::ShapeMismatch {
+            op: "topk",
+            lhs: a.0.to_vec(),
+            rhs: vec![k],
+            reason,
+        };
+        let Some(&n) = a.0.last() else {
+            return Err(mismatch(
+                "topk needs rank >= 1 (it selects over the last dimension)".into(),
+            ));
+        };
+        if k > n {
+            return Err(mismatch(format!(
+                "k = {k} is larger than the last dimension ({n})"
+            )));
+        }
+        if i32::try_from(n).is_err() {
+            return Err(mismatch(format!(
+                "the last dimension ({n}) has positions beyond the I32 range"
+            )));
+        }
+        let mut out_shape = a.0.to_vec();
+        out_shape[a.0.len() - 1] = k;
+        Ok(Op {
+            kind: OpKind::TopkIndices { n, k },
+            out_shape,
+            out_dtype: DType::I32,
+        })
+    }
+
+    /// `gather(dim, index)`: the output has the index's shape and the data's dtype.
+    pub(crate) fn gather(a: Meta<'_>, dim: usize, index: Meta<'_>) -> Result<Op> {
+        let dims = index_geometry("gather", a, dim, index, true)?;
+        Ok(Op {
+            kind: OpKind::Gather(dims),
+            out_shape: index.0.to_vec(),
+            out_dtype: a.1,
+        })
+    }
+
+    /// `scatter(dim, index, src)`: a copy of the data with `src` (the index's shape, the data's
+    /// dtype) written at `index`.
+    pub(crate) fn scatter(a: Meta<'_>, dim: usize, index: Meta<'_>, src: Meta<'_>) -> Result<Op> {
+        let dims = index_geometry("scatter", a, dim, index, true)?;
+        same_dtype("scatter", a.1, src.1)?;
+        if src.0 != index.0 {
+            return Err(Error::ShapeMismatch {
+                op: "scatter",
+                lhs: index.0.to_vec(),
+                rhs: src.0.to_vec(),
+                reason: "src must have the index's shape".into(),
+            });
+        }
+        Ok(Op {
+            kind: OpKind::Scatter(dims),
+            out_shape: a.0.to_vec(),
+            out_dtype: a.1,
+        })
+    }
+
+    /// `index_select(dim, index)` with a 1-D index: the data's shape with `dim` resized.
+    pub(crate) fn index_select(a: Meta<'_>, dim: usize, index: Meta<'_>) -> Result<Op> {
+        let dims = index_geometry("index_select", a, dim, index, false)?;
+        let mut out_shape = a.0.to_vec();
+        out_shape[dim] = dims.idx_len;
+        if crate::dtype::checked_len(&out_shape, a.1).is_none() {
+            return Err(Error::ShapeMismatch {
+                op: "index_select",
+                lhs: a.0.to_vec(),
+                rhs: index.0.to_vec(),
+                reason: format!("the output {out_shape:?} would hold more than isize::MAX bytes"),
+            });
+        }
+        Ok(Op {
+            kind: OpKind::IndexSelect(dims),
+            out_shape,
             out_dtype: a.1,
         })
     }
@@ -265,6 +379,7 @@ impl Op {
             return Err(mismatch(format!("inner dimensions differ ({k} vs {kb})")));
         }
         same_dtype("matmul", a.1, b.1)?;
+        float_only("matmul", a.1)?;
         let out_shape = if a.0.len() == 3 {
             vec![batch, m, n]
         } else {
@@ -306,7 +421,87 @@ impl OpKind {
             OpKind::RmsNorm { .. } => "rms_norm",
             OpKind::Matmul(_) => "matmul",
             OpKind::ToDType(_) => "to_dtype",
+            OpKind::TopkIndices { .. } => "topk",
+            OpKind::Gather(_) => "gather",
+            OpKind::Scatter(_) => "scatter",
+            OpKind::IndexSelect(_) => "index_select",
         }
+    }
+}
+
+/// The checks every index op shares: an `I32` index, `dim < rank` of the data, and (for
+/// `gather`/`scatter`) an index of the data's rank whose sizes equal the data's in every other
+/// dimension. Returns the geometry around `dim`.
+fn index_geometry(
+    name: &'static str,
+    data: Meta<'_>,
+    dim: usize,
+    index: Meta<'_>,
+    same_rank: bool,
+) -> Result<IndexDims> {
+    let mismatch = |reason: String| Error::ShapeMismatch {
+        op: name,
+        lhs: data.0.to_vec(),
+        rhs: index.0.to_vec(),
+        reason,
+    };
+    if index.1 != DType::I32 {
+        return Err(Error::DTypeMismatch {
+            op: name,
+            lhs: index.1,
+            rhs: DType::I32,
+        });
+    }
+    let rank = data.0.len();
+    if dim >= rank {
+        return Err(mismatch(format!(
+            "dim {dim} is out of range for a tensor of rank {rank}"
+        )));
+    }
+    let idx_len = if same_rank {
+        if index.0.len() != rank {
+            return Err(mismatch(format!(
+                "the index must have the data's rank ({rank}), it has rank {}",
+                index.0.len()
+            )));
+        }
+        if let Some(d) = (0..rank).find(|&d| d != dim && index.0[d] != data.0[d]) {
+            return Err(mismatch(format!(
+                "the index must match the data in every dimension but {dim}; dimension {d} \
+                 is {} vs {}",
+                index.0[d], data.0[d]
+            )));
+        }
+        index.0[dim]
+    } else {
+        match index.0 {
+            [n] => *n,
+            _ => {
+                return Err(mismatch(format!(
+                    "the index must be 1-D, it has rank {}",
+                    index.0.len()
+                )));
+            }
+        }
+    };
+    Ok(IndexDims {
+        outer: data.0[..dim].iter().product(),
+        src_len: data.0[dim],
+        idx_len,
+        inner: data.0[dim + 1..].iter().product(),
+    })
+}
+
+/// Refuses an `I32` operand of an op that computes (R6.1: `I32` holds indices only).
+fn float_only(op: &'static str, dtype: DType) -> Result<()> {
+    if dtype.is_float() {
+        Ok(())
+    } else {
+        Err(Error::DTypeMismatch {
+            op,
+            lhs: dtype,
+            rhs: DType::F32,
+        })
     }
 }
 

@@ -6,6 +6,7 @@
 //! (on the worker); it never computes on the calling thread.
 
 pub(crate) mod handle;
+mod index;
 pub(crate) mod storage;
 
 use rand::SeedableRng;
@@ -21,6 +22,22 @@ use crate::error::{Error, Result};
 use crate::kernels::{BinaryOp, ReduceOp, UnaryOp};
 use crate::ops::op::Op;
 use crate::scope::stack::take_pending_error;
+
+/// Whether `v` is an integer `I32` holds exactly (R6.1: `from_vec` with `I32` takes integral
+/// values).
+fn is_i32(v: f32) -> bool {
+    v.fract() == 0.0 && (-2_147_483_648.0..2_147_483_648.0).contains(&v)
+}
+
+fn not_i32(op: &'static str, value: f32, index: Option<usize>) -> Error {
+    let at = index.map(|i| format!(" at index {i}")).unwrap_or_default();
+    Error::InvalidValue {
+        op,
+        reason: format!(
+            "{value}{at} is not an integer in the i32 range; I32 tensors hold indices (R6.1)"
+        ),
+    }
+}
 
 /// `len` zeroed elements for a host-built tensor; an allocator refusal is an error (R7.1).
 fn host_alloc(op: &str, dtype: DType, len: usize) -> Result<Data> {
@@ -77,6 +94,12 @@ impl Tensor {
         }
         let data = match dtype {
             DType::F32 => Data::F32(data),
+            DType::I32 => {
+                if let Some(bad) = data.iter().position(|&v| !is_i32(v)) {
+                    return Err(not_i32("from_vec", data[bad], Some(bad)));
+                }
+                Data::from_f32(&data, dtype)
+            }
             _ => Data::from_f32(&data, dtype),
         };
         Ok(Tensor::host(shape, data))
@@ -117,12 +140,17 @@ impl Tensor {
     /// refuses it.
     pub fn full(shape: &[usize], value: f32, dtype: DType) -> Result<Tensor> {
         take_pending_error()?;
+        if dtype == DType::I32 && !is_i32(value) {
+            return Err(not_i32("full", value, None));
+        }
         let len = Self::len_of("full", shape, dtype, None)?;
         let mut data = host_alloc("full", dtype, len)?;
         match data.view_mut() {
             DataMut::F32(v) => v.fill(value),
             DataMut::F16(v) => v.fill(half::f16::from_f32(value)),
             DataMut::BF16(v) => v.fill(half::bf16::from_f32(value)),
+            // Checked integral and in range above.
+            DataMut::I32(v) => v.fill(value as i32),
         }
         Ok(Tensor::host(shape, data))
     }
@@ -144,6 +172,12 @@ impl Tensor {
     /// refuses it.
     pub fn randn(shape: &[usize], dtype: DType, seed: u64) -> Result<Tensor> {
         take_pending_error()?;
+        if !dtype.is_float() {
+            return Err(Error::InvalidValue {
+                op: "randn",
+                reason: format!("normal samples are not integers: {dtype} is not a float dtype"),
+            });
+        }
         let len = Self::len_of("randn", shape, dtype, None)?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut values = host_alloc("randn", DType::F32, len)?;
@@ -160,6 +194,7 @@ impl Tensor {
                 DataMut::F16(o) => Element::store_f32(src, o),
                 DataMut::BF16(o) => Element::store_f32(src, o),
                 DataMut::F32(o) => o.copy_from_slice(src),
+                DataMut::I32(_) => {}
             }
         }
         Ok(Tensor::host(shape, data))
@@ -222,7 +257,7 @@ impl Tensor {
     }
 
     fn unary(&self, op: UnaryOp) -> Result<Tensor> {
-        dispatch::op(|| Ok(Op::unary(op, self.meta())), &[self])
+        dispatch::op(|| Op::unary(op, self.meta()), &[self])
     }
 
     /// Elementwise `self + rhs`; dtypes must match, shapes broadcast by NumPy/torch rules
@@ -281,7 +316,7 @@ impl Tensor {
     }
 
     fn scalar(&self, op: BinaryOp, value: f32) -> Result<Tensor> {
-        dispatch::op(|| Ok(Op::scalar(op, self.meta(), value)), &[self])
+        dispatch::op(|| Op::scalar(op, self.meta(), value), &[self])
     }
 
     /// Elementwise `self + value`, computed in f32 and rounded once to the tensor's dtype (R6.2,
@@ -491,6 +526,6 @@ impl Tensor {
     /// # Errors
     /// [`Error::DataRace`].
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
-        dispatch::op(|| Ok(Op::to_dtype(self.meta(), dtype)), &[self])
+        dispatch::op(|| Op::to_dtype(self.meta(), dtype), &[self])
     }
 }

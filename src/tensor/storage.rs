@@ -37,6 +37,7 @@ pub(crate) enum Data {
     F32(Vec<f32>),
     F16(Vec<f16>),
     BF16(Vec<bf16>),
+    I32(Vec<i32>),
 }
 
 impl Data {
@@ -48,6 +49,7 @@ impl Data {
             DType::F32 => Data::F32(vec![0.0; len]),
             DType::F16 => Data::F16(bytemuck::zeroed_vec(len)),
             DType::BF16 => Data::BF16(bytemuck::zeroed_vec(len)),
+            DType::I32 => Data::I32(vec![0; len]),
         }
     }
 
@@ -58,10 +60,12 @@ impl Data {
             DType::F32 => Data::F32(bytemuck::allocation::try_zeroed_vec(len).ok()?),
             DType::F16 => Data::F16(bytemuck::allocation::try_zeroed_vec(len).ok()?),
             DType::BF16 => Data::BF16(bytemuck::allocation::try_zeroed_vec(len).ok()?),
+            DType::I32 => Data::I32(bytemuck::allocation::try_zeroed_vec(len).ok()?),
         })
     }
 
-    /// Converts f32 values to `dtype` (R6.1 rounding).
+    /// Converts f32 values to `dtype` (R6.1 rounding; to `I32` as [`DType::round_f32`], callers
+    /// check integrality first).
     pub(crate) fn from_f32(values: &[f32], dtype: DType) -> Data {
         use crate::dtype::Element;
         fn conv<T: Element>(values: &[f32]) -> Vec<T> {
@@ -73,10 +77,12 @@ impl Data {
             DType::F32 => Data::F32(values.to_vec()),
             DType::F16 => Data::F16(conv(values)),
             DType::BF16 => Data::BF16(conv(values)),
+            DType::I32 => Data::I32(values.iter().map(|&v| v as i32).collect()),
         }
     }
 
-    /// Exact conversion to f32.
+    /// Conversion to f32: exact for the float dtypes, and for `I32` values of magnitude up to
+    /// 2^24.
     pub(crate) fn to_f32_vec(&self) -> Vec<f32> {
         use crate::dtype::Element;
         fn conv<T: Element>(values: &[T]) -> Vec<f32> {
@@ -88,6 +94,7 @@ impl Data {
             Data::F32(v) => v.clone(),
             Data::F16(v) => conv(v),
             Data::BF16(v) => conv(v),
+            Data::I32(v) => v.iter().map(|&x| x as f32).collect(),
         }
     }
 
@@ -97,6 +104,7 @@ impl Data {
             Data::F32(v) => DataRef::F32(v),
             Data::F16(v) => DataRef::F16(v),
             Data::BF16(v) => DataRef::BF16(v),
+            Data::I32(v) => DataRef::I32(v),
         }
     }
 
@@ -106,6 +114,7 @@ impl Data {
             Data::F32(v) => DataMut::F32(v),
             Data::F16(v) => DataMut::F16(v),
             Data::BF16(v) => DataMut::BF16(v),
+            Data::I32(v) => DataMut::I32(v),
         }
     }
 
@@ -119,6 +128,7 @@ impl Data {
             Data::F32(_) => DType::F32,
             Data::F16(_) => DType::F16,
             Data::BF16(_) => DType::BF16,
+            Data::I32(_) => DType::I32,
         }
     }
 }
@@ -130,6 +140,7 @@ pub(crate) enum DataRef<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
     BF16(&'a [bf16]),
+    I32(&'a [i32]),
 }
 
 /// A mutable typed view: where a kernel writes its output.
@@ -138,6 +149,7 @@ pub(crate) enum DataMut<'a> {
     F32(&'a mut [f32]),
     F16(&'a mut [f16]),
     BF16(&'a mut [bf16]),
+    I32(&'a mut [i32]),
 }
 
 impl DataRef<'_> {
@@ -146,6 +158,7 @@ impl DataRef<'_> {
             DataRef::F32(_) => DType::F32,
             DataRef::F16(_) => DType::F16,
             DataRef::BF16(_) => DType::BF16,
+            DataRef::I32(_) => DType::I32,
         }
     }
 
@@ -154,6 +167,7 @@ impl DataRef<'_> {
             DataRef::F32(v) => v.len(),
             DataRef::F16(v) => v.len(),
             DataRef::BF16(v) => v.len(),
+            DataRef::I32(v) => v.len(),
         }
     }
 }
@@ -164,6 +178,7 @@ impl DataMut<'_> {
             DataMut::F32(_) => DType::F32,
             DataMut::F16(_) => DType::F16,
             DataMut::BF16(_) => DType::BF16,
+            DataMut::I32(_) => DType::I32,
         }
     }
 
@@ -172,6 +187,7 @@ impl DataMut<'_> {
             DataMut::F32(v) => v.len(),
             DataMut::F16(v) => v.len(),
             DataMut::BF16(v) => v.len(),
+            DataMut::I32(v) => v.len(),
         }
     }
 
@@ -181,6 +197,7 @@ impl DataMut<'_> {
             (DataMut::F32(d), DataRef::F32(s)) if d.len() == s.len() => d.copy_from_slice(s),
             (DataMut::F16(d), DataRef::F16(s)) if d.len() == s.len() => d.copy_from_slice(s),
             (DataMut::BF16(d), DataRef::BF16(s)) if d.len() == s.len() => d.copy_from_slice(s),
+            (DataMut::I32(d), DataRef::I32(s)) if d.len() == s.len() => d.copy_from_slice(s),
             _ => return false,
         }
         true
@@ -273,7 +290,7 @@ mod tests {
 
     #[test]
     fn zeroed_and_conversions() {
-        for d in DType::ALL {
+        for d in DType::FLOATS {
             let z = Data::zeroed(d, 5);
             assert_eq!(z.dtype(), d);
             assert_eq!(z.to_f32_vec(), vec![0.0; 5]);

@@ -106,13 +106,14 @@ impl Arena {
         }
         let p = self.ptr(slot);
         // SAFETY: `ptr` checked that the range is inside the allocation and aligned for the
-        // dtype; every bit pattern is a valid f32/f16/bf16; the caller guarantees no
+        // dtype; every bit pattern is a valid f32/f16/bf16/i32; the caller guarantees no
         // concurrent write (precondition 1).
         unsafe {
             match slot.dtype {
                 DType::F32 => DataRef::F32(std::slice::from_raw_parts(p.cast(), slot.len)),
                 DType::F16 => DataRef::F16(std::slice::from_raw_parts(p.cast(), slot.len)),
                 DType::BF16 => DataRef::BF16(std::slice::from_raw_parts(p.cast(), slot.len)),
+                DType::I32 => DataRef::I32(std::slice::from_raw_parts(p.cast(), slot.len)),
             }
         }
     }
@@ -138,6 +139,7 @@ impl Arena {
                 DType::F32 => DataMut::F32(std::slice::from_raw_parts_mut(p.cast(), slot.len)),
                 DType::F16 => DataMut::F16(std::slice::from_raw_parts_mut(p.cast(), slot.len)),
                 DType::BF16 => DataMut::BF16(std::slice::from_raw_parts_mut(p.cast(), slot.len)),
+                DType::I32 => DataMut::I32(std::slice::from_raw_parts_mut(p.cast(), slot.len)),
             }
         }
     }
@@ -148,6 +150,7 @@ fn empty_ref(dtype: DType) -> DataRef<'static> {
         DType::F32 => DataRef::F32(&[]),
         DType::F16 => DataRef::F16(&[] as &[f16]),
         DType::BF16 => DataRef::BF16(&[] as &[bf16]),
+        DType::I32 => DataRef::I32(&[]),
     }
 }
 
@@ -156,6 +159,7 @@ fn empty_mut(dtype: DType) -> DataMut<'static> {
         DType::F32 => DataMut::F32(&mut []),
         DType::F16 => DataMut::F16(&mut []),
         DType::BF16 => DataMut::BF16(&mut []),
+        DType::I32 => DataMut::I32(&mut []),
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::dtype::Element;
 use crate::error::Error;
 use crate::kernels;
-use crate::ops::op::{Op, OpKind};
+use crate::ops::op::{MAX_OPERANDS, Op, OpKind};
 use crate::tensor::storage::{Buffer, Data, DataMut, DataRef};
 
 /// Runs `$body` with `$a` and `$o` bound to the typed slices of one input and the output,
@@ -46,6 +46,51 @@ macro_rules! typed2 {
     };
 }
 
+/// As [`typed1!`] for ops that only move elements: every dtype, `I32` included.
+macro_rules! any1 {
+    ($a:expr, $out:expr, |$x:ident, $o:ident| $body:expr) => {
+        match ($a, $out) {
+            (DataRef::F32($x), DataMut::F32($o)) => $body,
+            (DataRef::F16($x), DataMut::F16($o)) => $body,
+            (DataRef::BF16($x), DataMut::BF16($o)) => $body,
+            (DataRef::I32($x), DataMut::I32($o)) => $body,
+            (a, o) => return Err(format!("operand {} vs output {}", a.dtype(), o.dtype())),
+        }
+    };
+}
+
+/// As [`any1!`] with a second data operand of the same dtype.
+macro_rules! any2 {
+    ($a:expr, $b:expr, $out:expr, |$x:ident, $y:ident, $o:ident| $body:expr) => {
+        match ($a, $b, $out) {
+            (DataRef::F32($x), DataRef::F32($y), DataMut::F32($o)) => $body,
+            (DataRef::F16($x), DataRef::F16($y), DataMut::F16($o)) => $body,
+            (DataRef::BF16($x), DataRef::BF16($y), DataMut::BF16($o)) => $body,
+            (DataRef::I32($x), DataRef::I32($y), DataMut::I32($o)) => $body,
+            (a, b, o) => {
+                return Err(format!(
+                    "operands {}, {} vs output {}",
+                    a.dtype(),
+                    b.dtype(),
+                    o.dtype()
+                ));
+            }
+        }
+    };
+}
+
+/// The `I32` index operand of an index op.
+fn index_operand<'a>(op: &Op, index: DataRef<'a>) -> Result<&'a [i32], String> {
+    match index {
+        DataRef::I32(ix) => Ok(ix),
+        other => Err(format!(
+            "{}: an index of dtype {}",
+            op.name(),
+            other.dtype()
+        )),
+    }
+}
+
 /// The error of an op whose output cannot be allocated (eager or replay): the one place its
 /// message is built.
 pub(crate) fn out_of_memory(op: &Op, stream: &str) -> Error {
@@ -67,7 +112,7 @@ pub(crate) fn execute(
     inputs: &[Arc<Buffer>],
     threads: usize,
 ) -> Result<Data, Error> {
-    let mut views = [None, None];
+    let mut views = [None; MAX_OPERANDS];
     for (slot, input) in views.iter_mut().zip(inputs) {
         match input.get() {
             Some(Ok(d)) => *slot = Some(d.view()),
@@ -91,23 +136,27 @@ pub(crate) fn execute(
     Ok(out)
 }
 
-/// The one or two operand views of an op, on the stack: executing an op allocates only its
-/// output.
+/// The operand views of an op (at most [`MAX_OPERANDS`]), on the stack: executing an op
+/// allocates only its output.
 pub(crate) struct OperandViews<'a> {
-    views: [DataRef<'a>; 2],
+    views: [DataRef<'a>; MAX_OPERANDS],
     len: usize,
 }
 
 impl<'a> OperandViews<'a> {
     /// The operands read in order (`None` where an op has fewer); `None` for no operand.
-    pub(crate) fn new(views: [Option<DataRef<'a>>; 2]) -> Option<OperandViews<'a>> {
+    pub(crate) fn new(views: [Option<DataRef<'a>>; MAX_OPERANDS]) -> Option<OperandViews<'a>> {
         match views {
-            [Some(a), Some(b)] => Some(OperandViews {
-                views: [a, b],
+            [Some(a), Some(b), Some(c)] => Some(OperandViews {
+                views: [a, b, c],
+                len: 3,
+            }),
+            [Some(a), Some(b), None] => Some(OperandViews {
+                views: [a, b, b],
                 len: 2,
             }),
-            [Some(a), None] => Some(OperandViews {
-                views: [a, a],
+            [Some(a), None, None] => Some(OperandViews {
+                views: [a, a, a],
                 len: 1,
             }),
             _ => None,
@@ -208,23 +257,53 @@ pub(crate) fn execute_into(
                 a, b, o, dims, threads
             ))
         }
-        (OpKind::ToDType(_), [a]) => convert(*a, out),
+        (OpKind::ToDType(_), [a]) => convert(*a, out)?,
+        (OpKind::TopkIndices { n, k }, [a]) => {
+            let DataMut::I32(o) = &mut out else {
+                return Err(format!("topk: an output of dtype {}", out.dtype()));
+            };
+            match *a {
+                DataRef::F32(x) => kernels::topk_indices(x, o, n, k),
+                DataRef::F16(x) => kernels::topk_indices(x, o, n, k),
+                DataRef::BF16(x) => kernels::topk_indices(x, o, n, k),
+                DataRef::I32(_) => return Err("topk: an I32 operand".into()),
+            }
+        }
+        (OpKind::Gather(dims), [a, index]) => {
+            let index = index_operand(op, *index)?;
+            any1!(*a, &mut out, |a, o| kernels::gather(a, index, o, dims))?
+        }
+        (OpKind::IndexSelect(dims), [a, index]) => {
+            let index = index_operand(op, *index)?;
+            any1!(*a, &mut out, |a, o| kernels::index_select(
+                a, index, o, dims
+            ))?
+        }
+        (OpKind::Scatter(dims), [a, index, src]) => {
+            let index = index_operand(op, *index)?;
+            any2!(*a, *src, &mut out, |a, s, o| kernels::scatter(
+                a, index, s, o, dims
+            ))?
+        }
         _ => return Err(format!("{} got {} operands", op.name(), inputs.len())),
     }
     Ok(())
 }
 
-fn convert(a: DataRef<'_>, out: DataMut<'_>) {
-    fn go<S: Element>(a: &[S], out: DataMut<'_>) {
+fn convert(a: DataRef<'_>, out: DataMut<'_>) -> Result<(), String> {
+    fn go<S: Element>(a: &[S], out: DataMut<'_>) -> Result<(), String> {
         match out {
             DataMut::F32(o) => kernels::convert(a, o),
             DataMut::F16(o) => kernels::convert(a, o),
             DataMut::BF16(o) => kernels::convert(a, o),
+            DataMut::I32(_) => return Err("to_dtype: an I32 output passed validation".into()),
         }
+        Ok(())
     }
     match a {
         DataRef::F32(a) => go(a, out),
         DataRef::F16(a) => go(a, out),
         DataRef::BF16(a) => go(a, out),
+        DataRef::I32(_) => Err("to_dtype: an I32 operand passed validation".into()),
     }
 }

@@ -29,7 +29,7 @@ use super::signal::Progress;
 use super::worker::{SegmentCtx, SegmentJob, wait_for};
 use crate::error::{Error, Result};
 use crate::graph::program::{Instr, Loc, Program, ValueId, View};
-use crate::ops::op::Op;
+use crate::ops::op::{MAX_OPERANDS, Op};
 use crate::tensor::storage::{Buffer, Data, DataRef};
 use crate::trace::spans::{self, RawSpan};
 
@@ -325,7 +325,7 @@ impl Frame {
     }
 
     fn run_op(&self, op: &Op, inputs: &[Loc], dst: &Loc, ctx: &SegmentCtx<'_>) {
-        let mut views = [None, None];
+        let mut views = [None; MAX_OPERANDS];
         for (slot, loc) in views.iter_mut().zip(inputs) {
             match self.view(loc) {
                 Ok(v) => *slot = Some(v),

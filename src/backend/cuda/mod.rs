@@ -29,7 +29,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::graph::program::{Instr, Loc, Program};
 use crate::kernels::MatmulDims;
-use crate::ops::op::{Op, OpKind};
+use crate::ops::op::{MAX_OPERANDS, Op, OpKind};
 use crate::runtime::{Issue, StreamId};
 use crate::tensor::storage::{Buffer, Data, DeviceMem};
 
@@ -432,7 +432,13 @@ impl Cuda {
                 ],
             ),
             OpKind::Matmul(dims) => return self.gemm(ps, name, dims, dtype, ins, out),
-            OpKind::Broadcast { .. } | OpKind::Scalar { .. } | OpKind::Reduce(_) => {
+            OpKind::Broadcast { .. }
+            | OpKind::Scalar { .. }
+            | OpKind::Reduce(_)
+            | OpKind::TopkIndices { .. }
+            | OpKind::Gather(_)
+            | OpKind::Scatter(_)
+            | OpKind::IndexSelect(_) => {
                 return Err(Error::ExecutionFailed {
                     op: name.into(),
                     stream: ps.tag.to_string(),
@@ -477,6 +483,8 @@ impl Cuda {
             DType::F32 => T::CUDA_R_32F,
             DType::F16 => T::CUDA_R_16F,
             DType::BF16 => T::CUDA_R_16BF,
+            // Validation refuses I32 operands for matmul (R6.1).
+            DType::I32 => return Err(internal("matmul", "an I32 operand passed validation")),
         };
         let (alpha, beta) = (1.0f32, 0.0f32);
         let int = |x: usize| i32::try_from(x).unwrap_or(i32::MAX);
@@ -548,7 +556,7 @@ impl Cuda {
         let mut ins = [Operand {
             ptr: 0,
             dtype: DType::F32,
-        }; 2];
+        }; MAX_OPERANDS];
         for (slot, b) in ins.iter_mut().zip(inputs) {
             if let Some(Err(e)) = b.get() {
                 return Err(e.clone());
@@ -609,6 +617,7 @@ impl Cuda {
                         Data::F32(v) => drv::memcpy_htod_async(ptr, v, ps.raw.0),
                         Data::F16(v) => drv::memcpy_htod_async(ptr, v, ps.raw.0),
                         Data::BF16(v) => drv::memcpy_htod_async(ptr, v, ps.raw.0),
+                        Data::I32(v) => drv::memcpy_htod_async(ptr, v, ps.raw.0),
                     }
                 }
                 .map_err(|e| cuda_err("cuMemcpyHtoDAsync", e, op, &ps.tag))?;
@@ -634,6 +643,7 @@ impl Cuda {
                         Data::F32(v) => drv::memcpy_dtoh_async(v, src.ptr, ps.raw.0),
                         Data::F16(v) => drv::memcpy_dtoh_async(v, src.ptr, ps.raw.0),
                         Data::BF16(v) => drv::memcpy_dtoh_async(v, src.ptr, ps.raw.0),
+                        Data::I32(v) => drv::memcpy_dtoh_async(v, src.ptr, ps.raw.0),
                     }
                 }
                 .map_err(|e| cuda_err("cuMemcpyDtoHAsync", e, op, &ps.tag))?;
@@ -667,6 +677,7 @@ impl Cuda {
                 Data::F32(v) => drv::memcpy_dtoh_sync(v, a.ptr),
                 Data::F16(v) => drv::memcpy_dtoh_sync(v, a.ptr),
                 Data::BF16(v) => drv::memcpy_dtoh_sync(v, a.ptr),
+                Data::I32(v) => drv::memcpy_dtoh_sync(v, a.ptr),
             }
         }
         .map_err(|e| cuda_err("cuMemcpyDtoH", e, "to_vec_f32", "host"))?;
@@ -822,6 +833,7 @@ impl Cuda {
                     Data::F32(v) => drv::memcpy_htod_sync(ptr, v),
                     Data::F16(v) => drv::memcpy_htod_sync(ptr, v),
                     Data::BF16(v) => drv::memcpy_htod_sync(ptr, v),
+                    Data::I32(v) => drv::memcpy_htod_sync(ptr, v),
                 }
             }
             .map_err(|e| host("cuMemcpyHtoD", e))?;

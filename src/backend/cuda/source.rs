@@ -31,6 +31,7 @@ fn suffix(d: DType) -> &'static str {
         DType::F32 => "f32",
         DType::F16 => "f16",
         DType::BF16 => "bf16",
+        DType::I32 => "i32",
     }
 }
 
@@ -38,6 +39,7 @@ fn ctype(d: DType) -> &'static str {
     match d {
         DType::F32 => "float",
         DType::F16 | DType::BF16 => "u16",
+        DType::I32 => "int",
     }
 }
 
@@ -64,14 +66,14 @@ pub(crate) fn row_name(op: &str, d: DType) -> String {
 /// Every kernel name the source defines (what the module must export).
 pub(crate) fn all_names() -> Vec<String> {
     let mut names = Vec::new();
-    for d in DType::ALL {
+    for d in DType::FLOATS {
         for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
             names.push(binary_name(op, d));
         }
         for op in [UnaryOp::Relu, UnaryOp::Silu, UnaryOp::Gelu, UnaryOp::Exp] {
             names.push(unary_name(op, d));
         }
-        for to in DType::ALL {
+        for to in DType::FLOATS {
             names.push(convert_name(d, to));
         }
         names.push(row_name("softmax", d));
@@ -298,7 +300,7 @@ fn loop_head() -> &'static str {
 /// The whole kernel source: every kernel of [`all_names`].
 pub(crate) fn source() -> String {
     let mut s = helpers();
-    for d in DType::ALL {
+    for d in DType::FLOATS {
         let (t, sf) = (ctype(d), suffix(d));
         for (op, sym) in [
             (BinaryOp::Add, "+"),
@@ -320,7 +322,7 @@ pub(crate) fn source() -> String {
                 head = loop_head()
             );
         }
-        for to in DType::ALL {
+        for to in DType::FLOATS {
             s += &format!(
                 "extern \"C\" __global__ void {name}(const {t}* a, {tt}* o, unsigned long long n) {{\n{head} o[i] = st_{st}(ld_{sf}(a[i]));\n}}\n",
                 name = convert_name(d, to),
