@@ -46,6 +46,19 @@ macro_rules! typed2 {
     };
 }
 
+/// As [`typed1!`]/[`typed2!`] for the layout ops, which move elements without computing: the
+/// body is generic over any `Copy` element, so every dtype gets an arm (a new dtype adds one).
+macro_rules! typed_copy {
+    ([$($in:expr),+], $out:expr, |[$($x:ident),+], $o:ident| $body:expr) => {
+        match ($($in,)+ $out) {
+            ($(DataRef::F32($x),)+ DataMut::F32($o)) => $body,
+            ($(DataRef::F16($x),)+ DataMut::F16($o)) => $body,
+            ($(DataRef::BF16($x),)+ DataMut::BF16($o)) => $body,
+            _ => return Err("operand dtypes differ from the output's".to_string()),
+        }
+    };
+}
+
 /// The error of an op whose output cannot be allocated (eager or replay): the one place its
 /// message is built.
 pub(crate) fn out_of_memory(op: &Op, stream: &str) -> Error {
@@ -209,6 +222,39 @@ pub(crate) fn execute_into(
             ))
         }
         (OpKind::ToDType(_), [a]) => convert(*a, out),
+        (OpKind::SoftmaxDim { dim }, [a]) => {
+            let s = &op.out_shape;
+            let (outer, inner) = (s[..dim].iter().product(), s[dim + 1..].iter().product());
+            typed1!(*a, &mut out, |a, o| kernels::softmax_strided(
+                a, o, outer, s[dim], inner
+            ))
+        }
+        (OpKind::Transpose { .. } | OpKind::Narrow { .. } | OpKind::Expand { .. }, [a]) => {
+            let mut strides = [0usize; kernels::MAX_RANK];
+            let Some(offset) = op.copy_layout(&mut strides) else {
+                return Err(format!(
+                    "{}: rank {} is too large",
+                    op.name(),
+                    op.out_shape.len()
+                ));
+            };
+            let strides = &strides[..op.out_shape.len()];
+            typed_copy!([*a], &mut out, |[a], o| kernels::strided_copy(
+                a,
+                o,
+                &op.out_shape,
+                strides,
+                offset
+            ))
+        }
+        (OpKind::Cat { dim, split }, [a, b]) => {
+            let s = &op.out_shape;
+            let inner: usize = s[dim + 1..].iter().product();
+            let (a_inner, b_inner) = (split * inner, (s[dim] - split) * inner);
+            typed_copy!([*a, *b], &mut out, |[a, b], o| kernels::cat2(
+                a, b, o, a_inner, b_inner
+            ))
+        }
         _ => return Err(format!("{} got {} operands", op.name(), inputs.len())),
     }
     Ok(())

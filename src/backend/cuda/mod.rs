@@ -432,7 +432,14 @@ impl Cuda {
                 ],
             ),
             OpKind::Matmul(dims) => return self.gemm(ps, name, dims, dtype, ins, out),
-            OpKind::Broadcast { .. } | OpKind::Scalar { .. } | OpKind::Reduce(_) => {
+            OpKind::Broadcast { .. }
+            | OpKind::Scalar { .. }
+            | OpKind::Reduce(_)
+            | OpKind::SoftmaxDim { .. }
+            | OpKind::Transpose { .. }
+            | OpKind::Narrow { .. }
+            | OpKind::Expand { .. }
+            | OpKind::Cat { .. } => {
                 return Err(Error::ExecutionFailed {
                     op: name.into(),
                     stream: ps.tag.to_string(),
