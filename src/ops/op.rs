@@ -727,4 +727,60 @@ mod tests {
         assert!(Op::reduce(ReduceOp::Max, (&[2, 0], DType::F32), 1, false).is_err());
         assert!(Op::reduce(ReduceOp::Sum, (&[2, 0], DType::F32), 1, false).is_ok());
     }
+
+    /// R6.11: which shape ops are copy-free views and which copy, and their copy layouts.
+    #[test]
+    fn views_and_copies() {
+        let m = (&[2usize, 1, 3][..], DType::F32);
+        let view = |r: Result<Shaped>| match r.unwrap() {
+            Shaped::View(s) => s,
+            Shaped::Copy(op) => panic!("expected a view, got {op:?}"),
+        };
+        let copy = |r: Result<Shaped>| match r.unwrap() {
+            Shaped::Copy(op) => op,
+            Shaped::View(s) => panic!("expected a copy, got a view {s:?}"),
+        };
+        assert_eq!(view(Op::reshape(m, &[3, 2])), [3, 2]);
+        assert_eq!(view(Op::unsqueeze(m, 3)), [2, 1, 3, 1]);
+        // Swapping around a size-1 dim keeps the order only when at most one size > 1 moves.
+        assert_eq!(view(Op::transpose(m, 0, 1)), [1, 2, 3]);
+        assert_eq!(view(Op::transpose(m, 1, 2)), [2, 3, 1]);
+        let t = copy(Op::transpose(m, 0, 2));
+        let mut strides = [0; MAX_COPY_RANK];
+        assert_eq!(t.copy_layout(&mut strides), Some(0));
+        assert_eq!(
+            (t.out_shape.as_slice(), &strides[..3]),
+            (&[3, 1, 2][..], &[1, 3, 3][..])
+        );
+        assert_eq!(view(Op::narrow(m, 2, 0, 3)), [2, 1, 3]);
+        let n = copy(Op::narrow(m, 2, 1, 2));
+        assert_eq!(n.copy_layout(&mut strides), Some(1));
+        assert_eq!(&strides[..3], &[3, 3, 1]);
+        assert_eq!(view(Op::expand(m, &[1, 2, 1, 3])), [1, 2, 1, 3]);
+        let e = copy(Op::expand(m, &[4, 2, 5, 3]));
+        assert_eq!(e.kind, OpKind::Expand { mask: 0b0101 });
+        assert_eq!(e.copy_layout(&mut strides), Some(0));
+        assert_eq!(&strides[..4], &[0, 3, 0, 1]);
+        assert_eq!(
+            Op::softmax_dim(m, 2).unwrap().kind,
+            OpKind::Softmax,
+            "the last dim is softmax itself"
+        );
+        assert_eq!(
+            Op::softmax_dim(m, 0).unwrap().kind,
+            OpKind::SoftmaxDim { dim: 0 }
+        );
+        let c = Op::cat2(m, (&[2, 4, 3], DType::F32), 1).unwrap();
+        assert_eq!(
+            (c.out_shape.as_slice(), c.kind),
+            (&[2, 5, 3][..], OpKind::Cat { dim: 1, split: 1 })
+        );
+        // Too many dims for a copy is an error, not a panic.
+        let mut deep = vec![1usize; MAX_COPY_RANK + 1];
+        deep[..2].copy_from_slice(&[2, 2]);
+        assert!(Op::transpose((&deep, DType::F32), 0, 1).is_err());
+        // A view of any rank is fine.
+        assert_eq!(view(Op::reshape((&deep, DType::F32), &[4])), [4]);
+        assert_eq!(view(Op::transpose((&deep, DType::F32), 2, 3)).len(), deep.len());
+    }
 }
