@@ -781,6 +781,9 @@ mod tests {
         assert!(Op::transpose((&deep, DType::F32), 0, 1).is_err());
         // A view of any rank is fine.
         assert_eq!(view(Op::reshape((&deep, DType::F32), &[4])), [4]);
-        assert_eq!(view(Op::transpose((&deep, DType::F32), 2, 3)).len(), deep.len());
+        assert_eq!(
+            view(Op::transpose((&deep, DType::F32), 2, 3)).len(),
+            deep.len()
+        );
     }
 }
