@@ -103,6 +103,99 @@ pub fn softmax(a: &[f32], n: usize, dtype: DType) -> Vec<f32> {
     out
 }
 
+/// Softmax of `a` (shape `shape`) over dimension `dim`, one row of that dimension at a time with
+/// the formula and plain left-to-right sums of [`softmax`], rounded to `dtype`.
+pub fn softmax_dim(a: &[f32], shape: &[usize], dim: usize, dtype: DType) -> Vec<f32> {
+    let len = shape[dim];
+    let inner: usize = shape[dim + 1..].iter().product();
+    let mut out = vec![0f32; a.len()];
+    if len == 0 || inner == 0 {
+        return out;
+    }
+    for block in 0..a.len() / (len * inner) {
+        for i in 0..inner {
+            let at = |j: usize| block * len * inner + j * inner + i;
+            let row: Vec<f32> = (0..len).map(|j| a[at(j)]).collect();
+            for (j, y) in softmax(&row, len, dtype).into_iter().enumerate() {
+                out[at(j)] = y;
+            }
+        }
+    }
+    out
+}
+
+/// Row-major index of each element of `shape`, one at a time (the reference's loop order).
+fn indices(shape: &[usize]) -> impl Iterator<Item = Vec<usize>> + '_ {
+    let n: usize = shape.iter().product();
+    (0..n).map(move |mut flat| {
+        let mut idx = vec![0; shape.len()];
+        for d in (0..shape.len()).rev() {
+            idx[d] = flat % shape[d];
+            flat /= shape[d];
+        }
+        idx
+    })
+}
+
+/// Row-major offset of `idx` in `shape`.
+fn offset(shape: &[usize], idx: &[usize]) -> usize {
+    idx.iter().zip(shape).fold(0, |o, (&i, &d)| o * d + i)
+}
+
+/// `a` (shape `shape`) with dimensions `d0` and `d1` swapped, element by element.
+pub fn transpose(a: &[f32], shape: &[usize], d0: usize, d1: usize) -> Vec<f32> {
+    let mut out_shape = shape.to_vec();
+    out_shape.swap(d0, d1);
+    indices(&out_shape)
+        .map(|mut idx| {
+            idx.swap(d0, d1);
+            a[offset(shape, &idx)]
+        })
+        .collect()
+}
+
+/// Indices `start..start + len` of dimension `dim` of `a` (shape `shape`).
+pub fn narrow(a: &[f32], shape: &[usize], dim: usize, start: usize, len: usize) -> Vec<f32> {
+    let mut out_shape = shape.to_vec();
+    out_shape[dim] = len;
+    indices(&out_shape)
+        .map(|mut idx| {
+            idx[dim] += start;
+            a[offset(shape, &idx)]
+        })
+        .collect()
+}
+
+/// `a` (shape `shape`) repeated to `to` by torch's expand rules (aligned from the right; size-1
+/// dimensions and new leading ones repeat).
+pub fn expand(a: &[f32], shape: &[usize], to: &[usize]) -> Vec<f32> {
+    let pad = to.len() - shape.len();
+    indices(to)
+        .map(|idx| {
+            let src: Vec<usize> = (0..shape.len())
+                .map(|d| if shape[d] == 1 { 0 } else { idx[d + pad] })
+                .collect();
+            a[offset(shape, &src)]
+        })
+        .collect()
+}
+
+/// `parts` (each `(values, shape)`) joined along `dim`, element by element.
+pub fn cat(parts: &[(&[f32], &[usize])], dim: usize) -> Vec<f32> {
+    let mut out_shape = parts[0].1.to_vec();
+    out_shape[dim] = parts.iter().map(|p| p.1[dim]).sum();
+    indices(&out_shape)
+        .map(|mut idx| {
+            let mut part = 0;
+            while idx[dim] >= parts[part].1[dim] {
+                idx[dim] -= parts[part].1[dim];
+                part += 1;
+            }
+            parts[part].0[offset(parts[part].1, &idx)]
+        })
+        .collect()
+}
+
 /// RMS norm over rows of length `n` with plain left-to-right sums, rounded to `dtype`.
 pub fn rms_norm(a: &[f32], w: &[f32], eps: f32, n: usize, dtype: DType) -> Vec<f32> {
     if n == 0 {

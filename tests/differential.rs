@@ -45,8 +45,9 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// `op(a, b, weight)`.
 type OpFn = fn(&Tensor, &Tensor, &Tensor) -> tagstream::Result<Tensor>;
 /// Ops by the names errors give them. `to_dtype` is a round trip (two entries); `full` is a host
-/// constant made in the closure (no entry, ready on every stream).
-const OPS: [(&str, OpFn); 13] = [
+/// constant made in the closure (no entry, ready on every stream); `reshape` is a copy-free view
+/// (a round trip through `[n·n]`: no entry, the same value as its operand).
+const OPS: [(&str, OpFn); 15] = [
     ("add", |a, b, _| a.add(b)),
     ("sub", |a, b, _| a.sub(b)),
     ("mul", |a, b, _| a.mul(b)),
@@ -63,6 +64,10 @@ const OPS: [(&str, OpFn); 13] = [
         a.to_dtype(other)?.to_dtype(a.dtype())
     }),
     ("full", |a, _, _| Tensor::full(a.shape(), 0.75, a.dtype())),
+    ("softmax_dim", |a, _, _| a.softmax_dim(0)),
+    ("reshape", |a, _, _| {
+        a.reshape(&[a.len()])?.reshape(a.shape())
+    }),
 ];
 
 /// The events, created once per process (R1.2, R1.4) and shared by every case.
@@ -297,6 +302,8 @@ impl Oracle {
         for node in nodes {
             match *node {
                 Node::Op("full", ..) => self.producers.push(None),
+                // A view issues nothing: its readers are checked against its operand's producer.
+                Node::Op("reshape", a, _) => self.producers.push(self.producers[a]),
                 Node::Op(op, a, b) => {
                     // In the order the runtime checks them; the `rms_norm` weight is an input.
                     let binary = matches!(op, "add" | "sub" | "mul" | "div" | "matmul");

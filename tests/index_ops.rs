@@ -365,3 +365,23 @@ fn scatter_operands_from_two_streams_need_an_event() {
     assert!(matches!(err, Error::DataRace { .. }), "{err}");
     drop(ev);
 }
+
+/// The shape ops only move elements, so they take I32 (a routing table reshaped, transposed or
+/// joined); softmax_dim computes and refuses it.
+#[test]
+fn shape_ops_move_i32_indices() {
+    let ix = Tensor::from_vec(vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0], &[2, 3], DType::I32).unwrap();
+    let t = ix.transpose(0, 1).unwrap();
+    assert_eq!(t.to_vec_f32().unwrap(), vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+    let r = ix.reshape(&[3, 2]).unwrap().narrow(0, 1, 2).unwrap();
+    assert_eq!(r.to_vec_f32().unwrap(), vec![2.0, 3.0, 4.0, 5.0]);
+    let c = Tensor::cat(&[ix.clone(), ix.clone()], 1).unwrap();
+    assert_eq!(c.shape(), &[2, 6]);
+    assert_eq!(c.dtype(), DType::I32);
+    let e = ix.unsqueeze(0).unwrap().expand(&[2, 2, 3]).unwrap();
+    assert_eq!(e.to_vec_f32().unwrap()[6..], [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    assert!(matches!(
+        ix.softmax_dim(0),
+        Err(Error::DTypeMismatch { op: "softmax_dim", .. })
+    ));
+}

@@ -46,6 +46,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(tensor::gelu, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::exp, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::softmax, m)?)?;
+    m.add_function(wrap_pyfunction!(tensor::cat, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::rms_norm, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::sum, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::mean, m)?)?;

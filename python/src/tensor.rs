@@ -281,17 +281,96 @@ fn reduce_checked(
     op(t, d as usize, keepdim)
 }
 
-fn softmax_checked(t: &Tensor, dim: isize) -> tagstream::Result<Tensor> {
-    let n = t.shape().len() as isize;
-    if dim != -1 && dim != n - 1 {
+/// A torch dim of `t` (negative counts from the end) as an index below `rank + extra`
+/// (`extra` is 1 for `unsqueeze`, which may name the position after the last dim).
+fn norm_dim(t: &Tensor, dim: isize, extra: usize, name: &'static str) -> tagstream::Result<usize> {
+    let rank = (t.shape().len() + extra) as isize;
+    let d = if dim < 0 { dim + rank } else { dim };
+    if d < 0 || d >= rank {
         return Err(Error::ShapeMismatch {
-            op: "softmax",
+            op: name,
             lhs: dims(t),
             rhs: Vec::new(),
-            reason: format!("softmax over dim {dim}: only the last dim is supported"),
+            reason: format!(
+                "dim {dim} is out of range for a tensor of rank {}",
+                t.shape().len()
+            ),
         });
     }
-    t.softmax()
+    Ok(d as usize)
+}
+
+/// Softmax over any dim (the last by default); the last dim is the Rust `softmax` itself.
+fn softmax_checked(t: &Tensor, dim: isize) -> tagstream::Result<Tensor> {
+    t.softmax_dim(norm_dim(t, dim, 0, "softmax")?)
+}
+
+/// A signed size list from `*sizes` arguments (`f(2, 3)` or `f((2, 3))`), for torch's `-1`.
+fn signed_sizes(args: &Bound<'_, PyTuple>) -> PyResult<Vec<i128>> {
+    let seq = if args.len() == 1 && !args.get_item(0)?.is_instance_of::<PyInt>() {
+        args.get_item(0)?
+    } else {
+        args.clone().into_any()
+    };
+    let mut out = Vec::new();
+    for item in seq.try_iter()? {
+        let item = item?;
+        if !item.is_instance_of::<PyInt>() && !item.hasattr("__index__")? {
+            return Err(PyTypeError::new_err(format!(
+                "a size must be an int, not {}",
+                type_name(&item)
+            )));
+        }
+        out.push(item.call_method0("__index__")?.extract()?);
+    }
+    Ok(out)
+}
+
+fn size(d: i128) -> PyResult<usize> {
+    usize::try_from(d).map_err(|_| PyValueError::new_err(format!("invalid size {d}")))
+}
+
+/// torch's `reshape` shape: at most one `-1`, inferred from the element count.
+fn reshape_shape(t: &Tensor, sizes: &[i128]) -> PyResult<Vec<usize>> {
+    let infer: Vec<usize> = (0..sizes.len()).filter(|&i| sizes[i] == -1).collect();
+    if infer.len() > 1 {
+        return Err(PyValueError::new_err(
+            "only one dimension can be inferred (-1)",
+        ));
+    }
+    let mut shape = Vec::with_capacity(sizes.len());
+    for (i, &d) in sizes.iter().enumerate() {
+        shape.push(if infer.contains(&i) { 1 } else { size(d)? });
+    }
+    if let Some(&i) = infer.first() {
+        let known = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        match known {
+            Some(k) if k != 0 && t.len().is_multiple_of(k) => shape[i] = t.len() / k,
+            _ => {
+                return Err(Error::ShapeMismatch {
+                    op: "reshape",
+                    lhs: dims(t),
+                    rhs: Vec::new(),
+                    reason: format!("shape {sizes:?} is invalid for {} elements", t.len()),
+                })
+                .or_raise();
+            }
+        }
+    }
+    Ok(shape)
+}
+
+/// torch's `expand` sizes: `-1` keeps the input's size in an aligned dim.
+fn expand_shape(t: &Tensor, sizes: &[i128]) -> PyResult<Vec<usize>> {
+    let pad = sizes.len().saturating_sub(t.shape().len());
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| match d {
+            -1 if i >= pad => Ok(t.shape()[i - pad]),
+            d => size(d),
+        })
+        .collect()
 }
 
 #[pymethods]
@@ -587,12 +666,54 @@ impl PyTensor {
     fn exp(&self) -> PyResult<PyTensor> {
         Ok(PyTensor::wrap(self.inner.exp().or_raise()?))
     }
-    /// Softmax over the last dim (`dim` must name it).
+    /// Softmax over `dim` (the last by default; negative counts from the end).
     #[pyo3(signature = (dim=-1))]
     fn softmax(&self, dim: isize) -> PyResult<PyTensor> {
         Ok(PyTensor::wrap(
             softmax_checked(&self.inner, dim).or_raise()?,
         ))
+    }
+    /// The Rust name of `softmax(dim)`.
+    fn softmax_dim(&self, dim: isize) -> PyResult<PyTensor> {
+        self.softmax(dim)
+    }
+    /// The same elements under a new shape (`-1` inferred once); copy-free.
+    #[pyo3(signature = (*shape))]
+    fn reshape(&self, shape: &Bound<'_, PyTuple>) -> PyResult<PyTensor> {
+        let shape = reshape_shape(&self.inner, &signed_sizes(shape)?)?;
+        Ok(PyTensor::wrap(self.inner.reshape(&shape).or_raise()?))
+    }
+    /// torch's `view`: here the same as `reshape` (tensors are always contiguous).
+    #[pyo3(signature = (*shape))]
+    fn view(&self, shape: &Bound<'_, PyTuple>) -> PyResult<PyTensor> {
+        self.reshape(shape)
+    }
+    /// A size-1 dim inserted at `dim` (negative counts from the end, as torch); copy-free.
+    fn unsqueeze(&self, dim: isize) -> PyResult<PyTensor> {
+        let d = norm_dim(&self.inner, dim, 1, "unsqueeze").or_raise()?;
+        Ok(PyTensor::wrap(self.inner.unsqueeze(d).or_raise()?))
+    }
+    /// Dims `dim0` and `dim1` swapped (a copy unless the element order is unchanged).
+    fn transpose(&self, dim0: isize, dim1: isize) -> PyResult<PyTensor> {
+        let d0 = norm_dim(&self.inner, dim0, 0, "transpose").or_raise()?;
+        let d1 = norm_dim(&self.inner, dim1, 0, "transpose").or_raise()?;
+        Ok(PyTensor::wrap(self.inner.transpose(d0, d1).or_raise()?))
+    }
+    /// Indices `start .. start + length` of `dim` (negative `dim`/`start` count from the end).
+    fn narrow(&self, dim: isize, start: isize, length: usize) -> PyResult<PyTensor> {
+        let d = norm_dim(&self.inner, dim, 0, "narrow").or_raise()?;
+        let n = self.inner.shape()[d] as isize;
+        let s = if start < 0 { start + n } else { start };
+        let s = usize::try_from(s).map_err(|_| {
+            PyValueError::new_err(format!("start {start} is out of range for size {n}"))
+        })?;
+        Ok(PyTensor::wrap(self.inner.narrow(d, s, length).or_raise()?))
+    }
+    /// The tensor repeated to `sizes` (torch's rules; `-1` keeps a size); a copy.
+    #[pyo3(signature = (*sizes))]
+    fn expand(&self, sizes: &Bound<'_, PyTuple>) -> PyResult<PyTensor> {
+        let shape = expand_shape(&self.inner, &signed_sizes(sizes)?)?;
+        Ok(PyTensor::wrap(self.inner.expand(&shape).or_raise()?))
     }
     /// Elementwise `self + value`, computed in float32 and rounded once to the dtype.
     fn add_scalar(&self, value: f32) -> PyResult<PyTensor> {
@@ -888,11 +1009,23 @@ pub(crate) fn exp(input: PyRef<'_, PyTensor>) -> PyResult<PyTensor> {
     input.exp()
 }
 
-/// Softmax over the last dim (`dim` must name the last dim).
+/// Softmax over `dim` (the last by default).
 #[pyfunction]
 #[pyo3(signature = (input, dim=-1))]
 pub(crate) fn softmax(input: PyRef<'_, PyTensor>, dim: isize) -> PyResult<PyTensor> {
     input.softmax(dim)
+}
+
+/// `tensors` joined along `dim` (negative counts from the end), as torch's `cat`.
+#[pyfunction]
+#[pyo3(signature = (tensors, dim=0))]
+pub(crate) fn cat(tensors: Vec<PyRef<'_, PyTensor>>, dim: isize) -> PyResult<PyTensor> {
+    let parts: Vec<Tensor> = tensors.iter().map(|t| t.inner.clone()).collect();
+    let d = match parts.first() {
+        Some(t) => norm_dim(t, dim, 0, "cat").or_raise()?,
+        None => 0,
+    };
+    Ok(PyTensor::wrap(Tensor::cat(&parts, d).or_raise()?))
 }
 
 /// Sum of `input` over `dim` (torch's `sum(input, dim, keepdim)`).

@@ -39,6 +39,7 @@ from ._native import (
     rms_norm,
     silu,
     softmax,
+    cat,
     sub,
     sum,
     synchronize,
@@ -83,7 +84,7 @@ __all__ = [
     "Tensor", "dtype", "float32", "float16", "bfloat16", "int32",
     "tensor", "from_numpy", "from_dlpack", "zeros", "full", "randn", "manual_seed",
     "add", "sub", "mul", "div", "mm", "matmul", "relu", "silu", "gelu", "exp", "softmax",
-    "rms_norm", "sum", "mean", "max", "to_dtype", "compile", "Compiled", "synchronize", "cuda_is_available",
+    "cat", "rms_norm", "sum", "mean", "max", "to_dtype", "compile", "Compiled", "synchronize", "cuda_is_available",
     "TaggedEvent", "StreamSwitch", "ops", "scope",
     *_errors.__all__,
 ]

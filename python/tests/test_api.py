@@ -246,11 +246,13 @@ def test_rms_norm_and_to_dtype_match_numpy():
     assert ts.tensor(x).half().float().dtype is ts.float32
 
 
-def test_softmax_dim_other_than_last_is_refused():
+def test_softmax_over_any_dim_and_out_of_range_is_refused():
     t = ts.randn(3, 4, seed=1)
     assert ts.softmax(t, dim=1).shape == (3, 4)
-    with pytest.raises(ts.ShapeMismatchError, match="last dim"):
-        ts.softmax(t, dim=0)
+    np.testing.assert_array_equal(ts.softmax(t, dim=-1).numpy(), t.softmax().numpy())
+    np.testing.assert_allclose(ts.softmax(t, dim=0).numpy().sum(axis=0), 1.0, rtol=1e-5)
+    with pytest.raises(ts.ShapeMismatchError, match="out of range"):
+        ts.softmax(t, dim=2)
 
 
 def test_devices_cpu_works_and_cuda_is_no_gpu():

@@ -1,5 +1,6 @@
 """The first real-model ops (issue 13): broadcasting `+ - * /` (R6.11), `add_scalar` /
-`mul_scalar`, and `sum` / `mean` / `max` over one dim, vs numpy, eager and compiled."""
+`mul_scalar`, `sum` / `mean` / `max` over one dim, the shape ops (`reshape`, `unsqueeze`,
+`transpose`, `narrow`, `expand`, `cat`) and softmax over any dim, vs numpy, eager and compiled."""
 
 import numpy as np
 import pytest
@@ -65,4 +66,71 @@ def test_new_ops_replay_with_eager_bits():
     for _ in range(3):
         for got, w in zip(compiled(a, b), want):
             np.testing.assert_array_equal(got.numpy(), w)
+    assert compiled.stats()["replays"] == 2
+
+
+@pytest.mark.parametrize("dtype", [ts.float32, ts.float16, ts.bfloat16])
+def test_shape_ops_match_numpy_exactly(dtype):
+    x = ts.tensor(np.random.default_rng(7).standard_normal((2, 3, 4)).astype(np.float32),
+                  dtype=dtype)
+    xr = x.numpy()
+    cases = [
+        (x.reshape(6, 4), xr.reshape(6, 4)),
+        (x.reshape((4, -1)), xr.reshape(4, -1)),
+        (x.view(-1), xr.reshape(-1)),
+        (x.unsqueeze(0), xr[None]),
+        (x.unsqueeze(-1), xr[..., None]),
+        (x.transpose(0, 2), xr.transpose(2, 1, 0)),
+        (x.transpose(-1, -2), xr.swapaxes(-1, -2)),
+        (x.narrow(1, 1, 2), xr[:, 1:3]),
+        (x.narrow(-1, -3, 2), xr[..., 1:3]),
+        (x.narrow(1, 0, 2).expand(5, 2, 2, 4), np.broadcast_to(xr[:, 0:2], (5, 2, 2, 4))),
+        (x.narrow(2, 0, 1).expand(-1, -1, 3), np.broadcast_to(xr[..., :1], (2, 3, 3))),
+        (ts.cat([x, x.narrow(1, 0, 1), x], 1), np.concatenate([xr, xr[:, :1], xr], 1)),
+        (ts.cat([x, x], dim=-1), np.concatenate([xr, xr], -1)),
+    ]
+    for got, want in cases:
+        assert got.shape == want.shape and got.dtype is dtype
+        np.testing.assert_array_equal(got.numpy(), want)
+
+
+@pytest.mark.parametrize("dtype", [ts.float32, ts.float16, ts.bfloat16])
+def test_softmax_over_each_dim(dtype):
+    x = ts.tensor(np.random.default_rng(8).standard_normal((3, 5, 7)).astype(np.float32),
+                  dtype=dtype)
+    xr = x.numpy().astype(np.float64)
+    for dim in (0, 1, 2, -1, -3):
+        e = np.exp(xr - xr.max(axis=dim, keepdims=True))
+        want = e / e.sum(axis=dim, keepdims=True)
+        for got in (x.softmax(dim), ts.softmax(x, dim), x.softmax_dim(dim)):
+            np.testing.assert_allclose(got.numpy().astype(np.float64), want,
+                                       rtol=TOL[dtype], atol=TOL[dtype])
+    np.testing.assert_array_equal(x.softmax(2).numpy(), x.softmax().numpy())
+
+
+def test_shape_op_errors_are_shape_mismatch():
+    x = ts.zeros(2, 3)
+    for call in (lambda: x.reshape(4), lambda: x.transpose(0, 2), lambda: x.unsqueeze(3),
+                 lambda: x.narrow(1, 2, 2), lambda: x.expand(3, 3), lambda: ts.cat([], 0),
+                 lambda: ts.cat([x, ts.zeros(3, 3)], 1), lambda: x.softmax(2)):
+        with pytest.raises(ts.ShapeMismatchError):
+            call()
+    with pytest.raises(ValueError):
+        x.reshape(-1, -1)
+
+
+def test_shape_ops_replay_with_eager_bits():
+    def model(a, b):
+        h = a.reshape(4, 2, 8).transpose(0, 1)  # [2, 4, 8]
+        top = h.narrow(2, 0, 4).softmax(0)
+        return ts.cat([top, b.unsqueeze(0).expand(2, 4, 4)], -1), h.reshape(-1)
+
+    a, b = ts.randn(8, 8, seed=3), ts.randn(4, 4, seed=4)
+    want = [t.numpy() for t in model(a, b)]
+    compiled = ts.compile(model, mode="reduce-overhead")
+    for _ in range(3):
+        got = compiled(a, b)
+        assert [g.shape for g in got] == [(2, 4, 8), (64,)]
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g.numpy(), w)
     assert compiled.stats()["replays"] == 2

@@ -37,7 +37,7 @@ use crate::device::{self, Device};
 use crate::error::{Error, Result};
 use crate::graph::program::MemoryStats;
 use crate::graph::{Captured, Tracer};
-use crate::ops::op::Op;
+use crate::ops::op::{Op, Shaped};
 use crate::runtime::{MAIN, Position, StreamId, runtime};
 use crate::scope::stack::{
     SavedScopes, current_stream_id, restore_scopes, set_aside_scopes, take_pending_error,
@@ -183,6 +183,56 @@ fn eager_op<B: Backend>(backend: &B, device: Device, op: Op, inputs: &[&Tensor])
         )
     })?;
     Ok(Tensor::from_buffer(shape, dtype, output, Some(position)))
+}
+
+/// A copy-free view of `t` under `shape` (same element count and order): a new handle on the
+/// same buffer and producer, or on the same value of the graph being captured. Issues nothing,
+/// so it is no entry of any stream (and not counted among a capture's ops in error messages).
+///
+/// # Errors
+/// [`Error::ForeignGraphValue`] for a value of another capture (or of a finished one, R4.1).
+fn view(name: &'static str, t: &Tensor, shape: Vec<usize>) -> Result<Tensor> {
+    if let Kind::Graph { graph, op: by, .. } = t.kind()
+        && with_tracer(|tr| tr.id() == *graph) != Some(true)
+    {
+        let e = Error::foreign(name, *graph, by);
+        return Err(with_tracer(|tr| tr.fail(e.clone())).unwrap_or(e));
+    }
+    Ok(t.with_shape(shape))
+}
+
+/// A shape op on `t`: a view when validation found the layout allows one, else the copy op
+/// issued like any other. A pending scope error (R2.8) comes first.
+pub(crate) fn shaped(
+    name: &'static str,
+    validate: impl FnOnce() -> Result<Shaped>,
+    t: &Tensor,
+) -> Result<Tensor> {
+    take_pending_error()?;
+    match validate()? {
+        Shaped::View(shape) => view(name, t, shape),
+        Shaped::Copy(op) => self::op(|| Ok(op), &[t]),
+    }
+}
+
+/// Checks, without issuing, that an op made of several entries (`cat`) may read `inputs` on
+/// the current stream (devices R10.1, foreign values R4.1, races R3.5), so a refused call
+/// issues nothing (R3.9). In a capture the tracer checks each entry and a problem fails the
+/// whole capture anyway (R4.12), so there is nothing to check ahead.
+///
+/// # Errors
+/// What the first entry reading the failing operand would have returned.
+pub(crate) fn check_operands(name: &'static str, inputs: &[&Tensor]) -> Result<()> {
+    take_pending_error()?;
+    if with_tracer(|_| ()).is_some() {
+        return Ok(());
+    }
+    common_device(name, inputs)?;
+    let mut producers = Vec::with_capacity(inputs.len());
+    for t in inputs {
+        producers.push(eager_parts(name, t)?.1.map(|p| &**p));
+    }
+    runtime().check_readable(current_stream_id(), name, &producers)
 }
 
 /// See [`Tensor::to_vec_f32`].

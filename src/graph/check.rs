@@ -100,6 +100,7 @@ mod tests {
             values: Vec::new(),
             consts: Vec::new(),
             outputs: Vec::new(),
+            output_shapes: Vec::new(),
             last_records: Vec::new(),
         }
     }

@@ -150,6 +150,9 @@ pub(crate) struct Graph {
     pub(crate) values: Vec<Value>,
     pub(crate) consts: Vec<Tensor>,
     pub(crate) outputs: Vec<Output>,
+    /// The shape of each returned tensor: a copy-free view (`reshape`, `unsqueeze`) of a value
+    /// or an input has the same elements under another shape.
+    pub(crate) output_shapes: Vec<Vec<usize>>,
     /// The last record of each user event in issue order: `(event id, entry)` (R5.8).
     pub(crate) last_records: Vec<(u64, EntryRef)>,
 }

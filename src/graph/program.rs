@@ -245,6 +245,8 @@ pub(crate) struct Program {
     pub(crate) outs: Vec<OutMeta>,
     /// What each closure output is.
     outputs: Vec<Output>,
+    /// Each closure output's shape (a view's may differ from its value's).
+    output_shapes: Vec<Vec<usize>>,
     /// Output value → output slot.
     out_slot_of: Vec<Option<usize>>,
     /// The last record of each user event: (event id, entry, its clock).
@@ -396,6 +398,7 @@ impl Program {
             consts: graph.consts.clone(),
             outs,
             outputs: graph.outputs.clone(),
+            output_shapes: graph.output_shapes.clone(),
             out_slot_of,
             records: graph
                 .last_records
@@ -488,6 +491,8 @@ impl Program {
 
     /// The closure's outputs of one replay: output slot `i` is `buffers[i]`, written by the
     /// entry at `positions[i]`; inputs and constants returned as outputs are passed through.
+    /// Each output gets the shape the closure returned it with: a view of a value shares the
+    /// value's buffer (and slot) under its own shape, a view of an input the input's buffer.
     pub(crate) fn outputs(
         &self,
         inputs: &[Tensor],
@@ -496,18 +501,22 @@ impl Program {
     ) -> Vec<Tensor> {
         self.outputs
             .iter()
-            .map(|o| match *o {
+            .zip(&self.output_shapes)
+            .map(|(o, shape)| match *o {
                 Output::Value(v) => {
                     let slot = self.out_slot_of[v].expect("every output value has a slot");
-                    let meta = &self.outs[slot];
                     Tensor::from_buffer(
-                        meta.shape.clone(),
-                        meta.dtype,
+                        shape.clone(),
+                        self.outs[slot].dtype,
                         buffers[slot].clone(),
                         Some(positions[slot].clone()),
                     )
                 }
+                Output::Input(i) if inputs[i].shape() != &shape[..] => {
+                    inputs[i].with_shape(shape.clone())
+                }
                 Output::Input(i) => inputs[i].clone(),
+                // A constant is the handle the closure returned, view or not.
                 Output::Const(c) => self.consts[c].clone(),
             })
             .collect()

@@ -76,6 +76,11 @@ fn at(clock: &[u64], s: usize) -> u64 {
 }
 
 impl Tracer {
+    /// The capture's graph id (what its values' tensors carry).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Starts a capture of graph `id` with the copy-ins of the inputs on the main stream.
     /// Returns the graph-valued tensors to hand to the closure.
     pub(crate) fn new(id: u64, inputs: &[Tensor]) -> (Tracer, Vec<Tensor>) {
@@ -477,6 +482,7 @@ impl Tracer {
             );
         }
         let mut outputs = Vec::with_capacity(returned.len());
+        let output_shapes = returned.iter().map(|t| t.shape().to_vec()).collect();
         for t in &returned {
             outputs.push(match t.kind() {
                 // Values 0..n_inputs are the copy-ins, in input order (SC27).
@@ -524,6 +530,7 @@ impl Tracer {
             values: self.values,
             consts: self.consts,
             outputs,
+            output_shapes,
             last_records: last_records(&self.records),
         })
     }

@@ -1,7 +1,7 @@
 //! The compute kernels: pure functions on slices.
 //!
-//! Owns elementwise ops, dtype conversion, softmax and rms_norm, and matmul (through the `gemm`
-//! crate). Every function writes into an `out` slice passed in and allocates at most bounded
+//! Owns elementwise ops, dtype conversion, softmax and rms_norm, reductions, the layout copies of
+//! the shape ops (generic over any `Copy` element), and matmul (through the `gemm` crate). Every function writes into an `out` slice passed in and allocates at most bounded
 //! scratch. Kernels know nothing of streams, tensors or errors: operands were validated before
 //! the op was issued, so a length mismatch here is a tagstream bug and panics with a message
 //! (the stream worker turns a panic into `Error::ExecutionFailed`).
@@ -19,6 +19,7 @@ mod elementwise;
 pub(crate) mod f16c;
 mod index;
 mod kind;
+mod layout;
 mod matmul;
 mod reduce;
 pub(crate) mod scalar;
@@ -28,8 +29,9 @@ pub(crate) use elementwise::{binary, binary_broadcast, binary_scalar, convert, u
 pub(crate) use index::{gather, index_select, scatter, topk_indices};
 #[cfg_attr(not(any(test, feature = "workloads")), allow(unreachable_pub))]
 pub use kind::{BinaryOp, IndexDims, MatmulDims, ReduceDims, ReduceOp, UnaryOp};
+pub(crate) use layout::{MAX_RANK, cat2, contiguous_strides, strided_copy};
 pub(crate) use matmul::matmul;
-pub(crate) use reduce::{reduce, rms_norm, softmax};
+pub(crate) use reduce::{reduce, rms_norm, softmax, softmax_strided};
 
 #[cfg(test)]
 mod tests;

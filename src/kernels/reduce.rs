@@ -1,4 +1,5 @@
-//! Row reductions over the last dimension: softmax and rms_norm.
+//! Row reductions: softmax (over any dimension) and rms_norm over the last dimension, and
+//! `sum`/`mean`/`max` over one dimension.
 //!
 //! Each row is widened into an f32 scratch row (one allocation per call), reduced with
 //! [`LANES`] independent partial sums that are combined in a fixed order (so the loop
@@ -54,11 +55,59 @@ pub(crate) fn softmax<T: Element>(a: &[T], out: &mut [T], n: usize) {
     let mut row = vec![0f32; n];
     for (a, o) in a.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
         T::load_f32(a, &mut row);
-        let m = row_max(&row);
-        row.iter_mut().for_each(|x| *x = scalar::exp(*x - m));
-        let s = lane_sum(&row, |x| x);
-        row.iter_mut().for_each(|x| *x /= s);
+        softmax_row(&mut row);
         T::store_f32(&row, o);
+    }
+}
+
+/// The one softmax formula and order of every row, contiguous or strided (R6.4).
+#[inline]
+fn softmax_row(row: &mut [f32]) {
+    let m = row_max(row);
+    row.iter_mut().for_each(|x| *x = scalar::exp(*x - m));
+    let s = lane_sum(row, |x| x);
+    row.iter_mut().for_each(|x| *x /= s);
+}
+
+/// Softmax of `a`, seen as `[outer, len, inner]`, over its middle dimension: each of the
+/// `outer · inner` rows (stride `inner`) is gathered, run through exactly the row formula of
+/// [`softmax`] and scattered back, so the bits equal `softmax` of the transposed tensor.
+pub(crate) fn softmax_strided<T: Element>(
+    a: &[T],
+    out: &mut [T],
+    outer: usize,
+    len: usize,
+    inner: usize,
+) {
+    assert_eq!(a.len(), outer * len * inner, "softmax: operand length");
+    assert_eq!(
+        a.len(),
+        out.len(),
+        "softmax: operand length differs from output"
+    );
+    if a.is_empty() {
+        return;
+    }
+    let mut gathered = vec![T::default(); len];
+    let mut row = vec![0f32; len];
+    for (a, o) in a
+        .chunks_exact(len * inner)
+        .zip(out.chunks_exact_mut(len * inner))
+    {
+        for i in 0..inner {
+            gathered
+                .iter_mut()
+                .zip(a[i..].iter().step_by(inner))
+                .for_each(|(g, x)| *g = *x);
+            T::load_f32(&gathered, &mut row);
+            softmax_row(&mut row);
+            T::store_f32(&row, &mut gathered);
+            o[i..]
+                .iter_mut()
+                .step_by(inner)
+                .zip(&gathered)
+                .for_each(|(o, g)| *o = *g);
+        }
     }
 }
 

@@ -46,6 +46,41 @@ pub(crate) enum OpKind {
     Scatter(IndexDims),
     /// Operands: data, 1-D `I32` index.
     IndexSelect(IndexDims),
+    /// Softmax over dimension `dim`, which is not the last (the last is [`OpKind::Softmax`]).
+    SoftmaxDim {
+        dim: usize,
+    },
+    /// A copy of the input with dimensions `d0` and `d1` swapped (`out_shape` is the swapped
+    /// shape).
+    Transpose {
+        d0: usize,
+        d1: usize,
+    },
+    /// A copy of `out_shape[dim]` elements of dimension `dim` (of size `in_len` in the input)
+    /// from index `start`.
+    Narrow {
+        dim: usize,
+        start: usize,
+        in_len: usize,
+    },
+    /// The input, padded with leading 1s to the output rank, repeated along every dimension
+    /// whose bit is set in `mask` (its size is 1 in the input: stride 0).
+    Expand {
+        mask: u64,
+    },
+    /// Two operands joined along `dim`; the first has size `split` there.
+    Cat {
+        dim: usize,
+        split: usize,
+    },
+}
+
+/// What a shape op turned out to be: a copy-free view (a new handle on the same elements, with
+/// this shape: same element count, same row-major order) or an op that copies.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Shaped {
+    View(Vec<usize>),
+    Copy(Op),
 }
 
 /// A validated op: its kind and its output's shape and dtype.
@@ -61,6 +96,9 @@ pub(crate) const MAX_OPERANDS: usize = 3;
 
 /// The largest output rank a broadcast op takes (one mask bit per dimension).
 pub(crate) const MAX_BROADCAST_RANK: usize = 64;
+
+/// The largest rank a copying shape op takes (its stride walk lives on the stack).
+pub(crate) const MAX_COPY_RANK: usize = crate::kernels::MAX_RANK;
 
 /// A tensor's shape and dtype, all validation needs to know about an operand.
 pub(crate) type Meta<'a> = (&'a [usize], DType);
@@ -403,6 +441,301 @@ impl Op {
             out_dtype: a.1,
         })
     }
+
+    /// Softmax over dimension `dim` (R6.11): the last dimension is exactly [`Op::softmax`].
+    pub(crate) fn softmax_dim(a: Meta<'_>, dim: usize) -> Result<Op> {
+        float_only("softmax_dim", a.1)?;
+        let rank = a.0.len();
+        if dim >= rank {
+            return Err(shape_error(
+                "softmax_dim",
+                a.0,
+                &[],
+                format!("dim {dim} is out of range for a tensor of rank {rank}"),
+            ));
+        }
+        if dim + 1 == rank {
+            return Op::softmax(a);
+        }
+        Ok(Op {
+            kind: OpKind::SoftmaxDim { dim },
+            out_shape: a.0.to_vec(),
+            out_dtype: a.1,
+        })
+    }
+
+    /// `reshape(shape)`: always a view; the element counts must match (R6.11).
+    pub(crate) fn reshape(a: Meta<'_>, shape: &[usize]) -> Result<Shaped> {
+        let Some(n) = crate::dtype::checked_len(shape, a.1) else {
+            return Err(shape_error(
+                "reshape",
+                a.0,
+                shape,
+                format!("the shape {shape:?} would hold more than isize::MAX bytes"),
+            ));
+        };
+        let have: usize = a.0.iter().product();
+        if n != have {
+            return Err(shape_error(
+                "reshape",
+                a.0,
+                shape,
+                format!("the new shape has {n} elements, the tensor {have}"),
+            ));
+        }
+        Ok(Shaped::View(shape.to_vec()))
+    }
+
+    /// `unsqueeze(dim)`: a size-1 dimension inserted before `dim` (`dim <= rank`); a view.
+    pub(crate) fn unsqueeze(a: Meta<'_>, dim: usize) -> Result<Shaped> {
+        if dim > a.0.len() {
+            return Err(shape_error(
+                "unsqueeze",
+                a.0,
+                &[],
+                format!(
+                    "dim {dim} is out of range for unsqueeze of a tensor of rank {} (at most {})",
+                    a.0.len(),
+                    a.0.len()
+                ),
+            ));
+        }
+        let mut shape = a.0.to_vec();
+        shape.insert(dim, 1);
+        Ok(Shaped::View(shape))
+    }
+
+    /// `transpose(d0, d1)`: a view when the swap keeps the row-major order of the elements
+    /// (equal dims, or every dimension from `d0` to `d1` but one has size 1, or no elements),
+    /// else a copy.
+    pub(crate) fn transpose(a: Meta<'_>, d0: usize, d1: usize) -> Result<Shaped> {
+        let rank = a.0.len();
+        if d0 >= rank || d1 >= rank {
+            return Err(shape_error(
+                "transpose",
+                a.0,
+                &[],
+                format!("dims ({d0}, {d1}) are out of range for a tensor of rank {rank}"),
+            ));
+        }
+        let mut shape = a.0.to_vec();
+        shape.swap(d0, d1);
+        let (lo, hi) = (d0.min(d1), d0.max(d1));
+        let moved = a.0[lo..=hi].iter().filter(|&&d| d != 1).count();
+        if moved <= 1 || a.0.contains(&0) {
+            return Ok(Shaped::View(shape));
+        }
+        copy_rank("transpose", a.0)?;
+        Ok(Shaped::Copy(Op {
+            kind: OpKind::Transpose { d0, d1 },
+            out_shape: shape,
+            out_dtype: a.1,
+        }))
+    }
+
+    /// `narrow(dim, start, len)`: indices `start..start + len` of dimension `dim`; the whole
+    /// dimension is a view, anything else a copy.
+    pub(crate) fn narrow(a: Meta<'_>, dim: usize, start: usize, len: usize) -> Result<Shaped> {
+        let rank = a.0.len();
+        if dim >= rank {
+            return Err(shape_error(
+                "narrow",
+                a.0,
+                &[],
+                format!("dim {dim} is out of range for a tensor of rank {rank}"),
+            ));
+        }
+        let size = a.0[dim];
+        if start.checked_add(len).is_none_or(|end| end > size) {
+            return Err(shape_error(
+                "narrow",
+                a.0,
+                &[],
+                format!("start {start} + length {len} exceeds dimension {dim} of size {size}"),
+            ));
+        }
+        let mut shape = a.0.to_vec();
+        shape[dim] = len;
+        if len == size {
+            return Ok(Shaped::View(shape));
+        }
+        copy_rank("narrow", a.0)?;
+        Ok(Shaped::Copy(Op {
+            kind: OpKind::Narrow {
+                dim,
+                start,
+                in_len: size,
+            },
+            out_shape: shape,
+            out_dtype: a.1,
+        }))
+    }
+
+    /// `expand(shape)` by torch's rules: `shape` has at least the input's rank; aligned from the
+    /// right, each input dimension equals the new size or is 1; new leading dimensions take any
+    /// size. A view when nothing is repeated (same element count), else a copy.
+    pub(crate) fn expand(a: Meta<'_>, shape: &[usize]) -> Result<Shaped> {
+        let (rank, pad) = (shape.len(), shape.len().checked_sub(a.0.len()));
+        let Some(pad) = pad else {
+            return Err(shape_error(
+                "expand",
+                a.0,
+                shape,
+                format!(
+                    "the new shape has rank {rank}, less than the tensor's {}",
+                    a.0.len()
+                ),
+            ));
+        };
+        let mut mask = 0u64;
+        for d in 0..rank {
+            let from = if d < pad { 1 } else { a.0[d - pad] };
+            if from != shape[d] && from != 1 {
+                return Err(shape_error(
+                    "expand",
+                    a.0,
+                    shape,
+                    format!(
+                        "dimension {} of size {from} can only expand from size 1 (to {})",
+                        d - pad,
+                        shape[d]
+                    ),
+                ));
+            }
+            if from == 1 && d < 64 {
+                mask |= 1 << d;
+            }
+        }
+        let Some(n) = crate::dtype::checked_len(shape, a.1) else {
+            return Err(shape_error(
+                "expand",
+                a.0,
+                shape,
+                format!("the shape {shape:?} would hold more than isize::MAX bytes"),
+            ));
+        };
+        if n == a.0.iter().product::<usize>() {
+            return Ok(Shaped::View(shape.to_vec()));
+        }
+        copy_rank("expand", shape)?;
+        Ok(Shaped::Copy(Op {
+            kind: OpKind::Expand { mask },
+            out_shape: shape.to_vec(),
+            out_dtype: a.1,
+        }))
+    }
+
+    /// The output shape of `cat` of `parts` along `dim`: same rank and dtype, equal sizes off
+    /// `dim` (R6.11). Checked for every part up front, so the two-operand steps cannot fail.
+    pub(crate) fn cat_shape(parts: &[Meta<'_>], dim: usize) -> Result<Vec<usize>> {
+        let Some(first) = parts.first() else {
+            return Err(shape_error(
+                "cat",
+                &[],
+                &[],
+                "cat needs at least one tensor".into(),
+            ));
+        };
+        let rank = first.0.len();
+        if dim >= rank {
+            return Err(shape_error(
+                "cat",
+                first.0,
+                &[],
+                format!("dim {dim} is out of range for tensors of rank {rank}"),
+            ));
+        }
+        let mut shape = first.0.to_vec();
+        for (i, p) in parts.iter().enumerate().skip(1) {
+            same_dtype("cat", first.1, p.1)?;
+            let same_rest =
+                p.0.len() == rank && (0..rank).all(|d| d == dim || p.0[d] == first.0[d]);
+            if !same_rest {
+                return Err(shape_error(
+                    "cat",
+                    first.0,
+                    p.0,
+                    format!(
+                        "tensor {i} must match tensor 0 in every dimension but {dim} (and in rank)"
+                    ),
+                ));
+            }
+            shape[dim] = shape[dim].checked_add(p.0[dim]).ok_or_else(|| {
+                shape_error(
+                    "cat",
+                    first.0,
+                    p.0,
+                    format!("the sizes in dimension {dim} overflow"),
+                )
+            })?;
+        }
+        if crate::dtype::checked_len(&shape, first.1).is_none() {
+            return Err(shape_error(
+                "cat",
+                first.0,
+                &[],
+                format!("the output {shape:?} would hold more than isize::MAX bytes"),
+            ));
+        }
+        Ok(shape)
+    }
+
+    /// One step of `cat`: `a` then `b` along `dim`.
+    pub(crate) fn cat2(a: Meta<'_>, b: Meta<'_>, dim: usize) -> Result<Op> {
+        let out_shape = Op::cat_shape(&[a, b], dim)?;
+        Ok(Op {
+            kind: OpKind::Cat {
+                dim,
+                split: a.0[dim],
+            },
+            out_shape,
+            out_dtype: a.1,
+        })
+    }
+
+    /// For a strided-copy op (transpose, narrow, expand): the input's element strides for each
+    /// output dimension, written into `strides[..rank]`, and the offset of the first element.
+    /// `None` for every other op.
+    pub(crate) fn copy_layout(&self, strides: &mut [usize]) -> Option<usize> {
+        let out = &self.out_shape;
+        let rank = out.len();
+        if rank > strides.len() {
+            return None;
+        }
+        let mut input = [0usize; MAX_COPY_RANK];
+        let input = &mut input[..rank];
+        input.copy_from_slice(out);
+        let offset = match self.kind {
+            OpKind::Transpose { d0, d1 } => {
+                input.swap(d0, d1);
+                crate::kernels::contiguous_strides(input, strides);
+                strides.swap(d0, d1);
+                0
+            }
+            OpKind::Narrow { dim, start, in_len } => {
+                input[dim] = in_len;
+                crate::kernels::contiguous_strides(input, strides);
+                start * strides[dim]
+            }
+            OpKind::Expand { mask } => {
+                let repeated = |d: usize| mask >> d & 1 == 1;
+                for (d, x) in input.iter_mut().enumerate() {
+                    if repeated(d) {
+                        *x = 1;
+                    }
+                }
+                crate::kernels::contiguous_strides(input, strides);
+                for (d, s) in strides[..rank].iter_mut().enumerate() {
+                    if repeated(d) {
+                        *s = 0;
+                    }
+                }
+                0
+            }
+            _ => return None,
+        };
+        Some(offset)
+    }
 }
 
 impl OpKind {
@@ -425,6 +758,11 @@ impl OpKind {
             OpKind::Gather(_) => "gather",
             OpKind::Scatter(_) => "scatter",
             OpKind::IndexSelect(_) => "index_select",
+            OpKind::SoftmaxDim { .. } => "softmax_dim",
+            OpKind::Transpose { .. } => "transpose",
+            OpKind::Narrow { .. } => "narrow",
+            OpKind::Expand { .. } => "expand",
+            OpKind::Cat { .. } => "cat",
         }
     }
 }
@@ -505,6 +843,28 @@ fn float_only(op: &'static str, dtype: DType) -> Result<()> {
     }
 }
 
+fn shape_error(op: &'static str, lhs: &[usize], rhs: &[usize], reason: String) -> Error {
+    Error::ShapeMismatch {
+        op,
+        lhs: lhs.to_vec(),
+        rhs: rhs.to_vec(),
+        reason,
+    }
+}
+
+/// A copying shape op walks its strides on the stack: at most [`MAX_COPY_RANK`] dimensions.
+fn copy_rank(op: &'static str, shape: &[usize]) -> Result<()> {
+    if shape.len() > MAX_COPY_RANK {
+        return Err(shape_error(
+            op,
+            shape,
+            &[],
+            format!("{op} copies tensors of rank <= {MAX_COPY_RANK}"),
+        ));
+    }
+    Ok(())
+}
+
 fn same_dtype(op: &'static str, lhs: DType, rhs: DType) -> Result<()> {
     if lhs == rhs {
         Ok(())
@@ -562,5 +922,64 @@ mod tests {
         assert!(Op::reduce(ReduceOp::Max, (&[2, 3], DType::F32), 2, false).is_err());
         assert!(Op::reduce(ReduceOp::Max, (&[2, 0], DType::F32), 1, false).is_err());
         assert!(Op::reduce(ReduceOp::Sum, (&[2, 0], DType::F32), 1, false).is_ok());
+    }
+
+    /// R6.11: which shape ops are copy-free views and which copy, and their copy layouts.
+    #[test]
+    fn views_and_copies() {
+        let m = (&[2usize, 1, 3][..], DType::F32);
+        let view = |r: Result<Shaped>| match r.unwrap() {
+            Shaped::View(s) => s,
+            Shaped::Copy(op) => panic!("expected a view, got {op:?}"),
+        };
+        let copy = |r: Result<Shaped>| match r.unwrap() {
+            Shaped::Copy(op) => op,
+            Shaped::View(s) => panic!("expected a copy, got a view {s:?}"),
+        };
+        assert_eq!(view(Op::reshape(m, &[3, 2])), [3, 2]);
+        assert_eq!(view(Op::unsqueeze(m, 3)), [2, 1, 3, 1]);
+        // Swapping around a size-1 dim keeps the order only when at most one size > 1 moves.
+        assert_eq!(view(Op::transpose(m, 0, 1)), [1, 2, 3]);
+        assert_eq!(view(Op::transpose(m, 1, 2)), [2, 3, 1]);
+        let t = copy(Op::transpose(m, 0, 2));
+        let mut strides = [0; MAX_COPY_RANK];
+        assert_eq!(t.copy_layout(&mut strides), Some(0));
+        assert_eq!(
+            (t.out_shape.as_slice(), &strides[..3]),
+            (&[3, 1, 2][..], &[1, 3, 3][..])
+        );
+        assert_eq!(view(Op::narrow(m, 2, 0, 3)), [2, 1, 3]);
+        let n = copy(Op::narrow(m, 2, 1, 2));
+        assert_eq!(n.copy_layout(&mut strides), Some(1));
+        assert_eq!(&strides[..3], &[3, 3, 1]);
+        assert_eq!(view(Op::expand(m, &[1, 2, 1, 3])), [1, 2, 1, 3]);
+        let e = copy(Op::expand(m, &[4, 2, 5, 3]));
+        assert_eq!(e.kind, OpKind::Expand { mask: 0b0101 });
+        assert_eq!(e.copy_layout(&mut strides), Some(0));
+        assert_eq!(&strides[..4], &[0, 3, 0, 1]);
+        assert_eq!(
+            Op::softmax_dim(m, 2).unwrap().kind,
+            OpKind::Softmax,
+            "the last dim is softmax itself"
+        );
+        assert_eq!(
+            Op::softmax_dim(m, 0).unwrap().kind,
+            OpKind::SoftmaxDim { dim: 0 }
+        );
+        let c = Op::cat2(m, (&[2, 4, 3], DType::F32), 1).unwrap();
+        assert_eq!(
+            (c.out_shape.as_slice(), c.kind),
+            (&[2, 5, 3][..], OpKind::Cat { dim: 1, split: 1 })
+        );
+        // Too many dims for a copy is an error, not a panic.
+        let mut deep = vec![1usize; MAX_COPY_RANK + 1];
+        deep[..2].copy_from_slice(&[2, 2]);
+        assert!(Op::transpose((&deep, DType::F32), 0, 1).is_err());
+        // A view of any rank is fine.
+        assert_eq!(view(Op::reshape((&deep, DType::F32), &[4])), [4]);
+        assert_eq!(
+            view(Op::transpose((&deep, DType::F32), 2, 3)).len(),
+            deep.len()
+        );
     }
 }

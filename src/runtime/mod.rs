@@ -119,6 +119,27 @@ impl State {
         self.streams[s].tag.to_string()
     }
 
+    /// R3.5: every producer must happen-before `start`, stream `s`'s current point.
+    fn race_check(
+        &self,
+        s: StreamId,
+        start: &VClock,
+        op: &str,
+        producers: &[Option<&Position>],
+    ) -> Result<()> {
+        for p in producers.iter().flatten() {
+            if start.get(p.stream) < p.seq {
+                return Err(Error::DataRace {
+                    reader: op.to_string(),
+                    reader_stream: self.tag(s),
+                    producer: p.op.to_string(),
+                    producer_stream: self.tag(p.stream),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// `V_s ⊔ H`: the point that an entry issued now on `s` starts from (R3.4).
     fn start_point(&self, s: StreamId) -> VClock {
         let mut c = self.streams[s].clock.clone();
@@ -209,17 +230,24 @@ impl Runtime {
     ) -> Result<Arc<Position>> {
         let mut st = self.state();
         let start = st.start_point(s);
-        for p in producers.iter().flatten() {
-            if start.get(p.stream) < p.seq {
-                return Err(Error::DataRace {
-                    reader: op.to_string(),
-                    reader_stream: st.tag(s),
-                    producer: p.op.to_string(),
-                    producer_stream: st.tag(p.stream),
-                });
-            }
-        }
+        st.race_check(s, &start, op, producers)?;
         st.issue(s, start, op, submit)
+    }
+
+    /// The race check of [`Runtime::issue_op`] without issuing: an op made of several entries
+    /// (`cat`) checks its operands first, so a refused call issues nothing (R3.9). Clocks only
+    /// grow, so a producer visible now stays visible to the entries issued next on `s`.
+    ///
+    /// # Errors
+    /// [`Error::DataRace`] as `issue_op` would return it.
+    pub(crate) fn check_readable(
+        &self,
+        s: StreamId,
+        op: &'static str,
+        producers: &[Option<&Position>],
+    ) -> Result<()> {
+        let st = self.state();
+        st.race_check(s, &st.start_point(s), op, producers)
     }
 
     /// Issues a record on stream `s`. With `event`, it becomes that event's latest record

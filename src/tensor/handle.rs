@@ -167,6 +167,32 @@ impl Tensor {
         }
     }
 
+    /// A new handle on the same elements with another shape of the same element count, the
+    /// same row-major order (a copy-free `reshape`): an eager tensor shares its buffer and
+    /// producer, a graph value stays the same value of its graph. Readers of a buffer take its
+    /// elements flat, so nothing downstream depends on which shape a handle gives them.
+    pub(crate) fn with_shape(&self, shape: Vec<usize>) -> Tensor {
+        let kind = match &self.inner.kind {
+            Kind::Eager { buffer, producer } => Kind::Eager {
+                buffer: buffer.clone(),
+                producer: producer.clone(),
+            },
+            Kind::Graph { graph, value, op } => Kind::Graph {
+                graph: *graph,
+                value: *value,
+                op,
+            },
+        };
+        Tensor {
+            inner: Arc::new(Inner {
+                shape,
+                dtype: self.inner.dtype,
+                device: self.inner.device,
+                kind,
+            }),
+        }
+    }
+
     /// Whether two handles denote the same tensor.
     pub(crate) fn same(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)

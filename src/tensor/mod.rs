@@ -20,7 +20,7 @@ pub use crate::dtype::DType;
 pub(crate) use crate::dtype::Element;
 use crate::error::{Error, Result};
 use crate::kernels::{BinaryOp, ReduceOp, UnaryOp};
-use crate::ops::op::Op;
+use crate::ops::op::{Op, Shaped};
 use crate::scope::stack::take_pending_error;
 
 /// Whether `v` is an integer `I32` holds exactly (R6.1: `from_vec` with `I32` takes integral
@@ -486,6 +486,176 @@ impl Tensor {
     /// [`Error::ShapeMismatch`] for a rank-0 tensor; [`Error::DataRace`].
     pub fn softmax(&self) -> Result<Tensor> {
         dispatch::op(|| Op::softmax(self.meta()), &[self])
+    }
+
+    /// Softmax over dimension `dim`. Over the last dimension it is exactly
+    /// [`softmax`](Tensor::softmax) (same op, same bits); over another dimension each row of
+    /// stride > 1 is gathered and run through the same formula in the same order (R6.4, R6.8),
+    /// so the bits equal `softmax` of the transposed tensor.
+    ///
+    /// ```
+    /// use tagstream::{DType, Tensor};
+    /// let x = Tensor::from_vec(vec![1.0, 5.0, 1.0, 5.0], &[2, 2], DType::F32)?;
+    /// assert_eq!(x.softmax_dim(0)?.to_vec_f32()?, vec![0.5; 4]); // each column sums to 1
+    /// assert_eq!(x.softmax_dim(1)?.to_vec_f32()?, x.softmax()?.to_vec_f32()?);
+    /// assert!(x.softmax_dim(2).is_err());
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when `dim` is out of range; [`Error::DataRace`].
+    pub fn softmax_dim(&self, dim: usize) -> Result<Tensor> {
+        dispatch::op(|| Op::softmax_dim(self.meta(), dim), &[self])
+    }
+
+    /// The same elements in row-major order under `shape` (torch's `reshape` of a contiguous
+    /// tensor; no `-1`): the element counts must match. **Copy-free**: a new handle on the
+    /// same buffer (or graph value); nothing is issued, so it never races and costs no entry.
+    ///
+    /// ```
+    /// use tagstream::{DType, Error, Tensor};
+    /// let x = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3], DType::F32)?;
+    /// let y = x.reshape(&[3, 2])?;
+    /// assert_eq!((y.shape(), y.to_vec_f32()?), (&[3, 2][..], x.to_vec_f32()?));
+    /// assert!(matches!(x.reshape(&[4]), Err(Error::ShapeMismatch { op: "reshape", .. })));
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when the element counts differ or `shape` overflows;
+    /// [`Error::ForeignGraphValue`] for a value of another capture.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        dispatch::shaped("reshape", || Op::reshape(self.meta(), shape), self)
+    }
+
+    /// A size-1 dimension inserted at `dim` (`0 <= dim <= rank`). **Copy-free**, as
+    /// [`reshape`](Tensor::reshape).
+    ///
+    /// ```
+    /// use tagstream::{DType, Tensor};
+    /// let x = Tensor::zeros(&[2, 3], DType::F16)?;
+    /// assert_eq!(x.unsqueeze(0)?.shape(), &[1, 2, 3]);
+    /// assert_eq!(x.unsqueeze(2)?.shape(), &[2, 3, 1]);
+    /// assert!(x.unsqueeze(3).is_err());
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when `dim > rank`; [`Error::ForeignGraphValue`].
+    pub fn unsqueeze(&self, dim: usize) -> Result<Tensor> {
+        dispatch::shaped("unsqueeze", || Op::unsqueeze(self.meta(), dim), self)
+    }
+
+    /// Dimensions `d0` and `d1` swapped. **Copies** (one strided pass over the output) unless
+    /// the swap keeps the row-major order of the elements (`d0 == d1`, at most one dimension of
+    /// size > 1 from `d0` to `d1`, or no elements), which is a copy-free view.
+    ///
+    /// ```
+    /// use tagstream::{DType, Tensor};
+    /// let x = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3], DType::F32)?;
+    /// let t = x.transpose(0, 1)?;
+    /// assert_eq!(t.shape(), &[3, 2]);
+    /// assert_eq!(t.to_vec_f32()?, vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when a dim is out of range or a copy has rank > 64;
+    /// [`Error::DataRace`], [`Error::ForeignGraphValue`].
+    pub fn transpose(&self, d0: usize, d1: usize) -> Result<Tensor> {
+        dispatch::shaped("transpose", || Op::transpose(self.meta(), d0, d1), self)
+    }
+
+    /// Indices `start .. start + len` of dimension `dim`. **Copies** the selected elements
+    /// (one strided pass) unless it selects the whole dimension, which is a copy-free view.
+    ///
+    /// ```
+    /// use tagstream::{DType, Tensor};
+    /// let x = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3], DType::F32)?;
+    /// assert_eq!(x.narrow(1, 1, 2)?.to_vec_f32()?, vec![2.0, 3.0, 5.0, 6.0]);
+    /// assert!(x.narrow(1, 2, 2).is_err()); // 2 + 2 > 3
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when `dim` is out of range or `start + len` exceeds its size;
+    /// [`Error::DataRace`], [`Error::ForeignGraphValue`].
+    pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+        dispatch::shaped("narrow", || Op::narrow(self.meta(), dim, start, len), self)
+    }
+
+    /// The tensor repeated to `shape` by torch's rules: aligned from the right, each dimension
+    /// equal to the new size or 1; new leading dimensions take any size. **Copies** into a
+    /// dense output (stride 0 over repeated dimensions: the output holds every repeat) unless
+    /// nothing is repeated (same element count), which is a copy-free view.
+    ///
+    /// ```
+    /// use tagstream::{DType, Tensor};
+    /// let col = Tensor::from_vec(vec![1.0, 2.0], &[2, 1], DType::F32)?;
+    /// let e = col.expand(&[2, 2, 3])?;
+    /// assert_eq!(e.shape(), &[2, 2, 3]);
+    /// assert_eq!(&e.to_vec_f32()?[..6], &[1.0, 1.0, 1.0, 2.0, 2.0, 2.0]);
+    /// assert!(col.expand(&[3, 3]).is_err()); // 2 cannot expand to 3
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] for a shape of lower rank, a dimension that is neither equal
+    /// nor 1, an overflowing size or a copy of rank > 64; [`Error::DataRace`],
+    /// [`Error::ForeignGraphValue`].
+    pub fn expand(&self, shape: &[usize]) -> Result<Tensor> {
+        dispatch::shaped("expand", || Op::expand(self.meta(), shape), self)
+    }
+
+    /// `tensors` joined along `dim`: same dtype and rank, equal sizes in every other dimension.
+    ///
+    /// **Copies**, as a balanced tree of two-operand concatenations (ops take at most two
+    /// operands): `n` tensors cost `n − 1` entries on the current stream and every element is
+    /// copied `⌈log2 n⌉` times at most (once for two tensors). One tensor is returned as a
+    /// copy-free view of itself. Everything is checked before anything is issued (R3.9).
+    ///
+    /// ```
+    /// use tagstream::{DType, Tensor};
+    /// let a = Tensor::from_vec(vec![1.0, 2.0], &[1, 2], DType::F32)?;
+    /// let b = Tensor::from_vec(vec![3.0, 4.0, 5.0, 6.0], &[2, 2], DType::F32)?;
+    /// let c = Tensor::cat(&[a.clone(), b.clone(), a.clone()], 0)?;
+    /// assert_eq!(c.shape(), &[4, 2]);
+    /// assert_eq!(c.to_vec_f32()?, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 1.0, 2.0]);
+    /// assert!(Tensor::cat(&[a, b], 1).is_err()); // sizes differ in dim 0
+    /// # Ok::<(), tagstream::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] for no tensors, `dim` out of range, or parts that differ off
+    /// `dim`; [`Error::DTypeMismatch`]; [`Error::DeviceMismatch`], [`Error::DataRace`],
+    /// [`Error::ForeignGraphValue`].
+    pub fn cat(tensors: &[Tensor], dim: usize) -> Result<Tensor> {
+        take_pending_error()?;
+        let metas: Vec<_> = tensors.iter().map(Tensor::meta).collect();
+        let shape = Op::cat_shape(&metas, dim)?;
+        if let [one] = tensors {
+            return dispatch::shaped("cat", || Ok(Shaped::View(shape)), one);
+        }
+        let refs: Vec<&Tensor> = tensors.iter().collect();
+        dispatch::check_operands("cat", &refs)?;
+        // Pairs at each level, an odd last part carried up: depth ⌈log2 n⌉.
+        let mut level: Vec<Tensor> = tensors.to_vec();
+        loop {
+            let mut next = Vec::with_capacity(level.len().div_ceil(2));
+            let mut parts = level.into_iter();
+            while let Some(a) = parts.next() {
+                next.push(match parts.next() {
+                    Some(b) => dispatch::op(|| Op::cat2(a.meta(), b.meta(), dim), &[&a, &b])?,
+                    None => a,
+                });
+            }
+            if next.len() == 1
+                && let Some(out) = next.pop()
+            {
+                return Ok(out);
+            }
+            level = next;
+        }
     }
 
     /// RMS normalisation over the last dimension: `x / sqrt(mean(x²) + eps) · weight`.

@@ -15,6 +15,7 @@ from tagstream import (  # noqa: F401
     Tensor,
     add,
     bfloat16,
+    cat,
     div,
     exp,
     float16,

@@ -46,35 +46,16 @@ macro_rules! typed2 {
     };
 }
 
-/// As [`typed1!`] for ops that only move elements: every dtype, `I32` included.
-macro_rules! any1 {
-    ($a:expr, $out:expr, |$x:ident, $o:ident| $body:expr) => {
-        match ($a, $out) {
-            (DataRef::F32($x), DataMut::F32($o)) => $body,
-            (DataRef::F16($x), DataMut::F16($o)) => $body,
-            (DataRef::BF16($x), DataMut::BF16($o)) => $body,
-            (DataRef::I32($x), DataMut::I32($o)) => $body,
-            (a, o) => return Err(format!("operand {} vs output {}", a.dtype(), o.dtype())),
-        }
-    };
-}
-
-/// As [`any1!`] with a second data operand of the same dtype.
-macro_rules! any2 {
-    ($a:expr, $b:expr, $out:expr, |$x:ident, $y:ident, $o:ident| $body:expr) => {
-        match ($a, $b, $out) {
-            (DataRef::F32($x), DataRef::F32($y), DataMut::F32($o)) => $body,
-            (DataRef::F16($x), DataRef::F16($y), DataMut::F16($o)) => $body,
-            (DataRef::BF16($x), DataRef::BF16($y), DataMut::BF16($o)) => $body,
-            (DataRef::I32($x), DataRef::I32($y), DataMut::I32($o)) => $body,
-            (a, b, o) => {
-                return Err(format!(
-                    "operands {}, {} vs output {}",
-                    a.dtype(),
-                    b.dtype(),
-                    o.dtype()
-                ));
-            }
+/// As [`typed1!`]/[`typed2!`] for the layout and index ops, which move elements without computing: the
+/// body is generic over any `Copy` element, so every dtype gets an arm (a new dtype adds one).
+macro_rules! typed_copy {
+    ([$($in:expr),+], $out:expr, |[$($x:ident),+], $o:ident| $body:expr) => {
+        match ($($in,)+ $out) {
+            ($(DataRef::F32($x),)+ DataMut::F32($o)) => $body,
+            ($(DataRef::F16($x),)+ DataMut::F16($o)) => $body,
+            ($(DataRef::BF16($x),)+ DataMut::BF16($o)) => $body,
+            ($(DataRef::I32($x),)+ DataMut::I32($o)) => $body,
+            _ => return Err("operand dtypes differ from the output's".to_string()),
         }
     };
 }
@@ -271,19 +252,52 @@ pub(crate) fn execute_into(
         }
         (OpKind::Gather(dims), [a, index]) => {
             let index = index_operand(op, *index)?;
-            any1!(*a, &mut out, |a, o| kernels::gather(a, index, o, dims))?
+            typed_copy!([*a], &mut out, |[a], o| kernels::gather(a, index, o, dims))?
         }
         (OpKind::IndexSelect(dims), [a, index]) => {
             let index = index_operand(op, *index)?;
-            any1!(*a, &mut out, |a, o| kernels::index_select(
+            typed_copy!([*a], &mut out, |[a], o| kernels::index_select(
                 a, index, o, dims
             ))?
         }
         (OpKind::Scatter(dims), [a, index, src]) => {
             let index = index_operand(op, *index)?;
-            any2!(*a, *src, &mut out, |a, s, o| kernels::scatter(
+            typed_copy!([*a, *src], &mut out, |[a, s], o| kernels::scatter(
                 a, index, s, o, dims
             ))?
+        }
+        (OpKind::SoftmaxDim { dim }, [a]) => {
+            let s = &op.out_shape;
+            let (outer, inner) = (s[..dim].iter().product(), s[dim + 1..].iter().product());
+            typed1!(*a, &mut out, |a, o| kernels::softmax_strided(
+                a, o, outer, s[dim], inner
+            ))
+        }
+        (OpKind::Transpose { .. } | OpKind::Narrow { .. } | OpKind::Expand { .. }, [a]) => {
+            let mut strides = [0usize; kernels::MAX_RANK];
+            let Some(offset) = op.copy_layout(&mut strides) else {
+                return Err(format!(
+                    "{}: rank {} is too large",
+                    op.name(),
+                    op.out_shape.len()
+                ));
+            };
+            let strides = &strides[..op.out_shape.len()];
+            typed_copy!([*a], &mut out, |[a], o| kernels::strided_copy(
+                a,
+                o,
+                &op.out_shape,
+                strides,
+                offset
+            ))
+        }
+        (OpKind::Cat { dim, split }, [a, b]) => {
+            let s = &op.out_shape;
+            let inner: usize = s[dim + 1..].iter().product();
+            let (a_inner, b_inner) = (split * inner, (s[dim] - split) * inner);
+            typed_copy!([*a, *b], &mut out, |[a, b], o| kernels::cat2(
+                a, b, o, a_inner, b_inner
+            ))
         }
         _ => return Err(format!("{} got {} operands", op.name(), inputs.len())),
     }

@@ -438,7 +438,12 @@ impl Cuda {
             | OpKind::TopkIndices { .. }
             | OpKind::Gather(_)
             | OpKind::Scatter(_)
-            | OpKind::IndexSelect(_) => {
+            | OpKind::IndexSelect(_)
+            | OpKind::SoftmaxDim { .. }
+            | OpKind::Transpose { .. }
+            | OpKind::Narrow { .. }
+            | OpKind::Expand { .. }
+            | OpKind::Cat { .. } => {
                 return Err(Error::ExecutionFailed {
                     op: name.into(),
                     stream: ps.tag.to_string(),
