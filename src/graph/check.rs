@@ -101,6 +101,7 @@ mod tests {
             consts: Vec::new(),
             outputs: Vec::new(),
             last_records: Vec::new(),
+            order: Vec::new(),
         }
     }
 
