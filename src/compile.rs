@@ -76,7 +76,7 @@ impl CompileConfig {
         self
     }
 
-    /// Automatic parallelism (R4.13–R4.17): each capture re-assigns the ops the closure issued
+    /// Automatic parallelism (R11.1–R11.7): each capture re-assigns the ops the closure issued
     /// on the main stream to at most `max_streams` streams, counting every stream of the graph
     /// (main and the user's own). Added streams are tagged `"auto:1"`, `"auto:2"`, ….
     /// User stream scopes, events and copy-ins stay where they were written. Only
@@ -276,7 +276,7 @@ impl Compiled {
     /// line per stream, main stream first, e.g.
     /// `"1": wait(fork), wait("66"), matmul, record(join1)`. `None` if the latest run did not
     /// use a graph. With [`CompileConfig::auto_streams`] a section follows that lists each
-    /// chain of ops, the stream it got and its cost (R4.17).
+    /// chain of ops, the stream it got and its cost (R11.7).
     pub fn graph_dump(&self) -> Option<String> {
         self.latest_graph().map(|g| g.dump())
     }

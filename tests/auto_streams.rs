@@ -1,4 +1,4 @@
-//! Automatic stream assignment (`CompileConfig::auto_streams`, R4.13–R4.17, R2.10): random DAG
+//! Automatic stream assignment (`CompileConfig::auto_streams`, R11.1–R11.7, R2.10): random DAG
 //! programs written on one stream replay bit-identical to the same program run eagerly, on no
 //! more streams than asked, with no wait that vector clocks say was already ordered; user
 //! scopes and events are kept; chaos replays agree.
@@ -162,7 +162,7 @@ fn node() -> impl Strategy<Value = Node> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
-    /// R4.13, R4.15, R4.16, R5.6: random DAGs on one stream, auto-assigned.
+    /// R11.2, R11.4, R11.5, R5.6: random DAGs on one stream, auto-assigned.
     #[test]
     fn random_dags_match_eager(nodes in prop::collection::vec(node(), 1..40), max in 1usize..5,
                                seed in 0u64..1000) {
@@ -208,7 +208,7 @@ fn random_dags_under_chaos() {
 }
 
 /// Two independent chains of 8 matmuls on one stream become two streams: exactly one wait
-/// each way (the fork wait of `auto:1`, main's join at the end; R4.14, R4.15).
+/// each way (the fork wait of `auto:1`, main's join at the end; R11.3, R11.4).
 #[test]
 fn two_chains_get_two_streams_and_two_waits() {
     let _s = serial();
@@ -233,7 +233,7 @@ fn two_chains_get_two_streams_and_two_waits() {
     );
     let dump = c.graph_dump().unwrap();
     let lines: Vec<&str> = dump.lines().collect();
-    let mm = vec!["matmul"; 8].join(", ");
+    let mm = ["matmul"; 8].join(", ");
     assert_eq!(
         lines[0],
         format!("\"default\": copy_in(0), copy_in(1), copy_in(2), record(fork), {mm}, wait(join1)"),
@@ -249,7 +249,7 @@ fn two_chains_get_two_streams_and_two_waits() {
     assert!(lines[3].starts_with("  chain 0 -> \"default\""), "{dump}");
     assert!(lines[4].starts_with("  chain 1 -> \"auto:1\""), "{dump}");
 
-    // The default cost floor keeps tiny chains together: nothing moves (R4.13).
+    // The default cost floor keeps tiny chains together: nothing moves (R11.6).
     let tiny = |x: &[Tensor]| -> Result<Vec<Tensor>> { Ok(vec![x[0].relu()?, x[1].relu()?]) };
     let mut c = compile(tiny, ro().auto_streams(4));
     c.run(&x[..2]).unwrap();
@@ -260,7 +260,7 @@ fn two_chains_get_two_streams_and_two_waits() {
     assert_eq!(c.graph_streams(), None);
 }
 
-/// User scopes and events stay where they were written (R4.13): the side stream's line of the
+/// User scopes and events stay where they were written (R11.2): the side stream's line of the
 /// dump is the same with and without auto streams, its stream counts toward `max_streams`, and
 /// results match.
 #[test]
@@ -303,7 +303,7 @@ fn user_scopes_and_events_are_kept() {
     };
     let auto_dump = auto.graph_dump().unwrap();
     assert_eq!(side_line(&auto_dump), side_line(&plain_dump), "{auto_dump}");
-    // The user record on main comes after main joined auto:1 (R4.14).
+    // The user record on main comes after main joined auto:1 (R11.3).
     let main = auto_dump.lines().next().unwrap();
     let rec = main.find("record(\"auto-test-ev\")").unwrap();
     assert!(main[..rec].contains("wait(join"), "{auto_dump}");
@@ -368,7 +368,7 @@ fn capture_ms(n: usize, auto: bool) -> f64 {
     ms
 }
 
-/// Capture time the assigner adds at 1000 ops (goal ≤ 5 ms; R4.17 cost), median of 5.
+/// Capture time the assigner adds at 1000 ops (goal ≤ 5 ms; R11.6), median of 5.
 /// `cargo test --release --test auto_streams -- --ignored --nocapture assigner_cost`
 #[test]
 #[ignore = "prints timings"]

@@ -1,4 +1,4 @@
-//! Automatic stream assignment (`CompileConfig::auto_streams`, R4.13–R4.17).
+//! Automatic stream assignment (`CompileConfig::auto_streams`, R11.1–R11.7).
 //!
 //! Owns the pass between tracing and lowering that moves the ops of a captured graph's main
 //! stream onto at most `max_streams` streams (all of the graph's streams counted), and the
@@ -26,10 +26,10 @@
 //! 3. *Re-issue.* The graph is issued again, in its original issue order, through the
 //!    tracer's own API ([`Tracer::rebuild`]): each moved op first waits for what it reads and
 //!    for the last user wait before it on main, but only where the tracer's vector clock says
-//!    that is not already ordered (R4.15); main joins every `auto:` stream before each user
-//!    record on main and at the end (R4.14). The result goes through the same race check,
+//!    that is not already ordered (R11.4); main joins every `auto:` stream before each user
+//!    record on main and at the end (R11.3). The result goes through the same race check,
 //!    acyclicity check and planner as a hand-written graph, so an assignment bug refuses the
-//!    capture instead of racing (R4.16). Records are placed right after the entry a wait needs:
+//!    capture instead of racing (R11.5). Records are placed right after the entry a wait needs:
 //!    a first issue places one after every entry, a second keeps only those some wait used
 //!    (records order nothing, so both issues bind the same waits).
 
@@ -55,13 +55,16 @@ pub(crate) struct AutoConfig {
     pub(crate) min_chain_cost: u64,
 }
 
+/// One chain for the dump: its stream's tag, its cost, its ops as (value written, op name).
+type Chain = (String, u64, Vec<(usize, &'static str)>);
+
 /// The assignment of one graph, for the dump ("why" each op went where it did).
 #[derive(Debug, Clone)]
 pub(crate) struct Assignment {
     max_streams: usize,
     method: &'static str,
     /// One per chain in head order: (stream tag, cost, ops as (value, name)).
-    chains: Vec<(String, u64, Vec<(usize, &'static str)>)>,
+    chains: Vec<Chain>,
     waits: usize,
 }
 
@@ -181,7 +184,7 @@ pub(crate) fn assign(graph: Graph, cfg: AutoConfig) -> Result<(Graph, Option<Ass
         ));
     }
     // The report: chains in head order.
-    let mut chains: Vec<(String, u64, Vec<(usize, &'static str)>)> = Vec::new();
+    let mut chains: Vec<Chain> = Vec::new();
     let mut chain_index = vec![usize::MAX; m];
     for (u, &i) in movable.iter().enumerate() {
         let EntryKind::Op { op, output, .. } = &graph.streams[0].entries[i] else {
@@ -264,8 +267,8 @@ fn matching_chains(preds: &[Vec<u32>]) -> Vec<u32> {
     }
     let mut chain = vec![none; m];
     let mut next = 0;
-    for head in 0..m {
-        if match_r[head] != none {
+    for (head, matched) in match_r.iter().enumerate() {
+        if *matched != none {
             continue;
         }
         let mut u = head as u32;
@@ -466,7 +469,7 @@ impl Layout<'_> {
                 }
                 EntryKind::Record { event } => {
                     if s == 0 && *event != EventName::Fork {
-                        // A record on main publishes every op issued before it there (R4.14).
+                        // A record on main publishes every op issued before it there (R11.3).
                         let lasts: Vec<usize> =
                             last_op[user_streams..].iter().flatten().copied().collect();
                         need(&mut t, 0, &lasts, &new, &rec, &mut used)?;

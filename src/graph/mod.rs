@@ -48,7 +48,7 @@ impl Captured {
     /// [`Error::OutOfMemory`](crate::Error::OutOfMemory) if its memory exceeds the address space.
     ///
     /// With `auto`, the graph's main-stream ops are first re-assigned to streams (`assign`,
-    /// R4.13); the rebuilt graph passes the same checks. A race there is
+    /// R11.1); the rebuilt graph passes the same checks. A race there is
     /// [`Error::DataRace`](crate::Error::DataRace).
     pub(crate) fn new(graph: Graph, auto: Option<AutoConfig>) -> Result<Captured> {
         let (graph, assignment) = match auto {
