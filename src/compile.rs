@@ -12,6 +12,7 @@ use crate::device::Device;
 use crate::dispatch::{self, CompiledGraph};
 use crate::dtype::DType;
 use crate::error::Result;
+use crate::graph::assign::{AutoConfig, DEFAULT_MIN_CHAIN_COST};
 use crate::tensor::handle::Tensor;
 
 /// How [`Compiled::run`] executes the closure.
@@ -40,6 +41,8 @@ pub enum Mode {
 pub struct CompileConfig {
     mode: Mode,
     capture_limit: usize,
+    auto_streams: Option<usize>,
+    auto_min_chain_cost: u64,
 }
 
 impl Default for CompileConfig {
@@ -47,6 +50,8 @@ impl Default for CompileConfig {
         CompileConfig {
             mode: Mode::Eager,
             capture_limit: 64,
+            auto_streams: None,
+            auto_min_chain_cost: DEFAULT_MIN_CHAIN_COST,
         }
     }
 }
@@ -69,6 +74,54 @@ impl CompileConfig {
     pub fn capture_limit(mut self, n: usize) -> Self {
         self.capture_limit = n;
         self
+    }
+
+    /// Automatic parallelism (R11.1–R11.7): each capture re-assigns the ops the closure issued
+    /// on the main stream to at most `max_streams` streams, counting every stream of the graph
+    /// (main and the user's own). Added streams are tagged `"auto:1"`, `"auto:2"`, ….
+    /// User stream scopes, events and copy-ins stay where they were written. Only
+    /// [`Mode::ReduceOverhead`] captures are assigned; an eager call runs as written.
+    ///
+    /// `max_streams` 0 is treated as 1 (nothing moves), as is any value not above the number
+    /// of streams the graph already uses.
+    ///
+    /// ```
+    /// use tagstream::{CompileConfig, Mode};
+    /// let c = CompileConfig::default().mode(Mode::ReduceOverhead).auto_streams(4);
+    /// assert_eq!(c.get_auto_streams(), Some(4));
+    /// assert_eq!(CompileConfig::default().auto_streams(0).get_auto_streams(), Some(1));
+    /// ```
+    #[must_use]
+    pub fn auto_streams(mut self, max_streams: usize) -> Self {
+        self.auto_streams = Some(max_streams.max(1));
+        self
+    }
+
+    /// The cost (flops plus bytes moved, from the ops' shapes) below which a chain of ops is
+    /// not given a stream of its own by [`auto_streams`](Self::auto_streams): splitting work
+    /// that small costs more in cross-stream waits than it gains. Default 2^20; 0 splits
+    /// every independent chain (tests use it on tiny tensors).
+    #[must_use]
+    pub fn auto_min_chain_cost(mut self, cost: u64) -> Self {
+        self.auto_min_chain_cost = cost;
+        self
+    }
+
+    /// The `auto_streams` limit, `None` when off.
+    pub fn get_auto_streams(&self) -> Option<usize> {
+        self.auto_streams
+    }
+
+    /// See [`auto_min_chain_cost`](Self::auto_min_chain_cost).
+    pub fn get_auto_min_chain_cost(&self) -> u64 {
+        self.auto_min_chain_cost
+    }
+
+    fn auto(&self) -> Option<AutoConfig> {
+        self.auto_streams.map(|max_streams| AutoConfig {
+            max_streams,
+            min_chain_cost: self.auto_min_chain_cost,
+        })
     }
 
     /// The configured mode.
@@ -222,9 +275,17 @@ impl Compiled {
     /// A readable dump of the per-stream entry order of the graph used by the latest run: one
     /// line per stream, main stream first, e.g.
     /// `"1": wait(fork), wait("66"), matmul, record(join1)`. `None` if the latest run did not
-    /// use a graph.
+    /// use a graph. With [`CompileConfig::auto_streams`] a section follows that lists each
+    /// chain of ops, the stream it got and its cost (R11.7).
     pub fn graph_dump(&self) -> Option<String> {
         self.latest_graph().map(|g| g.dump())
+    }
+
+    /// The tags of the streams the latest run's graph uses, main stream first, then in order
+    /// of first use in the graph (`"auto:1"`, … with [`CompileConfig::auto_streams`]). `None`
+    /// if the latest run did not use a graph (it ran eagerly).
+    pub fn graph_streams(&self) -> Option<Vec<String>> {
+        self.latest_graph().map(|g| g.streams())
     }
 
     /// The same graph as [`graph_dump`](Compiled::graph_dump), in Graphviz DOT: one cluster per
@@ -311,7 +372,7 @@ impl Compiled {
             self.latest = None;
             return self.run_eager(inputs);
         }
-        let mut graph = dispatch::capture(&mut self.f, inputs)?;
+        let mut graph = dispatch::capture(&mut self.f, inputs, self.config.auto())?;
         let outputs = graph.replay(inputs)?;
         self.stats.captures += 1;
         self.graphs.insert(signature.clone(), graph);

@@ -50,11 +50,14 @@ pub enum Error {
         tag: String,
     },
 
-    /// E2: an empty tag given to `create_tagged_event`, `stream_switch` or `record_tagged_stream`.
-    #[error("{call}: the tag is empty; tags must be non-empty strings (R1.5, R2.10)")]
+    /// E2: an empty tag given to `create_tagged_event`, `stream_switch` or
+    /// `record_tagged_stream`, or a `stream_switch` tag with the reserved prefix `auto:` (R2.10).
+    #[error("{call}: {}", invalid_tag_reason(.tag))]
     InvalidTag {
-        /// The call that received the empty tag.
+        /// The call that received the tag.
         call: &'static str,
+        /// The tag refused: empty, or starting with `auto:`.
+        tag: String,
     },
 
     // ---- shapes and dtypes -----------------------------------------------------------------
@@ -310,5 +313,17 @@ fn describe_unbalanced(dropped: Option<&str>, innermost: Option<&str>, open: &[S
                 tags.join(", ")
             )
         }
+    }
+}
+
+/// Why a tag was refused, as `InvalidTag` says it.
+fn invalid_tag_reason(tag: &str) -> String {
+    if tag.is_empty() {
+        "the tag is empty; tags must be non-empty strings (R1.5, R2.10)".to_string()
+    } else {
+        format!(
+            "the tag {tag:?} starts with the reserved prefix \"auto:\" (streams added by \
+             auto_streams, R2.10)"
+        )
     }
 }

@@ -238,7 +238,8 @@ fn e2_invalid_tag() {
     assert_eq!(
         err,
         Error::InvalidTag {
-            call: "create_tagged_event"
+            call: "create_tagged_event",
+            tag: String::new()
         }
     );
     assert_eq!(err.to_string(), message("create_tagged_event"));
@@ -252,7 +253,8 @@ fn e2_invalid_tag() {
     assert_eq!(
         err,
         Error::InvalidTag {
-            call: "stream_switch"
+            call: "stream_switch",
+            tag: String::new()
         }
     );
     assert_eq!(err.to_string(), message("stream_switch"));
@@ -262,7 +264,8 @@ fn e2_invalid_tag() {
     assert_eq!(
         err,
         Error::InvalidTag {
-            call: "record_tagged_stream"
+            call: "record_tagged_stream",
+            tag: String::new()
         }
     );
     assert_eq!(err.to_string(), message("record_tagged_stream"));
@@ -288,7 +291,8 @@ fn e2_invalid_tag() {
     assert_eq!(
         err,
         Error::InvalidTag {
-            call: "stream_switch"
+            call: "stream_switch",
+            tag: String::new()
         }
     );
     assert_eq!((counters(&c), c.cached_graphs()), ((0, 0, 0, false), 0));

@@ -345,7 +345,8 @@ fn sc23_record_tagged_stream_default_unused_and_empty_tags_r4_10_e2() {
         matches!(
             err,
             Error::InvalidTag {
-                call: "record_tagged_stream"
+                call: "record_tagged_stream",
+                ..
             }
         ),
         "{err:?}"
@@ -366,7 +367,8 @@ fn sc23_record_tagged_stream_in_eager_code_r4_10() {
     assert!(matches!(
         record_tagged_stream(&t, "").unwrap_err(),
         Error::InvalidTag {
-            call: "record_tagged_stream"
+            call: "record_tagged_stream",
+            ..
         }
     ));
 }

@@ -92,7 +92,8 @@ fn empty_tags_are_invalid_everywhere_sc13_r1_5_r2_10_e2() {
     assert_eq!(
         e,
         Error::InvalidTag {
-            call: "create_tagged_event"
+            call: "create_tagged_event",
+            tag: String::new()
         }
     );
     assert!(
@@ -103,7 +104,8 @@ fn empty_tags_are_invalid_everywhere_sc13_r1_5_r2_10_e2() {
     assert_eq!(
         e,
         Error::InvalidTag {
-            call: "stream_switch"
+            call: "stream_switch",
+            tag: String::new()
         }
     );
     assert!(
@@ -115,7 +117,8 @@ fn empty_tags_are_invalid_everywhere_sc13_r1_5_r2_10_e2() {
     assert_eq!(
         e,
         Error::InvalidTag {
-            call: "record_tagged_stream"
+            call: "record_tagged_stream",
+            tag: String::new()
         }
     );
     assert!(e.to_string().contains("record_tagged_stream"), "{e}");

@@ -382,6 +382,9 @@ fn shape_ops_move_i32_indices() {
     assert_eq!(e.to_vec_f32().unwrap()[6..], [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
     assert!(matches!(
         ix.softmax_dim(0),
-        Err(Error::DTypeMismatch { op: "softmax_dim", .. })
+        Err(Error::DTypeMismatch {
+            op: "softmax_dim",
+            ..
+        })
     ));
 }

@@ -227,6 +227,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<bool> {
     }
     handoff_rows(&plan, &mut rows, &mut notes)?;
     branch_rows(&plan, cores, &mut rows, &mut notes)?;
+    auto_rows(&plan, cores, &mut rows, &mut notes)?;
     seed_rows(&plan, &mut rows)?;
     add_rows(&plan, &mut rows)?;
 
@@ -663,6 +664,80 @@ fn branch_rows(
     rows.push(Row::sample(
         "branches_speedup",
         format!("{what}: 1 stream / 2 streams ({cores} cores)"),
+        Target::AtLeast(1.7),
+        "x",
+        ratio,
+    ));
+    Ok(())
+}
+
+/// Two independent chains of matmuls written on one stream, replayed as written and with
+/// `auto_streams(2)` (issue 15), 1 thread per stream on both sides.
+fn auto_rows(
+    plan: &Plan,
+    cores: usize,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let _single = SingleThreaded::new();
+    let (s, depth) = if plan.matmul_size < 1000 {
+        (64, 2)
+    } else {
+        (256, 8)
+    };
+    let rounds = plan.branch_rounds * 5;
+    let chains = move |x: &[Tensor]| -> Result<Vec<Tensor>> {
+        let (mut a, mut b) = (x[0].clone(), x[1].clone());
+        for _ in 0..depth {
+            a = a.matmul(&x[2])?.mul_scalar(0.0625)?;
+            b = b.matmul(&x[2])?.mul_scalar(0.0625)?;
+        }
+        Ok(vec![a, b])
+    };
+    let x: Vec<Tensor> = (0..3)
+        .map(|i| Tensor::randn(&[s, s], DType::F32, 30 + i))
+        .collect::<Result<_>>()?;
+    let ro = CompileConfig::default().mode(Mode::ReduceOverhead);
+    let mut one = compile(chains, ro);
+    let mut auto = compile(chains, ro.auto_streams(2));
+    let want = one.run(&x)?;
+    let got = auto.run(&x)?;
+    if !same_bits(&got, &want)? {
+        notes.push("auto streams: replay differs from the one-stream replay (R5.6)".into());
+    }
+    let streams = auto.graph_streams().unwrap_or_default();
+    notes.push(format!(
+        "auto streams: 2 chains x {depth} matmul {s}x{s} f32 written on one stream; \
+         auto_streams(2) placed them on {streams:?}"
+    ));
+    let mut ratio = Vec::new();
+    let mut auto_ms = Vec::new();
+    let mut one_ms = Vec::new();
+    for _ in 0..rounds {
+        let t1 = call(&mut one, &x)?;
+        let t2 = call(&mut auto, &x)?;
+        ratio.push(t1.as_secs_f64() / t2.as_secs_f64());
+        one_ms.push(t1.as_secs_f64() * 1e3);
+        auto_ms.push(t2.as_secs_f64() * 1e3);
+    }
+    let what = format!("2 chains x {depth} matmul {s}x{s} f32 on one stream, 1 thread per stream");
+    rows.push(Row::sample(
+        "auto_one_stream_ms",
+        format!("{what}: replay as written"),
+        Target::Print,
+        "ms",
+        one_ms,
+    ));
+    rows.push(Row::sample(
+        "auto_two_streams_ms",
+        format!("{what}: replay with auto_streams(2)"),
+        Target::Print,
+        "ms",
+        auto_ms,
+    ));
+    rows.push(Row::sample(
+        "auto_speedup",
+        format!("{what}: as written / auto_streams(2) ({cores} cores)"),
         Target::AtLeast(1.7),
         "x",
         ratio,

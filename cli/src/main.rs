@@ -115,6 +115,15 @@ struct RunArgs {
     /// Device the seed model runs on: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     device: tagstream::Device,
+    /// Let the capture re-assign the model's main-stream ops to at most N streams in all
+    /// (1..=64; `CompileConfig::auto_streams`); the graph dump shows which stream each chain
+    /// of ops got. Reduce-overhead mode only.
+    #[arg(long, value_name = "N", value_parser = parse_auto_streams, allow_negative_numbers = true)]
+    auto_streams: Option<u64>,
+}
+
+fn parse_auto_streams(s: &str) -> std::result::Result<u64, String> {
+    parse_in_range(s, 1, 64)
 }
 
 fn parse_device(s: &str) -> std::result::Result<tagstream::Device, String> {
@@ -188,6 +197,13 @@ fn run_seed(args: &RunArgs) -> std::result::Result<bool, String> {
                 .to_string(),
         );
     }
+    if args.mode == ModeArg::Eager && args.auto_streams.is_some() {
+        return Err(
+            "--auto-streams assigns the streams of a captured graph, which --mode eager \
+             does not capture; drop one of the two"
+                .to_string(),
+        );
+    }
     run_seed_model(args).map_err(|e| e.to_string())
 }
 
@@ -198,9 +214,12 @@ fn run_seed_model(args: &RunArgs) -> Result<bool> {
         usize::try_from(args.capture_limit).expect("clap bounds --capture-limit to 1..=1000000");
     let side = "1";
     let ev = ops::create_tagged_event("66")?;
-    let config = CompileConfig::default()
+    let mut config = CompileConfig::default()
         .mode(args.mode.mode())
         .capture_limit(capture_limit);
+    if let Some(n) = args.auto_streams {
+        config = config.auto_streams(usize::try_from(n).expect("clap bounds --auto-streams"));
+    }
     let mut model = compile(models::seed_model(ev.clone(), side), config);
     let inputs = models::seed_inputs(size, args.dtype)?
         .iter()
@@ -311,6 +330,17 @@ fn run_seed_model(args: &RunArgs) -> Result<bool> {
              \"replay\" below is eager too",
             args.capture_limit
         );
+    }
+    if let Some(streams) = model.graph_streams() {
+        let tags: Vec<String> = streams.iter().map(|t| format!("{t:?}")).collect();
+        match args.auto_streams {
+            Some(n) => println!(
+                "graph streams (auto_streams {n}): {} of at most {n}: {}",
+                streams.len(),
+                tags.join(", ")
+            ),
+            None => println!("graph streams: {}", tags.join(", ")),
+        }
     }
     if let Some(dump) = model.graph_dump() {
         println!("graph (per-stream order):");

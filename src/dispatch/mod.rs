@@ -35,6 +35,7 @@ use crate::backend::cuda::{self, Cuda, cuda};
 use crate::backend::{Backend, Inputs, Work};
 use crate::device::{self, Device};
 use crate::error::{Error, Result};
+use crate::graph::assign::AutoConfig;
 use crate::graph::program::MemoryStats;
 use crate::graph::{Captured, Tracer};
 use crate::ops::op::{Op, Shaped};
@@ -568,6 +569,11 @@ impl CompiledGraph {
         self.captured.dot()
     }
 
+    /// See `Compiled::graph_streams`.
+    pub(crate) fn streams(&self) -> Vec<String> {
+        self.captured.streams()
+    }
+
     pub(crate) fn memory_stats(&self) -> MemoryStats {
         self.captured.memory_stats()
     }
@@ -633,6 +639,7 @@ fn replay_on<B: Backend>(
 pub(crate) fn capture(
     f: &mut dyn FnMut(&[Tensor]) -> Result<Vec<Tensor>>,
     inputs: &[Tensor],
+    auto: Option<AutoConfig>,
 ) -> Result<CompiledGraph> {
     static NEXT_GRAPH: AtomicU64 = AtomicU64::new(1);
     let refs: Vec<&Tensor> = inputs.iter().collect();
@@ -660,7 +667,7 @@ pub(crate) fn capture(
         });
     };
     let graph = tracer.finish(closure_result(returned, open, pending))?;
-    let captured = Captured::new(graph)?;
+    let captured = Captured::new(graph, auto)?;
     let exec = match device {
         #[cfg(feature = "cuda")]
         Device::Cuda(n) => {
@@ -747,7 +754,7 @@ mod tests {
             let m2 = x[1].matmul(&x[0])?;
             Ok(vec![a, m1, m2])
         };
-        let g = capture(&mut f, &inputs()).unwrap();
+        let g = capture(&mut f, &inputs(), None).unwrap();
         assert_eq!(g.event_counts(), (2 + 1 + 2, 2 + 2 * 2));
     }
 
@@ -759,7 +766,7 @@ mod tests {
             let _d = stream_switch("default")?;
             Ok(vec![x[0].exp()?])
         };
-        let g = capture(&mut f, &inputs()).unwrap();
+        let g = capture(&mut f, &inputs(), None).unwrap();
         assert_eq!(g.event_counts(), (0, 0));
         assert_eq!(g.dump(), "\"default\": copy_in(0), copy_in(1), exp");
     }
@@ -773,7 +780,7 @@ mod tests {
             x[0].to_vec_f32()?;
             Ok(vec![])
         };
-        let err = capture(&mut f, &inputs()).unwrap_err();
+        let err = capture(&mut f, &inputs(), None).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -799,7 +806,7 @@ mod tests {
             let _s = stream_switch("graph-unit-fork")?;
             Ok(vec![a.add(&x[0])?])
         };
-        let err = capture(&mut f, &inputs()).unwrap_err();
+        let err = capture(&mut f, &inputs(), None).unwrap_err();
         assert_eq!(
             err,
             Error::DataRace {
@@ -822,7 +829,7 @@ mod tests {
             tagged_event_record(&e)?;
             Ok(vec![y])
         };
-        let err = capture(&mut f, &inputs()).unwrap_err();
+        let err = capture(&mut f, &inputs(), None).unwrap_err();
         assert!(
             matches!(&err, Error::WaitWithoutRecord { position: 3, later_record: Some((s, 5)), .. }
                 if s == "default"),

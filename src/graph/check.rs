@@ -102,6 +102,7 @@ mod tests {
             outputs: Vec::new(),
             output_shapes: Vec::new(),
             last_records: Vec::new(),
+            order: Vec::new(),
         }
     }
 

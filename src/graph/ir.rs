@@ -155,6 +155,9 @@ pub(crate) struct Graph {
     pub(crate) output_shapes: Vec<Vec<usize>>,
     /// The last record of each user event in issue order: `(event id, entry)` (R5.8).
     pub(crate) last_records: Vec<(u64, EntryRef)>,
+    /// The graph stream of every entry in issue order (stream order within each stream), so a
+    /// pass can re-issue the capture in an order consistent with its hb relation (`assign`).
+    pub(crate) order: Vec<u32>,
 }
 
 impl Graph {

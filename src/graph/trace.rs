@@ -69,6 +69,10 @@ pub(crate) struct Tracer {
     unbound: Option<Unbound>,
     /// `record_tagged_stream` requests: (value, stream tag), resolved at the end (R4.10).
     extends: Vec<(usize, String)>,
+    /// The graph stream of every entry in issue order (`assign` replays the capture in it).
+    order: Vec<u32>,
+    /// R4.10 ends of a rebuild: (value, graph stream), applied when it finishes.
+    ends: Vec<(usize, usize)>,
 }
 
 fn at(clock: &[u64], s: usize) -> u64 {
@@ -104,6 +108,8 @@ impl Tracer {
             problem: None,
             unbound: None,
             extends: Vec::new(),
+            order: Vec::new(),
+            ends: Vec::new(),
         };
         let mut graph_inputs = Vec::with_capacity(inputs.len());
         for (i, x) in inputs.iter().enumerate() {
@@ -135,6 +141,7 @@ impl Tracer {
         }
         clock[gs] = pos;
         self.streams[gs].entries.push(kind);
+        self.order.push(gs as u32);
         self.issued += 1;
         EntryRef { stream: gs, pos }
     }
@@ -204,16 +211,7 @@ impl Tracer {
         for t in inputs {
             let operand = match t.kind() {
                 Kind::Graph { graph, value, .. } if *graph == self.id => {
-                    let w = self.values[*value].write;
-                    if at(&self.current[gs], w.stream) < w.pos {
-                        let e = Error::DataRace {
-                            reader: self.describe_next(op.name()),
-                            reader_stream: self.streams[gs].tag.clone(),
-                            producer: self.describe_value(*value),
-                            producer_stream: self.streams[w.stream].tag.clone(),
-                        };
-                        return Err(self.fail(e));
-                    }
+                    self.check_read(gs, *value, op.name())?;
                     Operand::Value(*value)
                 }
                 Kind::Graph { graph, op: by, .. } => {
@@ -236,6 +234,42 @@ impl Tracer {
             };
             operands.push(operand);
         }
+        let output = self.push_op(gs, op, operands);
+        // A capture runs on its inputs' device (R10.7); `dispatch` checked the operands.
+        let device = inputs
+            .iter()
+            .map(|t| t.device())
+            .find(|d| !d.is_cpu())
+            .unwrap_or_default();
+        Ok(Tensor::graph_value(
+            op.out_shape.clone(),
+            op.out_dtype,
+            device,
+            self.id,
+            output,
+            op.name(),
+        ))
+    }
+
+    /// The race check of every graph read (R4.8, R3.5): value `value` must happen-before graph
+    /// stream `gs`'s current point. Hand-written and re-assigned (`assign`) graphs both read
+    /// through here.
+    fn check_read(&mut self, gs: usize, value: usize, reader: &str) -> Result<()> {
+        let w = self.values[value].write;
+        if at(&self.current[gs], w.stream) < w.pos {
+            let e = Error::DataRace {
+                reader: self.describe_next(reader),
+                reader_stream: self.streams[gs].tag.clone(),
+                producer: self.describe_value(value),
+                producer_stream: self.streams[w.stream].tag.clone(),
+            };
+            return Err(self.fail(e));
+        }
+        Ok(())
+    }
+
+    /// Issues `op` on graph stream `gs` with checked operands; returns its value.
+    fn push_op(&mut self, gs: usize, op: &Op, operands: Vec<Operand>) -> usize {
         let output = self.values.len();
         let write = EntryRef {
             stream: gs,
@@ -261,20 +295,7 @@ impl Tracer {
             write,
             uses: Vec::new(),
         });
-        // A capture runs on its inputs' device (R10.7); `dispatch` checked the operands.
-        let device = inputs
-            .iter()
-            .map(|t| t.device())
-            .find(|d| !d.is_cpu())
-            .unwrap_or_default();
-        Ok(Tensor::graph_value(
-            op.out_shape.clone(),
-            op.out_dtype,
-            device,
-            self.id,
-            output,
-            op.name(),
-        ))
+        output
     }
 
     fn constant(&mut self, t: &Tensor) -> usize {
@@ -415,6 +436,8 @@ impl Tracer {
                 event: EventName::Fork,
             },
         );
+        // The fork is issued right after the copy-ins, which are the first `n` entries.
+        self.order.insert(n as usize, 0);
         self.fork = Some(at);
         at
     }
@@ -482,7 +505,7 @@ impl Tracer {
             );
         }
         let mut outputs = Vec::with_capacity(returned.len());
-        let output_shapes = returned.iter().map(|t| t.shape().to_vec()).collect();
+        let output_shapes: Vec<Vec<usize>> = returned.iter().map(|t| t.shape().to_vec()).collect();
         for t in &returned {
             outputs.push(match t.kind() {
                 // Values 0..n_inputs are the copy-ins, in input order (SC27).
@@ -515,6 +538,17 @@ impl Tracer {
                 self.values[value].add_use(end);
             }
         }
+        let last = last_records(&self.records);
+        Ok(self.into_graph(outputs, output_shapes, last))
+    }
+
+    /// The finished graph; shared by [`Tracer::finish`] and a re-assigned graph's rebuild.
+    fn into_graph(
+        mut self,
+        outputs: Vec<Output>,
+        output_shapes: Vec<Vec<usize>>,
+        last_records: Vec<(u64, EntryRef)>,
+    ) -> Graph {
         // A kept graph should cost what it holds, not the slack of the growth that built it.
         for s in &mut self.streams {
             s.entries.shrink_to_fit();
@@ -524,15 +558,149 @@ impl Tracer {
         }
         self.values.shrink_to_fit();
         self.clocks.iter_mut().for_each(StreamClocks::shrink_to_fit);
-        Ok(Graph {
+        Graph {
             streams: self.streams,
             clocks: self.clocks,
             values: self.values,
             consts: self.consts,
             outputs,
             output_shapes,
-            last_records: last_records(&self.records),
-        })
+            last_records,
+            order: self.order,
+        }
+    }
+}
+
+/// Re-issuing a finished graph with entries placed on other streams (`assign`): the same
+/// clocks, the same race check ([`Tracer::check_read`]) and the same finished [`Graph`] as a
+/// hand-written capture, so an assignment that misses an edge is a refused capture.
+impl Tracer {
+    /// An empty rebuild of `template` on its streams plus `extra` (id, tag) streams.
+    pub(crate) fn rebuild(template: &Graph, extra: &[(StreamId, String)]) -> Tracer {
+        let mut streams: Vec<GraphStream> = template
+            .streams
+            .iter()
+            .map(|s| GraphStream {
+                id: s.id,
+                tag: s.tag.clone(),
+                entries: Vec::new(),
+            })
+            .collect();
+        streams.extend(extra.iter().map(|(id, tag)| GraphStream {
+            id: *id,
+            tag: tag.clone(),
+            entries: Vec::new(),
+        }));
+        let n = streams.len();
+        let n_inputs = template.streams[0]
+            .entries
+            .iter()
+            .take_while(|e| matches!(e, EntryKind::CopyIn { .. }))
+            .count();
+        Tracer {
+            id: 0,
+            streams,
+            clocks: (0..n).map(StreamClocks::new).collect(),
+            current: vec![Vec::new(); n],
+            values: Vec::with_capacity(template.values.len()),
+            consts: template.consts.clone(),
+            n_inputs,
+            fork: None,
+            joins: Vec::new(),
+            latest: HashMap::new(),
+            records: Vec::new(),
+            issued: 0,
+            problem: None,
+            unbound: None,
+            extends: Vec::new(),
+            order: Vec::with_capacity(template.order.len()),
+            ends: Vec::new(),
+        }
+    }
+
+    /// Copies call input `input` into `value`, whose shape and dtype `template` gives.
+    pub(crate) fn copy_in_as(&mut self, input: usize, template: &Value) -> EntryRef {
+        let value = self.values.len();
+        let write = self.issue(0, EntryKind::CopyIn { input, value });
+        self.values.push(Value {
+            shape: template.shape.clone(),
+            dtype: template.dtype,
+            write,
+            uses: Vec::new(),
+        });
+        write
+    }
+
+    /// Issues `op` on graph stream `gs` after the race check of every operand.
+    ///
+    /// # Errors
+    /// [`Error::DataRace`] for an operand not ordered before `gs`'s current point.
+    pub(crate) fn op_on(&mut self, gs: usize, op: &Op, operands: &[Operand]) -> Result<EntryRef> {
+        for o in operands {
+            if let Operand::Value(v) = *o {
+                if v >= self.values.len() {
+                    return Err(Error::ExecutionFailed {
+                        op: op.name().into(),
+                        stream: self.streams[gs].tag.clone(),
+                        message: "internal error: stream assignment reads a value before its \
+                                  op"
+                        .into(),
+                    });
+                }
+                self.check_read(gs, v, op.name())?;
+            }
+        }
+        let v = self.push_op(gs, op, operands.to_vec());
+        Ok(self.values[v].write)
+    }
+
+    /// A record of `event` on graph stream `gs`.
+    pub(crate) fn record_on(&mut self, gs: usize, event: EventName) -> EntryRef {
+        self.issue(gs, EntryKind::Record { event })
+    }
+
+    /// A wait on graph stream `gs` bound to the record at `bound`.
+    pub(crate) fn wait_on(&mut self, gs: usize, event: EventName, bound: EntryRef) -> EntryRef {
+        self.join_record(gs, bound);
+        self.issue(
+            gs,
+            EntryKind::Wait {
+                event,
+                bound: Some(bound),
+            },
+        )
+    }
+
+    /// Whether `e` happens-before-or-equals graph stream `gs`'s latest entry.
+    pub(crate) fn covers(&self, gs: usize, e: EntryRef) -> bool {
+        at(&self.current[gs], e.stream) >= e.pos
+    }
+
+    /// Entries issued so far on graph stream `gs`.
+    pub(crate) fn stream_len(&self, gs: usize) -> u64 {
+        self.clocks[gs].len()
+    }
+
+    /// Extends `value`'s life to the end of graph stream `gs` (R4.10, resolved at the end).
+    pub(crate) fn extend_to_end(&mut self, value: usize, gs: usize) {
+        self.ends.push((value, gs));
+    }
+
+    /// The rebuilt graph: outputs and last records as the template's, R4.10 ends applied.
+    pub(crate) fn finish_rebuilt(
+        mut self,
+        outputs: Vec<Output>,
+        output_shapes: Vec<Vec<usize>>,
+        last_records: Vec<(u64, EntryRef)>,
+    ) -> Graph {
+        for (value, gs) in std::mem::take(&mut self.ends) {
+            let end = EntryRef {
+                stream: gs,
+                pos: self.streams[gs].entries.len() as u64,
+            };
+            self.values[value].add_use(end);
+        }
+        self.into_graph(outputs, output_shapes, last_records)
     }
 }
 

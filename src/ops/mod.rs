@@ -104,6 +104,7 @@ pub fn create_tagged_event(tag: &str) -> Result<TaggedEvent> {
     if tag.is_empty() {
         return Err(Error::InvalidTag {
             call: "create_tagged_event",
+            tag: String::new(),
         });
     }
     let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
@@ -159,6 +160,7 @@ pub fn record_tagged_stream(tensor: &Tensor, tag: &str) -> Result<()> {
     if tag.is_empty() {
         return Err(Error::InvalidTag {
             call: "record_tagged_stream",
+            tag: String::new(),
         });
     }
     dispatch::record_stream(tensor, tag)

@@ -36,6 +36,8 @@ pub(crate) const MAIN: StreamId = 0;
 
 /// The reserved tag of the main stream (R2.4).
 pub(crate) const MAIN_TAG: &str = "default";
+/// The prefix of the streams `auto_streams` adds; refused in user scopes (R2.10).
+pub(crate) const AUTO_PREFIX: &str = "auto:";
 
 /// Where an entry sits and what it had seen when issued: `(stream, seq)` plus its clock.
 #[derive(Debug)]

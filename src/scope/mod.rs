@@ -17,7 +17,7 @@ use std::marker::PhantomData;
 use self::stack::{Closed, take_pending_error};
 use crate::dispatch;
 use crate::error::{Error, Result};
-use crate::runtime::{MAIN, MAIN_TAG, runtime};
+use crate::runtime::{AUTO_PREFIX, MAIN, MAIN_TAG, runtime};
 
 /// Keeps a stream scope open; dropping it returns to the enclosing scope's stream (R2.5).
 ///
@@ -66,15 +66,19 @@ pub struct StreamGuard {
 /// misused that way; rustc's `let_underscore_drop` lint (allowed by default) flags the line.
 ///
 /// # Errors
-/// [`Error::InvalidTag`] for an empty tag (no scope is entered, R2.10); a pending
+/// [`Error::InvalidTag`] for an empty tag or one starting with `auto:` (no scope is entered,
+/// R2.10); a pending
 /// [`Error::UnbalancedStreamSwitch`] of this thread; [`Error::ThreadExiting`] on a thread whose
 /// tagstream state is already destroyed; [`Error::WorkerSpawn`] if the OS refuses the fork wait's
 /// stream thread in a compiled eager run.
 pub fn stream_switch(tag: &str) -> Result<StreamGuard> {
     take_pending_error()?;
-    if tag.is_empty() {
+    // `auto:` streams belong to the assigner (R2.10): a user scope there would interleave
+    // with work the user never wrote on it.
+    if tag.is_empty() || tag.starts_with(AUTO_PREFIX) {
         return Err(Error::InvalidTag {
             call: "stream_switch",
+            tag: tag.to_string(),
         });
     }
     let stream = runtime().stream_for_tag(tag); // "default" is registered as the main stream
@@ -192,10 +196,19 @@ mod tests {
 
         let err = with_stream(tag, || -> Result<()> {
             assert_eq!(current_stream(), tag);
-            Err(Error::InvalidTag { call: "test" })
+            Err(Error::InvalidTag {
+                call: "test",
+                tag: String::new(),
+            })
         })
         .unwrap_err();
-        assert_eq!(err, Error::InvalidTag { call: "test" });
+        assert_eq!(
+            err,
+            Error::InvalidTag {
+                call: "test",
+                tag: String::new()
+            }
+        );
         assert_eq!(current_stream(), "default");
 
         let panicked = std::panic::catch_unwind(|| {
@@ -219,7 +232,8 @@ mod tests {
             (err, called),
             (
                 Error::InvalidTag {
-                    call: "stream_switch"
+                    call: "stream_switch",
+                    tag: String::new()
                 },
                 false
             )

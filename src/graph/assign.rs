@@ -1,0 +1,616 @@
+//! Automatic stream assignment (`CompileConfig::auto_streams`, R11.1–R11.7).
+//!
+//! Owns the pass between tracing and lowering that moves the ops of a captured graph's main
+//! stream onto at most `max_streams` streams (all of the graph's streams counted), and the
+//! per-op cost model it weighs them with. What the user pinned stays: ops in the user's own
+//! stream scopes, copy-ins, and every record and wait (user events and the scope closure) keep
+//! their stream and their order on it. It never runs anything (R4.1) and never looks at a
+//! clock of time: the same graph always gets the same assignment.
+//!
+//! # Algorithm
+//! 1. *Chains.* The movable ops form a DAG by their data edges (value written → value read).
+//!    Up to [`EXACT_LIMIT`] ops it is transitively reduced (descendant bitsets, in issue order,
+//!    which is topological) and covered by chains with a maximum bipartite matching on the
+//!    reduced edges (Kuhn's augmenting paths; Nimble's method): every matched edge `u → v` puts
+//!    `v` right after `u` on `u`'s chain, so the chains are as few as the graph allows while
+//!    every pair of ops not ordered by the graph can sit on different chains. Above the limit a
+//!    linear pass (Opara's stream inheritance) replaces it: an op continues the chain of its
+//!    first predecessor that has not yet passed its chain on, else it starts a new chain. No
+//!    transitive closure is ever built there, so a 100k-op graph costs O(ops + edges).
+//! 2. *Merge.* Each op costs flops + bytes from its shapes ([`op_cost`]). Chains cheaper than
+//!    `min_chain_cost` are not worth a stream and a cross-stream wait: they stay on the stream
+//!    of their head's first predecessor (main if none). The others are spread over the allowed
+//!    streams by longest-processing-time first (heaviest chain first, to the least loaded slot;
+//!    ties by issue order). The slot of the first op is the main stream, the others become
+//!    `auto:1`, `auto:2`, … in order of first use.
+//! 3. *Re-issue.* The graph is issued again, in its original issue order, through the
+//!    tracer's own API ([`Tracer::rebuild`]): each moved op first waits for what it reads and
+//!    for the last user wait before it on main, but only where the tracer's vector clock says
+//!    that is not already ordered (R11.4); main joins every `auto:` stream before each user
+//!    record on main and at the end (R11.3). The result goes through the same race check,
+//!    acyclicity check and planner as a hand-written graph, so an assignment bug refuses the
+//!    capture instead of racing (R11.5). Records are placed right after the entry a wait needs:
+//!    a first issue places one after every entry, a second keeps only those some wait used
+//!    (records order nothing, so both issues bind the same waits).
+
+use std::fmt::Write;
+
+use super::ir::{EntryKind, EntryRef, EventName, Graph, Operand, Output};
+use super::trace::Tracer;
+use crate::error::{Error, Result};
+use crate::ops::op::{Op, OpKind};
+use crate::runtime::{AUTO_PREFIX, StreamId, runtime};
+
+/// Movable ops up to which chains come from the exact matching; above it, from inheritance.
+pub(crate) const EXACT_LIMIT: usize = 2000;
+
+/// Default `min_chain_cost`: about a millisecond of one core's work or a megabyte moved,
+/// well above what a cross-stream wait and a worker wake-up cost.
+pub(crate) const DEFAULT_MIN_CHAIN_COST: u64 = 1 << 20;
+
+/// What the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AutoConfig {
+    pub(crate) max_streams: usize,
+    pub(crate) min_chain_cost: u64,
+}
+
+/// One chain for the dump: its stream's tag, its cost, its ops as (value written, op name).
+type Chain = (String, u64, Vec<(usize, &'static str)>);
+
+/// The assignment of one graph, for the dump ("why" each op went where it did).
+#[derive(Debug, Clone)]
+pub(crate) struct Assignment {
+    max_streams: usize,
+    method: &'static str,
+    /// One per chain in head order: (stream tag, cost, ops as (value, name)).
+    chains: Vec<Chain>,
+    waits: usize,
+}
+
+/// Flops plus bytes read and written by `op`, from its shapes (`in_bytes`: its operands').
+/// New op kinds fall to the default (one flop per output element), which is only a weight.
+pub(crate) fn op_cost(op: &Op, in_bytes: u64) -> u64 {
+    let out = op.out_len() as u64;
+    let flops = match &op.kind {
+        OpKind::Matmul(d) => 2u64
+            .saturating_mul(d.batch as u64)
+            .saturating_mul(d.m as u64)
+            .saturating_mul(d.n as u64)
+            .saturating_mul(d.k as u64),
+        OpKind::Softmax | OpKind::RmsNorm { .. } => out.saturating_mul(8),
+        _ => out,
+    };
+    let out_bytes = out.saturating_mul(op.out_dtype.size_in_bytes() as u64);
+    flops.saturating_add(in_bytes).saturating_add(out_bytes)
+}
+
+/// Re-assigns `graph`'s main-stream ops to at most `cfg.max_streams` streams (module doc).
+/// Returns the graph unchanged (and no assignment) when no op would move.
+///
+/// # Errors
+/// Whatever the rebuilt graph's race check finds ([`Error::DataRace`]): an assigner bug is a
+/// refused capture; [`Error::ExecutionFailed`] for an internal inconsistency.
+pub(crate) fn assign(graph: Graph, cfg: AutoConfig) -> Result<(Graph, Option<Assignment>)> {
+    let user_streams = graph.streams.len();
+    let slots = 1 + cfg.max_streams.saturating_sub(user_streams);
+    // The movable ops: every op of the main stream, in issue order (= value order).
+    let movable: Vec<usize> = graph.streams[0]
+        .entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(e, EntryKind::Op { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    if slots < 2 || movable.len() < 2 {
+        return Ok((graph, None));
+    }
+    let m = movable.len();
+    // value -> movable index of its writer.
+    let mut writer = vec![u32::MAX; graph.values.len()];
+    let mut preds: Vec<Vec<u32>> = Vec::with_capacity(m);
+    let mut cost = Vec::with_capacity(m);
+    for (u, &i) in movable.iter().enumerate() {
+        let EntryKind::Op { op, inputs, output } = &graph.streams[0].entries[i] else {
+            unreachable!("movable holds ops only");
+        };
+        let mut p: Vec<u32> = Vec::new();
+        let mut in_bytes = 0u64;
+        for o in inputs {
+            if let Operand::Value(v) = *o {
+                in_bytes = in_bytes.saturating_add(graph.values[v].bytes() as u64);
+                let w = writer[v];
+                if w != u32::MAX && !p.contains(&w) {
+                    p.push(w);
+                }
+            }
+        }
+        writer[*output] = u as u32;
+        preds.push(p);
+        cost.push(op_cost(op, in_bytes));
+    }
+    let (chain, method) = if m <= EXACT_LIMIT {
+        (matching_chains(&preds), "matching")
+    } else {
+        (inherited_chains(&preds), "inheritance")
+    };
+    let slot = merge(&chain, &preds, &cost, slots, cfg.min_chain_cost);
+    // Slots in order of first use; the first op's slot is main.
+    let mut rename = vec![usize::MAX; slots];
+    let mut used = 0;
+    for &s in &slot {
+        if rename[s] == usize::MAX {
+            rename[s] = used;
+            used += 1;
+        }
+    }
+    if used < 2 {
+        return Ok((graph, None));
+    }
+    let autos: Vec<(StreamId, String)> = (1..used)
+        .map(|k| {
+            let tag = format!("{AUTO_PREFIX}{k}");
+            (runtime().stream_for_tag(&tag), tag)
+        })
+        .collect();
+    // New graph stream of every movable op: main stays 0, auto k is user_streams + k - 1.
+    let gs_of = |u: usize| match rename[slot[u]] {
+        0 => 0,
+        k => user_streams + k - 1,
+    };
+    let mut offset = Vec::with_capacity(user_streams);
+    let mut total = 0;
+    for s in &graph.streams {
+        offset.push(total);
+        total += s.entries.len();
+    }
+    let mut target: Vec<usize> = (0..user_streams)
+        .flat_map(|s| std::iter::repeat_n(s, graph.streams[s].entries.len()))
+        .collect();
+    for (u, &i) in movable.iter().enumerate() {
+        target[i] = gs_of(u);
+    }
+    let layout = Layout {
+        graph: &graph,
+        offset,
+        target,
+        autos,
+    };
+    let (_, used_records, _) = layout.emit(None)?;
+    let (rebuilt, again, waits) = layout.emit(Some(&used_records))?;
+    if again != used_records {
+        return Err(internal(
+            "the two issues of the assignment bound different waits",
+        ));
+    }
+    // The report: chains in head order.
+    let mut chains: Vec<Chain> = Vec::new();
+    let mut chain_index = vec![usize::MAX; m];
+    for (u, &i) in movable.iter().enumerate() {
+        let EntryKind::Op { op, output, .. } = &graph.streams[0].entries[i] else {
+            unreachable!("movable holds ops only");
+        };
+        let c = chain[u] as usize;
+        if chain_index[c] == usize::MAX {
+            chain_index[c] = chains.len();
+            chains.push((rebuilt.streams[gs_of(u)].tag.clone(), 0, Vec::new()));
+        }
+        let entry = &mut chains[chain_index[c]];
+        entry.1 = entry.1.saturating_add(cost[u]);
+        entry.2.push((*output, op.name()));
+    }
+    let report = Assignment {
+        max_streams: cfg.max_streams,
+        method,
+        chains,
+        waits,
+    };
+    Ok((rebuilt, Some(report)))
+}
+
+fn internal(what: &str) -> Error {
+    Error::ExecutionFailed {
+        op: "capture (auto streams)".into(),
+        stream: "host".into(),
+        message: format!("internal error: {what}"),
+    }
+}
+
+/// Chain of every op by maximum matching on the transitively reduced DAG (module doc, step 1).
+/// `preds[u]` are earlier indices, so index order is topological.
+fn matching_chains(preds: &[Vec<u32>]) -> Vec<u32> {
+    let m = preds.len();
+    let words = m.div_ceil(64);
+    let mut succs: Vec<Vec<u32>> = vec![Vec::new(); m];
+    for (v, p) in preds.iter().enumerate() {
+        for &u in p {
+            succs[u as usize].push(v as u32);
+        }
+    }
+    // reach[u]: the strict descendants of u, built backwards.
+    let mut reach = vec![0u64; m * words];
+    let mut acc = vec![0u64; words];
+    let mut reduced: Vec<Vec<u32>> = vec![Vec::new(); m];
+    for u in (0..m).rev() {
+        let s = &mut succs[u];
+        s.sort_unstable();
+        acc.fill(0);
+        for &v in s.iter() {
+            let v = v as usize;
+            if acc[v / 64] >> (v % 64) & 1 == 1 {
+                continue; // reachable through an earlier child: a redundant edge
+            }
+            reduced[u].push(v as u32);
+            acc[v / 64] |= 1 << (v % 64);
+            for w in 0..words {
+                acc[w] |= reach[v * words + w];
+            }
+        }
+        reach[u * words..(u + 1) * words].copy_from_slice(&acc);
+    }
+    drop(reach);
+    // Kuhn's augmenting paths, left u -> right v over reduced edges, greedy start.
+    let none = u32::MAX;
+    let mut match_l = vec![none; m];
+    let mut match_r = vec![none; m];
+    for u in 0..m {
+        if let Some(&v) = reduced[u].iter().find(|&&v| match_r[v as usize] == none) {
+            match_l[u] = v;
+            match_r[v as usize] = u as u32;
+        }
+    }
+    let mut seen = vec![usize::MAX; m];
+    for u in 0..m {
+        if match_l[u] == none {
+            augment(u, u, &reduced, &mut match_l, &mut match_r, &mut seen);
+        }
+    }
+    let mut chain = vec![none; m];
+    let mut next = 0;
+    for (head, matched) in match_r.iter().enumerate() {
+        if *matched != none {
+            continue;
+        }
+        let mut u = head as u32;
+        while u != none {
+            chain[u as usize] = next;
+            u = match_l[u as usize];
+        }
+        next += 1;
+    }
+    chain
+}
+
+/// One augmenting-path search from left vertex `u` (`stamp` marks this search's visits).
+fn augment(
+    u: usize,
+    stamp: usize,
+    adj: &[Vec<u32>],
+    match_l: &mut [u32],
+    match_r: &mut [u32],
+    seen: &mut [usize],
+) -> bool {
+    for &v in &adj[u] {
+        let v = v as usize;
+        if seen[v] == stamp {
+            continue;
+        }
+        seen[v] = stamp;
+        let owner = match_r[v];
+        if owner == u32::MAX || augment(owner as usize, stamp, adj, match_l, match_r, seen) {
+            match_l[u] = v as u32;
+            match_r[v] = u as u32;
+            return true;
+        }
+    }
+    false
+}
+
+/// Chains by stream inheritance (module doc, step 1): linear in ops and edges.
+fn inherited_chains(preds: &[Vec<u32>]) -> Vec<u32> {
+    let mut chain = Vec::with_capacity(preds.len());
+    let mut passed = vec![false; preds.len()];
+    let mut next = 0;
+    for p in preds {
+        match p.iter().find(|&&q| !passed[q as usize]) {
+            Some(&q) => {
+                passed[q as usize] = true;
+                chain.push(chain[q as usize]);
+            }
+            None => {
+                chain.push(next);
+                next += 1;
+            }
+        }
+    }
+    chain
+}
+
+/// Slot of every op (module doc, step 2).
+fn merge(chain: &[u32], preds: &[Vec<u32>], cost: &[u64], slots: usize, min: u64) -> Vec<usize> {
+    let n_chains = chain.iter().map(|&c| c as usize + 1).max().unwrap_or(0);
+    let mut chain_cost = vec![0u64; n_chains];
+    let mut head = vec![usize::MAX; n_chains];
+    for (u, &c) in chain.iter().enumerate() {
+        let c = c as usize;
+        chain_cost[c] = chain_cost[c].saturating_add(cost[u]);
+        head[c] = head[c].min(u);
+    }
+    let mut big: Vec<usize> = (0..n_chains).filter(|&c| chain_cost[c] >= min).collect();
+    big.sort_by_key(|&c| (std::cmp::Reverse(chain_cost[c]), head[c]));
+    let mut chain_slot = vec![usize::MAX; n_chains];
+    let mut load = vec![0u64; slots];
+    for c in big {
+        let s = (0..slots).min_by_key(|&s| (load[s], s)).unwrap_or(0);
+        load[s] = load[s].saturating_add(chain_cost[c]);
+        chain_slot[c] = s;
+    }
+    let mut small: Vec<usize> = (0..n_chains)
+        .filter(|&c| chain_slot[c] == usize::MAX)
+        .collect();
+    small.sort_by_key(|&c| head[c]);
+    for c in small {
+        // The first predecessor's chain has an earlier head, so its slot is known.
+        chain_slot[c] = preds[head[c]]
+            .first()
+            .map_or(0, |&p| chain_slot[chain[p as usize] as usize]);
+    }
+    chain.iter().map(|&c| chain_slot[c as usize]).collect()
+}
+
+/// Where every entry of the original graph goes.
+struct Layout<'a> {
+    graph: &'a Graph,
+    /// Flat index of an entry: `offset[stream] + pos - 1`.
+    offset: Vec<usize>,
+    /// New graph stream of every entry (moved ops differ from their old stream).
+    target: Vec<usize>,
+    autos: Vec<(StreamId, String)>,
+}
+
+impl Layout<'_> {
+    fn flat(&self, r: EntryRef) -> usize {
+        self.offset[r.stream] + (r.pos - 1) as usize
+    }
+
+    /// Issues the graph on its new streams (module doc, step 3). `keep`: which entries get a
+    /// record after them (`None`: every one). Returns the graph, the entries whose record some
+    /// wait used, and the number of waits added.
+    fn emit(&self, keep: Option<&[bool]>) -> Result<(Graph, Vec<bool>, usize)> {
+        let g = self.graph;
+        let user_streams = g.streams.len();
+        let total = self.target.len();
+        let mut t = Tracer::rebuild(g, &self.autos);
+        let mut new = vec![None::<EntryRef>; total];
+        let mut rec: Vec<Option<(EntryRef, usize)>> = vec![None; total];
+        let mut used = vec![false; total];
+        let mut next_event = g
+            .entries()
+            .filter_map(|(_, e)| match e {
+                EntryKind::Record {
+                    event: EventName::Join(n),
+                } => Some(*n),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let has_fork = g.streams[0].entries.iter().any(|e| {
+            matches!(
+                e,
+                EntryKind::Record {
+                    event: EventName::Fork
+                }
+            )
+        });
+        let mut fork: Option<EntryRef> = None;
+        let mut started = vec![false; user_streams + self.autos.len()];
+        let mut last_op: Vec<Option<usize>> = vec![None; user_streams + self.autos.len()];
+        let mut barrier: Option<usize> = None;
+        let mut waits = 0usize;
+        let mut forks = 0usize;
+        let mut cursor = vec![0u64; user_streams];
+        // Waits on `gs` for every entry of `deps` (flat) it does not already follow.
+        let mut need = |t: &mut Tracer,
+                        gs: usize,
+                        deps: &[usize],
+                        new: &[Option<EntryRef>],
+                        rec: &[Option<(EntryRef, usize)>],
+                        used: &mut [bool]|
+         -> Result<()> {
+            for &d in deps {
+                let nd = new[d].ok_or_else(|| internal("a dependency was not issued"))?;
+                if t.covers(gs, nd) {
+                    continue;
+                }
+                let (r, n) = rec[d].ok_or_else(|| internal("a needed record was not placed"))?;
+                used[d] = true;
+                t.wait_on(gs, EventName::Join(n), r);
+                waits += 1;
+            }
+            Ok(())
+        };
+        for &s in &g.order {
+            let s = s as usize;
+            cursor[s] += 1;
+            let old = EntryRef {
+                stream: s,
+                pos: cursor[s],
+            };
+            let flat = self.flat(old);
+            let entry = g.entry(old);
+            if !has_fork && fork.is_none() && !matches!(entry, EntryKind::CopyIn { .. }) {
+                fork = Some(t.record_on(0, EventName::Fork));
+            }
+            let gs = self.target[flat];
+            let issued = match entry {
+                EntryKind::CopyIn { input, value } => t.copy_in_as(*input, &g.values[*value]),
+                EntryKind::Op { op, inputs, .. } => {
+                    if gs >= user_streams && !started[gs] {
+                        started[gs] = true;
+                        let f = fork.ok_or_else(|| internal("an auto stream before the fork"))?;
+                        t.wait_on(gs, EventName::Fork, f);
+                        forks += 1;
+                    }
+                    if s == 0 {
+                        let mut deps: Vec<usize> = inputs
+                            .iter()
+                            .filter_map(|o| match *o {
+                                Operand::Value(v) => Some(self.flat(g.values[v].write)),
+                                Operand::Const(_) => None,
+                            })
+                            .collect();
+                        deps.extend(barrier);
+                        need(&mut t, gs, &deps, &new, &rec, &mut used)?;
+                    }
+                    let r = t.op_on(gs, op, inputs)?;
+                    last_op[gs] = Some(flat);
+                    r
+                }
+                EntryKind::Record { event } => {
+                    if s == 0 && *event != EventName::Fork {
+                        // A record on main publishes every op issued before it there (R11.3).
+                        let lasts: Vec<usize> =
+                            last_op[user_streams..].iter().flatten().copied().collect();
+                        need(&mut t, 0, &lasts, &new, &rec, &mut used)?;
+                    }
+                    let r = t.record_on(s, event.clone());
+                    if *event == EventName::Fork {
+                        fork = Some(r);
+                    }
+                    r
+                }
+                EntryKind::Wait { event, bound } => {
+                    let b = bound.ok_or_else(|| internal("an unbound wait"))?;
+                    let nb =
+                        new[self.flat(b)].ok_or_else(|| internal("a wait before its record"))?;
+                    if s == 0 {
+                        barrier = Some(flat);
+                    }
+                    t.wait_on(s, event.clone(), nb)
+                }
+            };
+            new[flat] = Some(issued);
+            let placeable = !matches!(entry, EntryKind::Record { .. });
+            if placeable && keep.is_none_or(|k| k[flat]) {
+                rec[flat] = Some((t.record_on(gs, EventName::Join(next_event)), next_event));
+                next_event += 1;
+            }
+        }
+        let lasts: Vec<usize> = last_op[user_streams..].iter().flatten().copied().collect();
+        need(&mut t, 0, &lasts, &new, &rec, &mut used)?;
+        // R4.10 ends: a use that is not a read of the value, or the last entry of a stream.
+        for (v, value) in g.values.iter().enumerate() {
+            for u in &value.uses {
+                let reads = matches!(g.entry(*u), EntryKind::Op { inputs, .. }
+                    if inputs.contains(&Operand::Value(v)));
+                if !reads || u.pos == g.streams[u.stream].entries.len() as u64 {
+                    t.extend_to_end(v, u.stream);
+                }
+            }
+        }
+        let mut last_records = Vec::with_capacity(g.last_records.len());
+        for &(ev, r) in &g.last_records {
+            let nr = new[self.flat(r)].ok_or_else(|| internal("a record was not issued"))?;
+            last_records.push((ev, nr));
+        }
+        let outputs: Vec<Output> = g.outputs.clone();
+        debug_assert!(t.stream_len(0) > 0);
+        let output_shapes = g.output_shapes.clone();
+        Ok((
+            t.finish_rebuilt(outputs, output_shapes, last_records),
+            used,
+            waits + forks,
+        ))
+    }
+}
+
+impl Assignment {
+    /// The dump's section: per chain, its stream, cost and ops (`v7 matmul`: the op writing
+    /// value 7), so a reader sees which stream each op got and why.
+    pub(crate) fn text(&self) -> String {
+        const SHOWN: usize = 64;
+        let mut out = format!(
+            "auto streams (max {}, {} chains by {}, {} waits added):",
+            self.max_streams,
+            self.chains.len(),
+            self.method,
+            self.waits
+        );
+        for (i, (tag, cost, ops)) in self.chains.iter().enumerate().take(SHOWN) {
+            let names: Vec<String> = ops
+                .iter()
+                .take(SHOWN)
+                .map(|(v, name)| format!("v{v} {name}"))
+                .collect();
+            let more = if ops.len() > SHOWN {
+                format!(", … {} more", ops.len() - SHOWN)
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                out,
+                "\n  chain {i} -> {tag:?} (cost {cost}): {}{more}",
+                names.join(", ")
+            );
+        }
+        if self.chains.len() > SHOWN {
+            let _ = write!(out, "\n  … {} more chains", self.chains.len() - SHOWN);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn preds(edges: &[(u32, u32)], n: usize) -> Vec<Vec<u32>> {
+        let mut p = vec![Vec::new(); n];
+        for &(a, b) in edges {
+            p[b as usize].push(a);
+        }
+        p
+    }
+
+    #[test]
+    fn two_independent_chains_are_two_chains() {
+        // 0->2->4, 1->3->5
+        let p = preds(&[(0, 2), (2, 4), (1, 3), (3, 5)], 6);
+        let c = matching_chains(&p);
+        assert_eq!(c, vec![0, 1, 0, 1, 0, 1]);
+        assert_eq!(inherited_chains(&p), vec![0, 1, 0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn redundant_edges_do_not_make_chains() {
+        // A diamond plus the redundant edge 0->3: a minimum path cover of the reduced graph
+        // has two paths (0-1-3 and 2), the redundant edge cannot shorten it.
+        let p = preds(&[(0, 1), (0, 2), (1, 3), (2, 3), (0, 3)], 4);
+        let c = matching_chains(&p);
+        let n = c.iter().max().unwrap() + 1;
+        assert_eq!(n, 2);
+        // Each chain is a path of reduced edges (consecutive members are ordered).
+        assert_eq!(c[0], c[1]);
+    }
+
+    #[test]
+    fn matching_beats_greedy() {
+        // Greedy would match 0->2 first and leave 1 and 3 alone (3 chains); the matching finds
+        // 0->3, 1->2 (2 chains).
+        let p = preds(&[(0, 2), (0, 3), (1, 2)], 4);
+        let c = matching_chains(&p);
+        assert_eq!(c.iter().max().unwrap() + 1, 2);
+    }
+
+    #[test]
+    fn small_chains_follow_their_predecessor() {
+        // Two chains; the second is cheap and hangs off op 0's chain.
+        let p = preds(&[(0, 1), (0, 2)], 3);
+        let chain = vec![0, 0, 1];
+        let slots = merge(&chain, &p, &[100, 100, 1], 2, 10);
+        assert_eq!(slots, vec![0, 0, 0]);
+        let slots = merge(&chain, &p, &[100, 100, 50], 2, 10);
+        assert_eq!(slots, vec![0, 0, 1]);
+    }
+}
