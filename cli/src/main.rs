@@ -7,6 +7,7 @@
 //! (`bench_cmd`), `tagstream trace` writes timelines.
 
 mod bench_cmd;
+mod moe_cmd;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -89,15 +90,28 @@ impl ModeArg {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ModelArg {
+    /// The seed's program: two matmuls on two streams, ordered by tagged event "66".
+    Seed,
+    /// A 4-layer Mixture-of-Experts stack at decode shapes, the shared expert on side stream
+    /// "11" (eager and replay, 1 and 2 streams, checked against an f64 reference).
+    Moe,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 struct RunArgs {
-    /// Element type of the inputs: f32, f16 or bf16.
-    #[arg(long, default_value = "f16", value_parser = parse_dtype)]
-    dtype: DType,
-    /// Inputs are [N, N], N in 1..=8192.
-    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = parse_size, allow_negative_numbers = true)]
-    size: u64,
-    /// Execution mode.
+    /// The model to run.
+    #[arg(long, value_enum, default_value_t = ModelArg::Seed)]
+    model: ModelArg,
+    /// Element type: f32, f16 or bf16 [default: f16; for --model moe bf16 on the CPU and f16
+    /// on CUDA].
+    #[arg(long, value_parser = parse_dtype)]
+    dtype: Option<DType>,
+    /// Seed inputs are [N, N], N in 1..=8192 [default: 1000; not for --model moe].
+    #[arg(long, value_name = "N", value_parser = parse_size, allow_negative_numbers = true)]
+    size: Option<u64>,
+    /// Execution mode (the seed; --model moe always runs both).
     #[arg(long, value_enum, default_value_t = ModeArg::ReduceOverhead)]
     mode: ModeArg,
     /// Timed runs after one warm-up run, 1..=10000; the median is reported.
@@ -120,6 +134,16 @@ struct RunArgs {
     /// of ops got. Reduce-overhead mode only.
     #[arg(long, value_name = "N", value_parser = parse_auto_streams, allow_negative_numbers = true)]
     auto_streams: Option<u64>,
+}
+
+impl RunArgs {
+    fn seed_dtype(&self) -> DType {
+        self.dtype.unwrap_or(DType::F16)
+    }
+
+    fn seed_size(&self) -> usize {
+        usize::try_from(self.size.unwrap_or(1000)).expect("clap bounds --size to 1..=8192")
+    }
 }
 
 fn parse_auto_streams(s: &str) -> std::result::Result<u64, String> {
@@ -204,11 +228,21 @@ fn run_seed(args: &RunArgs) -> std::result::Result<bool, String> {
                 .to_string(),
         );
     }
-    run_seed_model(args).map_err(|e| e.to_string())
+    match args.model {
+        ModelArg::Seed => run_seed_model(args).map_err(|e| e.to_string()),
+        ModelArg::Moe => {
+            if args.size.is_some() || args.chain_ops.is_some() {
+                return Err("--size and --chain-ops set the seed model's shapes; --model moe \
+                            runs the decode shapes of docs/semantics.md's MoE stack"
+                    .to_string());
+            }
+            moe_cmd::run(args).map_err(|e| e.to_string())
+        }
+    }
 }
 
 fn run_seed_model(args: &RunArgs) -> Result<bool> {
-    let size = usize::try_from(args.size).expect("clap bounds --size to 1..=8192");
+    let size = args.seed_size();
     let runs = usize::try_from(args.runs).expect("clap bounds --runs to 1..=10000");
     let capture_limit =
         usize::try_from(args.capture_limit).expect("clap bounds --capture-limit to 1..=1000000");
@@ -221,7 +255,7 @@ fn run_seed_model(args: &RunArgs) -> Result<bool> {
         config = config.auto_streams(usize::try_from(n).expect("clap bounds --auto-streams"));
     }
     let mut model = compile(models::seed_model(ev.clone(), side), config);
-    let inputs = models::seed_inputs(size, args.dtype)?
+    let inputs = models::seed_inputs(size, args.seed_dtype())?
         .iter()
         .map(|t| t.to_device(args.device))
         .collect::<Result<Vec<_>>>()?;
@@ -255,11 +289,11 @@ fn run_seed_model(args: &RunArgs) -> Result<bool> {
         .iter()
         .map(Tensor::to_vec_f32)
         .collect::<Result<_>>()?;
-    let checks = models::check_seed(&host_inputs, &host_outputs, size, args.dtype);
+    let checks = models::check_seed(&host_inputs, &host_outputs, size, args.seed_dtype());
 
     println!(
         "tagstream seed model: 4 inputs [{size}, {size}] {}, mode {}, {} timed runs",
-        args.dtype,
+        args.seed_dtype(),
         args.mode.name(),
         args.runs
     );
@@ -289,7 +323,7 @@ fn run_seed_model(args: &RunArgs) -> Result<bool> {
          bit for bit.\n  mm and mm1 are compared with the exact product (in f64) and must stay \
          within the matmul error bound,\n  about k·2^-24·(|A|·|B|) plus one rounding to {}, \
          with k = {size}. Rules R6.6 and R6.9 of docs/semantics.md.",
-        args.dtype
+        args.seed_dtype()
     );
     println!();
     println!(
@@ -390,14 +424,14 @@ fn compare_eager_replay(
     let (e, r) = (median(seed_eager), median(seed_replay));
     println!(
         "{:<42} {:>10} {:>10} {:>8.2}x",
-        format!("seed [{0}x{0}] {1}", args.size, args.dtype),
+        format!("seed [{0}x{0}] {1}", args.seed_size(), args.seed_dtype()),
         ms(e),
         ms(r),
         e.as_secs_f64() / r.as_secs_f64()
     );
     let ops_n = usize::try_from(args.chain_ops.unwrap_or(1000)).expect("clap bounds --chain-ops");
     if ops_n > 0 {
-        let chain_inputs = models::tiny_inputs(16, args.dtype)?;
+        let chain_inputs = models::tiny_inputs(16, args.seed_dtype())?;
         let eager_cfg = CompileConfig::default().mode(Mode::Eager);
         let mut eager_chain = compile(models::tiny_chain(ops_n, "1"), eager_cfg);
         let mut replay_chain = compile(
@@ -413,7 +447,7 @@ fn compare_eager_replay(
         let (te, tr) = (median(&te), median(&tr));
         println!(
             "{:<42} {:>10} {:>10} {:>8.2}x",
-            format!("tiny chain {ops_n} ops [16] {}, 2 streams", args.dtype),
+            format!("tiny chain {ops_n} ops [16] {}, 2 streams", args.seed_dtype()),
             ms(te),
             ms(tr),
             te.as_secs_f64() / tr.as_secs_f64()

@@ -1,9 +1,12 @@
 //! Ready-made models, starting with the seed model (torchair's `npu_create_tagged_event`
-//! example, the README's "The seed model in Rust"), and their checks against the serial reference.
+//! example, the README's "The seed model in Rust") and the MoE stack of [`moe`], and their checks
+//! against the serial reference.
 //!
 //! Owns model-building closures and their reference checks, and the measured programs of
 //! `tagstream bench` ([`PingPong`], [`matmul_branches`]); shared by the CLI, the tests and the
 //! benchmarks so that all three run exactly the same program.
+
+pub mod moe;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
