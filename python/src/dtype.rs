@@ -8,8 +8,7 @@ use tagstream::{DType, Error};
 
 use crate::errors::OrRaise;
 
-/// The element types Python can name. `I32` is pinned for round 2; the Rust crate does not
-/// have it yet, so using it raises `UnknownDTypeError` from Rust's own parser.
+/// The element types Python can name; `I32` holds indices only (R6.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Kind {
     F32,
@@ -40,16 +39,17 @@ impl Kind {
             DType::F32 => Kind::F32,
             DType::F16 => Kind::F16,
             DType::BF16 => Kind::BF16,
+            DType::I32 => Kind::I32,
         }
     }
 
-    pub(crate) fn to_rust(self) -> tagstream::Result<DType> {
+    /// The Rust dtype.
+    pub(crate) fn to_rust(self) -> DType {
         match self {
-            Kind::F32 => Ok(DType::F32),
-            Kind::F16 => Ok(DType::F16),
-            Kind::BF16 => Ok(DType::BF16),
-            // TODO(i32): `DType::I32` once the Rust crate has it; until then Rust's own error.
-            Kind::I32 => "i32".parse::<DType>(),
+            Kind::F32 => DType::F32,
+            Kind::F16 => DType::F16,
+            Kind::BF16 => DType::BF16,
+            Kind::I32 => DType::I32,
         }
     }
 

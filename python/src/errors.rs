@@ -1,10 +1,10 @@
 //! Rust errors become Python exceptions here, and only here.
 //!
 //! Every `tagstream::Error` variant has its own class in `tagstream._errors` (defined in Python
-//! so that `ShapeMismatchError` and `DTypeMismatchError` can also subclass `ValueError`). The
-//! exception carries the Rust message as its only argument and the Rust value itself in
-//! `_rust`, so that an exception raised inside a compiled Python function reaches the Rust
-//! compile machinery as the error it was (see `compiled.rs`).
+//! so that `ShapeMismatchError`, `DTypeMismatchError` and `InvalidValueError` can also subclass
+//! `ValueError`). The exception carries the Rust message as its only argument and the Rust value
+//! itself in `_rust`, so that an exception raised inside a compiled Python function reaches the
+//! Rust compile machinery as the error it was (see `compiled.rs`).
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -34,6 +34,7 @@ pub(crate) fn class_name(e: &Error) -> &'static str {
         Error::ExecutionFailed { .. } => "ExecutionFailedError",
         Error::OutOfMemory { .. } => "OutOfMemoryError",
         Error::WorkerSpawn { .. } => "WorkerSpawnError",
+        Error::InvalidValue { .. } => "InvalidValueError",
         // `Error` is non-exhaustive: a variant added later still arrives as the base class.
         _ => "TagstreamError",
     }

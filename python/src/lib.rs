@@ -48,6 +48,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(tensor::softmax, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::cat, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::rms_norm, m)?)?;
+    m.add_function(wrap_pyfunction!(tensor::topk, m)?)?;
+    m.add_function(wrap_pyfunction!(tensor::gather, m)?)?;
+    m.add_function(wrap_pyfunction!(tensor::scatter, m)?)?;
+    m.add_function(wrap_pyfunction!(tensor::index_select, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::sum, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::mean, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::max, m)?)?;

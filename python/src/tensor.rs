@@ -1,16 +1,17 @@
 //! `tagstream.Tensor`, the constructors and the ops, with numpy in and out.
 //!
 //! The public Rust API offers `Tensor::from_vec(Vec<f32>)` and `to_vec_f32()`, so numpy data is
-//! copied both ways (f16 and bf16 values pass through f32 exactly). Host reads release the GIL.
+//! copied both ways (f16 and bf16 values pass through f32 exactly; int32 values too, which is
+//! why an int32 tensor refuses integers beyond float32's exact range, R6.1). Host reads release the GIL.
 
 use std::sync::Mutex;
 
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyNotImplementedError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PyModule, PyTuple};
-use tagstream::{Error, Tensor};
+use tagstream::{DType, Error, Tensor};
 
 use crate::device::{self, Dev};
 use crate::dtype::{Kind, PyDType, dtype_object, extract_kind};
@@ -152,9 +153,7 @@ pub(crate) fn tensor_from_any(obj: &Bound<'_, PyAny>, kind: Option<Kind>) -> PyR
     if let Ok(t) = obj.cast::<PyTensor>() {
         let t = &t.get().inner;
         return match kind {
-            Some(k) if k != Kind::from_rust(t.dtype()) => {
-                t.to_dtype(k.to_rust().or_raise()?).or_raise()
-            }
+            Some(k) if k != Kind::from_rust(t.dtype()) => t.to_dtype(k.to_rust()).or_raise(),
             _ => Ok(t.clone()),
         };
     }
@@ -167,7 +166,7 @@ pub(crate) fn tensor_from_any(obj: &Bound<'_, PyAny>, kind: Option<Kind>) -> PyR
         Some(k) => k,
         None => inferred_kind(&arr)?,
     };
-    let dtype = target.to_rust().or_raise()?;
+    let dtype = target.to_rust();
     let src_kind: char = arr.dtype().getattr("kind")?.extract()?;
     if !matches!(src_kind, 'f' | 'i' | 'u' | 'b') {
         return Err(PyTypeError::new_err(format!(
@@ -175,31 +174,80 @@ pub(crate) fn tensor_from_any(obj: &Bound<'_, PyAny>, kind: Option<Kind>) -> PyR
             arr.dtype().str()?
         )));
     }
-    // One contiguous f32 copy whatever the layout, byte order or writeability of the source.
-    let kwargs = PyDict::new(py);
-    kwargs.set_item("dtype", np.getattr("float32")?)?;
-    kwargs.set_item("order", "C")?;
-    let f32s = np.call_method("asarray", (&arr,), Some(&kwargs))?;
-    let ro: PyReadonlyArrayDyn<'_, f32> = f32s.extract()?;
-    let shape = ro.shape().to_vec();
-    let data = ro
-        .as_slice()
-        .map_err(|e| PyValueError::new_err(e.to_string()))?
-        .to_vec();
-    drop(ro);
+    let (data, shape) = if dtype == DType::I32 {
+        i32_data(np, &arr)?
+    } else {
+        // One contiguous f32 copy whatever the layout, byte order or writeability of the source.
+        let f32s = contiguous(np, &arr, "float32")?;
+        let ro: PyReadonlyArrayDyn<'_, f32> = f32s.extract()?;
+        let data = ro
+            .as_slice()
+            .map_err(|e| PyValueError::new_err(e.to_string()))?
+            .to_vec();
+        (data, ro.shape().to_vec())
+    };
     py.detach(move || Tensor::from_vec(data, &shape, dtype))
         .or_raise()
 }
 
-/// The values as a fresh numpy array (f32, f16, or f32 for bf16); waits with the GIL released.
+/// `np.asarray(arr, dtype=dtype, order="C")`: a contiguous copy (or `arr` itself when it is one).
+fn contiguous<'py>(
+    np: &Bound<'py, PyModule>,
+    arr: &Bound<'py, PyUntypedArray>,
+    dtype: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let kwargs = PyDict::new(np.py());
+    kwargs.set_item("dtype", np.getattr(dtype)?)?;
+    kwargs.set_item("order", "C")?;
+    np.call_method("asarray", (arr,), Some(&kwargs))
+}
+
+/// Whether an int32 tensor holds `v` exactly: an integer in the i32 range that float32 also
+/// holds exactly (the public Rust API moves I32 data as f32, R6.1; every |v| <= 2^24 is).
+fn exact_i32(v: f64) -> bool {
+    v.fract() == 0.0 && (-2_147_483_648.0..2_147_483_648.0).contains(&v) && f64::from(v as f32) == v
+}
+
+/// The f32 values of an int32 tensor from a numpy array, checked in f64 (exact for every int32
+/// and float value; an int64 beyond 2^53 is out of the i32 range either way) so that a value the
+/// f32 path would round is refused instead of changed.
+fn i32_data(
+    np: &Bound<'_, PyModule>,
+    arr: &Bound<'_, PyUntypedArray>,
+) -> PyResult<(Vec<f32>, Vec<usize>)> {
+    let wide = contiguous(np, arr, "float64")?;
+    let ro: PyReadonlyArrayDyn<'_, f64> = wide.extract()?;
+    let values = ro
+        .as_slice()
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    if let Some(at) = values.iter().position(|&v| !exact_i32(v)) {
+        return Err(Error::InvalidValue {
+            op: "tensor",
+            reason: format!(
+                "{} at index {at} is not an integer an int32 tensor holds exactly (int32 data \
+                 moves through float32: integers up to 2^24 in magnitude, R6.1)",
+                values[at]
+            ),
+        })
+        .or_raise();
+    }
+    Ok((
+        values.iter().map(|&v| v as f32).collect(),
+        ro.shape().to_vec(),
+    ))
+}
+
+/// The values as a fresh numpy array (f32, f16, int32, or f32 for bf16); waits with the GIL
+/// released.
 fn to_numpy<'py>(py: Python<'py>, t: &Tensor, writeable: bool) -> PyResult<Bound<'py, PyAny>> {
     let owned = t.clone();
     let values = py.detach(move || owned.to_vec_f32()).or_raise()?;
     let arr = PyArray1::from_vec(py, values).reshape(dims(t))?.into_any();
-    let arr = if t.dtype() == tagstream::DType::F16 {
-        arr.call_method1("astype", (numpy(py)?.getattr("float16")?,))?
-    } else {
-        arr
+    let arr = match t.dtype() {
+        DType::F16 => arr.call_method1("astype", (numpy(py)?.getattr("float16")?,))?,
+        // Exact: I32 values are integers that f32 holds exactly (R6.1).
+        DType::I32 => arr.call_method1("astype", (numpy(py)?.getattr("int32")?,))?,
+        _ => arr,
     };
     if !writeable {
         let kwargs = PyDict::new(py);
@@ -305,6 +353,73 @@ fn softmax_checked(t: &Tensor, dim: isize) -> tagstream::Result<Tensor> {
     t.softmax_dim(norm_dim(t, dim, 0, "softmax")?)
 }
 
+/// `topk` over `dim`, which must name the last dim (the Rust op works there only).
+fn topk_checked(t: &Tensor, k: isize, dim: isize) -> tagstream::Result<(Tensor, Tensor)> {
+    let d = norm_dim(t, dim, 0, "topk")?;
+    let rank = t.shape().len();
+    let shape_error = |reason: String| Error::ShapeMismatch {
+        op: "topk",
+        lhs: dims(t),
+        rhs: Vec::new(),
+        reason,
+    };
+    if d + 1 != rank {
+        return Err(shape_error(format!(
+            "topk works over the last dim only (dim -1 or {}), not dim {dim}; move that dim to \
+             the end first (transpose)",
+            rank - 1
+        )));
+    }
+    let k = usize::try_from(k).map_err(|_| shape_error(format!("k = {k} is negative")))?;
+    t.topk(k)
+}
+
+/// An index argument: a tagstream tensor (of dtype int32, which the Rust op checks).
+fn index_arg(obj: &Bound<'_, PyAny>, op: &str) -> PyResult<Tensor> {
+    obj.cast::<PyTensor>()
+        .map(|t| t.get().inner.clone())
+        .map_err(|_| {
+            PyTypeError::new_err(format!(
+                "{op}: index must be a tagstream.Tensor of dtype int32, not {}",
+                type_name(obj)
+            ))
+        })
+}
+
+/// `scatter`'s source: a tensor (`src`), or a number (`src` or `value=`) filled to `index`'s
+/// shape in `data`'s dtype.
+fn scatter_src(
+    data: &Tensor,
+    index: &Tensor,
+    src: Option<&Bound<'_, PyAny>>,
+    value: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Tensor> {
+    let given = match (src, value) {
+        (Some(s), None) | (None, Some(s)) if !s.is_none() => s,
+        _ => {
+            return Err(PyTypeError::new_err(
+                "scatter: give exactly one of src (a tensor or a number) and value (a number)",
+            ));
+        }
+    };
+    if let Ok(t) = given.cast::<PyTensor>() {
+        if value.is_some() {
+            return Err(PyTypeError::new_err(
+                "scatter: value must be a number; pass a tensor as src",
+            ));
+        }
+        return Ok(t.get().inner.clone());
+    }
+    if given.is_instance_of::<PyFloat>() || given.is_instance_of::<PyInt>() {
+        let v: f64 = given.extract()?;
+        return Tensor::full(index.shape(), v as f32, data.dtype()).or_raise();
+    }
+    Err(PyTypeError::new_err(format!(
+        "scatter: src must be a tagstream.Tensor or a number, not {}",
+        type_name(given)
+    )))
+}
+
 /// A signed size list from `*sizes` arguments (`f(2, 3)` or `f((2, 3))`), for torch's `-1`.
 fn signed_sizes(args: &Bound<'_, PyTuple>) -> PyResult<Vec<i128>> {
     let seq = if args.len() == 1 && !args.get_item(0)?.is_instance_of::<PyInt>() {
@@ -387,7 +502,7 @@ impl PyTensor {
         PyTuple::new(py, self.inner.shape())
     }
 
-    /// The element type (`tagstream.float32`, `float16` or `bfloat16`).
+    /// The element type (`tagstream.float32`, `float16`, `bfloat16` or `int32`).
     #[getter]
     fn dtype(&self, py: Python<'_>) -> PyResult<Py<PyDType>> {
         dtype_object(py, Kind::from_rust(self.inner.dtype()))
@@ -447,8 +562,8 @@ impl PyTensor {
             .ok_or_else(|| PyTypeError::new_err("len() of a 0-d tensor"))
     }
 
-    /// The values as a fresh, read-only numpy array (float32, float16; bfloat16 exports as
-    /// float32). Waits for the tensor with the GIL released.
+    /// The values as a fresh, read-only numpy array (float32, float16, int32; bfloat16 exports
+    /// as float32). Waits for the tensor with the GIL released.
     fn numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         to_numpy(py, &self.inner, false)
     }
@@ -486,8 +601,8 @@ impl PyTensor {
         PyList::new(py, v)
     }
 
-    /// The value of a one-element tensor.
-    fn item(&self, py: Python<'_>) -> PyResult<f32> {
+    /// The value of a one-element tensor (an `int` for int32, else a `float`).
+    fn item(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         if self.inner.len() != 1 {
             return Err(PyValueError::new_err(format!(
                 "item() needs a tensor with one element, not {}",
@@ -495,7 +610,13 @@ impl PyTensor {
             )));
         }
         let owned = self.inner.clone();
-        Ok(py.detach(move || owned.to_vec_f32()).or_raise()?[0])
+        let v = py.detach(move || owned.to_vec_f32()).or_raise()?[0];
+        Ok(if self.inner.dtype() == DType::I32 {
+            // Exact: I32 values are integers that f32 holds exactly (R6.1).
+            (v as i64).into_pyobject(py)?.into_any().unbind()
+        } else {
+            PyFloat::new(py, f64::from(v)).into_any().unbind()
+        })
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
@@ -550,7 +671,7 @@ impl PyTensor {
         if let Some(k) = kind
             && k != Kind::from_rust(t.dtype())
         {
-            t = t.to_dtype(k.to_rust().or_raise()?).or_raise()?;
+            t = t.to_dtype(k.to_rust()).or_raise()?;
         }
         match dev {
             Some(d) => placed(t, d),
@@ -581,29 +702,23 @@ impl PyTensor {
 
     /// A copy converted to `dtype` (the Rust `to_dtype`).
     fn to_dtype(&self, dtype: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
-        let d = extract_kind(dtype)?.to_rust().or_raise()?;
+        let d = extract_kind(dtype)?.to_rust();
         Ok(PyTensor::wrap(self.inner.to_dtype(d).or_raise()?))
     }
 
     /// `to_dtype(float32)`.
     fn float(&self) -> PyResult<PyTensor> {
-        Ok(PyTensor::wrap(
-            self.inner.to_dtype(tagstream::DType::F32).or_raise()?,
-        ))
+        Ok(PyTensor::wrap(self.inner.to_dtype(DType::F32).or_raise()?))
     }
 
     /// `to_dtype(float16)`.
     fn half(&self) -> PyResult<PyTensor> {
-        Ok(PyTensor::wrap(
-            self.inner.to_dtype(tagstream::DType::F16).or_raise()?,
-        ))
+        Ok(PyTensor::wrap(self.inner.to_dtype(DType::F16).or_raise()?))
     }
 
     /// `to_dtype(bfloat16)`.
     fn bfloat16(&self) -> PyResult<PyTensor> {
-        Ok(PyTensor::wrap(
-            self.inner.to_dtype(tagstream::DType::BF16).or_raise()?,
-        ))
+        Ok(PyTensor::wrap(self.inner.to_dtype(DType::BF16).or_raise()?))
     }
 
     // ---- ops (named like the Rust ops) ----------------------------------------------------
@@ -749,6 +864,72 @@ impl PyTensor {
         ))
     }
 
+    /// The `k` largest values over the last dim, largest first, and their positions as an int32
+    /// tensor: `(values, indices)` (torch's `topk`; ties keep the lower position first, NaN
+    /// counts as the largest, R6.12). `dim` must name the last dim; `largest=False` is not
+    /// supported; `sorted` is accepted (the values always come sorted).
+    #[pyo3(signature = (k, dim=-1, largest=true, sorted=true))]
+    fn topk<'py>(
+        &self,
+        py: Python<'py>,
+        k: isize,
+        dim: isize,
+        largest: bool,
+        sorted: bool,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let _ = sorted; // largest-first is a valid order for `sorted=False` too
+        if !largest {
+            return Err(PyNotImplementedError::new_err(
+                "topk(largest=False) is not supported; negate the input (values then come \
+                 negated)",
+            ));
+        }
+        let (values, indices) = topk_checked(&self.inner, k, dim).or_raise()?;
+        PyTuple::new(
+            py,
+            [
+                Py::new(py, PyTensor::wrap(values))?,
+                Py::new(py, PyTensor::wrap(indices))?,
+            ],
+        )
+    }
+    /// `out[i][j] = self[i][index[i][j]]` along `dim` (torch's `gather`, negative `dim` counts
+    /// from the end): `index` is an int32 tensor of `self`'s rank and of `self`'s size in every
+    /// other dim; the output has `index`'s shape. An index outside the dim fails the output:
+    /// reading it raises `ExecutionFailedError` (R3.12).
+    fn gather(&self, dim: isize, index: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        let d = norm_dim(&self.inner, dim, 0, "gather").or_raise()?;
+        let index = index_arg(index, "gather")?;
+        Ok(PyTensor::wrap(self.inner.gather(d, &index).or_raise()?))
+    }
+    /// A copy with `src` written at `index` along `dim` (torch's out-of-place `scatter`; `src`
+    /// a tensor of `index`'s shape and `self`'s dtype, or a number as `value=`). Of repeated
+    /// positions the last in `index`'s row-major order wins (R6.12).
+    #[pyo3(signature = (dim, index, src=None, *, value=None))]
+    fn scatter(
+        &self,
+        dim: isize,
+        index: &Bound<'_, PyAny>,
+        src: Option<&Bound<'_, PyAny>>,
+        value: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyTensor> {
+        let d = norm_dim(&self.inner, dim, 0, "scatter").or_raise()?;
+        let index = index_arg(index, "scatter")?;
+        let src = scatter_src(&self.inner, &index, src, value)?;
+        Ok(PyTensor::wrap(
+            self.inner.scatter(d, &index, &src).or_raise()?,
+        ))
+    }
+    /// The slices at positions `index` (a 1-D int32 tensor) along `dim` (torch's
+    /// `index_select`; with `dim=0` an embedding lookup).
+    fn index_select(&self, dim: isize, index: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        let d = norm_dim(&self.inner, dim, 0, "index_select").or_raise()?;
+        let index = index_arg(index, "index_select")?;
+        Ok(PyTensor::wrap(
+            self.inner.index_select(d, &index).or_raise()?,
+        ))
+    }
+
     // ---- operators -----------------------------------------------------------------------
 
     fn __add__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
@@ -869,7 +1050,7 @@ pub(crate) fn zeros(
     device: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<PyTensor> {
     let shape = shape_from_args(shape)?;
-    let d = kind_arg(dtype)?.unwrap_or(Kind::F32).to_rust().or_raise()?;
+    let d = kind_arg(dtype)?.unwrap_or(Kind::F32).to_rust();
     let dev = extract_device(device)?;
     placed(py.detach(|| Tensor::zeros(&shape, d)).or_raise()?, dev)
 }
@@ -885,7 +1066,7 @@ pub(crate) fn full(
     device: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<PyTensor> {
     let shape = shape_from_seq(size)?;
-    let d = kind_arg(dtype)?.unwrap_or(Kind::F32).to_rust().or_raise()?;
+    let d = kind_arg(dtype)?.unwrap_or(Kind::F32).to_rust();
     let dev = extract_device(device)?;
     placed(
         py.detach(|| Tensor::full(&shape, fill_value, d))
@@ -926,7 +1107,7 @@ pub(crate) fn randn(
     device: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<PyTensor> {
     let shape = shape_from_args(shape)?;
-    let d = kind_arg(dtype)?.unwrap_or(Kind::F32).to_rust().or_raise()?;
+    let d = kind_arg(dtype)?.unwrap_or(Kind::F32).to_rust();
     let dev = extract_device(device)?;
     let seed = seed.unwrap_or_else(next_seed);
     placed(
@@ -1026,6 +1207,56 @@ pub(crate) fn cat(tensors: Vec<PyRef<'_, PyTensor>>, dim: isize) -> PyResult<PyT
         None => 0,
     };
     Ok(PyTensor::wrap(Tensor::cat(&parts, d).or_raise()?))
+}
+
+/// The `k` largest values of `input` over the last dim and their int32 positions:
+/// `(values, indices)` (torch's `topk`).
+#[pyfunction]
+#[pyo3(signature = (input, k, dim=-1, largest=true, sorted=true))]
+pub(crate) fn topk<'py>(
+    py: Python<'py>,
+    input: PyRef<'_, PyTensor>,
+    k: isize,
+    dim: isize,
+    largest: bool,
+    sorted: bool,
+) -> PyResult<Bound<'py, PyTuple>> {
+    input.topk(py, k, dim, largest, sorted)
+}
+
+/// Values of `input` at the int32 positions `index` along `dim` (torch's `gather`).
+#[pyfunction]
+pub(crate) fn gather(
+    input: PyRef<'_, PyTensor>,
+    dim: isize,
+    index: &Bound<'_, PyAny>,
+) -> PyResult<PyTensor> {
+    input.gather(dim, index)
+}
+
+/// A copy of `input` with `src` written at the int32 positions `index` along `dim` (torch's
+/// out-of-place `scatter`).
+#[pyfunction]
+#[pyo3(signature = (input, dim, index, src=None, *, value=None))]
+pub(crate) fn scatter(
+    input: PyRef<'_, PyTensor>,
+    dim: isize,
+    index: &Bound<'_, PyAny>,
+    src: Option<&Bound<'_, PyAny>>,
+    value: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PyTensor> {
+    input.scatter(dim, index, src, value)
+}
+
+/// The slices of `input` at the int32 positions `index` (1-D) along `dim` (torch's
+/// `index_select`).
+#[pyfunction]
+pub(crate) fn index_select(
+    input: PyRef<'_, PyTensor>,
+    dim: isize,
+    index: &Bound<'_, PyAny>,
+) -> PyResult<PyTensor> {
+    input.index_select(dim, index)
 }
 
 /// Sum of `input` over `dim` (torch's `sum(input, dim, keepdim)`).

@@ -26,7 +26,9 @@ from ._native import (
     float32,
     from_numpy,
     full,
+    gather,
     gelu,
+    index_select,
     int32,
     manual_seed,
     matmul,
@@ -37,6 +39,7 @@ from ._native import (
     randn,
     relu,
     rms_norm,
+    scatter,
     silu,
     softmax,
     cat,
@@ -45,6 +48,7 @@ from ._native import (
     synchronize,
     tensor,
     to_dtype,
+    topk,
     zeros,
 )
 from ._native import _compile
@@ -84,7 +88,8 @@ __all__ = [
     "Tensor", "dtype", "float32", "float16", "bfloat16", "int32",
     "tensor", "from_numpy", "from_dlpack", "zeros", "full", "randn", "manual_seed",
     "add", "sub", "mul", "div", "mm", "matmul", "relu", "silu", "gelu", "exp", "softmax",
-    "cat", "rms_norm", "sum", "mean", "max", "to_dtype", "compile", "Compiled", "synchronize", "cuda_is_available",
+    "cat", "rms_norm", "sum", "mean", "max", "topk", "gather", "scatter", "index_select",
+    "to_dtype", "compile", "Compiled", "synchronize", "cuda_is_available",
     "TaggedEvent", "StreamSwitch", "ops", "scope",
     *_errors.__all__,
 ]

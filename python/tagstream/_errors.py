@@ -1,7 +1,7 @@
 """Exceptions: ``TagstreamError`` and one subclass per Rust ``tagstream::Error`` variant.
 
 Each carries the Rust message as its only argument. ``ShapeMismatchError``,
-``DTypeMismatchError`` and ``UnknownDTypeError`` are also ``ValueError``s, ``OutOfMemoryError``
+``DTypeMismatchError``, ``UnknownDTypeError`` and ``InvalidValueError`` are also ``ValueError``s, ``OutOfMemoryError``
 is also a ``MemoryError``.
 """
 
@@ -25,6 +25,7 @@ __all__ = [
     "ExecutionFailedError",
     "OutOfMemoryError",
     "WorkerSpawnError",
+    "InvalidValueError",
 ]
 
 
@@ -49,7 +50,7 @@ class DTypeMismatchError(TagstreamError, ValueError):
 
 
 class UnknownDTypeError(TagstreamError, ValueError):
-    """A dtype the Rust crate does not know (``int32`` until it lands there)."""
+    """A dtype name tagstream does not know (``float64``, ``int64``, ...)."""
 
 
 class DataRaceError(TagstreamError):
@@ -103,3 +104,9 @@ class OutOfMemoryError(TagstreamError, MemoryError):
 
 class WorkerSpawnError(TagstreamError):
     """The OS refused to start a stream worker thread."""
+
+
+class InvalidValueError(TagstreamError, ValueError):
+    """A value an ``int32`` tensor cannot hold exactly (not an integer, out of range, or beyond
+    float32's exact integers: int32 data passes through float32), or ``randn`` of ``int32``
+    (R6.1)."""

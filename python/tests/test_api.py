@@ -9,6 +9,7 @@ import pytest
 import tagstream as ts
 import tagstream.ops
 import tagstream.scope
+import tagstream.torch
 
 PINNED_TOP = [
     "Tensor", "float32", "float16", "bfloat16", "int32", "add", "sub", "mul", "div", "mm",
@@ -19,6 +20,8 @@ PINNED_TOP = [
     "ShapeMismatchError", "DTypeMismatchError", "HostSyncInCaptureError",
     "UnbalancedStreamSwitchError", "DeviceMismatchError", "NoGpuError",
 ]
+# The index ops of round 2 (R6.12) and their error (E20), in torch's spelling.
+INDEX_OPS = ["topk", "gather", "scatter", "index_select"]
 PINNED_OPS = [
     "npu_create_tagged_event", "npu_tagged_event_record", "npu_tagged_event_wait",
     "npu_record_tagged_stream", "create_tagged_event", "tagged_event_record",
@@ -48,6 +51,11 @@ def test_every_pinned_name_exists_and_has_a_docstring():
         assert getattr(ts, name).__doc__, name
     for name in ts.__all__:
         assert hasattr(ts, name), name
+    for name in INDEX_OPS:
+        assert getattr(ts, name).__doc__, name
+        assert getattr(ts.Tensor, name).__doc__, name
+        assert getattr(ts.torch, name) is getattr(ts, name), name
+    assert issubclass(ts.InvalidValueError, ts.TagstreamError)
 
 
 def test_help_of_ops_reads_well():
@@ -128,12 +136,13 @@ def test_float64_and_python_lists_become_float32():
     assert ts.tensor(2.5).item() == 2.5
 
 
-def test_int32_is_pinned_but_the_rust_crate_has_no_i32_yet():
-    # TODO(i32): once tagstream::DType::I32 lands this must round-trip instead.
-    with pytest.raises(ts.UnknownDTypeError, match="i32"):
-        ts.tensor(np.arange(3, dtype=np.int32))
-    with pytest.raises(ValueError):
-        ts.zeros(3, dtype=ts.int32)
+def test_int32_maps_to_the_rust_i32():
+    # R6.1: integer data becomes int32 and comes back as int32 (test_model_ops.py has the rest).
+    t = ts.tensor(np.arange(3, dtype=np.int32))
+    assert t.dtype is ts.int32 and t.dtype.itemsize == 4 and not t.dtype.is_floating_point
+    assert t.numpy().dtype == np.int32
+    assert ts.zeros(3, dtype=ts.int32).tolist() == [0, 0, 0]
+    assert ts.zeros(3, dtype="int32").dtype is ts.int32
 
 
 def test_non_contiguous_read_only_and_0d_arrays_are_copied_correctly():

@@ -14,6 +14,18 @@ def test_numpy_reads_a_tensor_through_dlpack(dtype, np_dtype):
     np.testing.assert_array_equal(arr, t.numpy())
 
 
+def test_int32_both_ways_through_dlpack():
+    # R6.1: int32 indices keep their dtype and values through DLPack, in and out.
+    src = np.array([[0, -3, 7], [1 << 24, -(1 << 24), 5]], dtype=np.int32)
+    t = ts.from_dlpack(src)
+    assert t.dtype is ts.int32
+    back = np.from_dlpack(t)
+    assert back.dtype == np.int32
+    np.testing.assert_array_equal(back, src)
+    _, idx = ts.tensor([[0.5, 2.0, 1.0]]).topk(2)
+    np.testing.assert_array_equal(np.from_dlpack(idx), np.array([[1, 2]], dtype=np.int32))
+
+
 def test_capsule_protocol_arguments():
     t = ts.randn(2, seed=3)
     assert type(t.__dlpack__()).__name__ == "PyCapsule"

@@ -14,10 +14,12 @@ def test_class_hierarchy():
                  "DeadlockError", "HostSyncInCaptureError", "UnbalancedStreamSwitchError",
                  "ForeignGraphValueError", "NoGpuError", "DeviceMismatchError",
                  "ExecutionFailedError", "OutOfMemoryError", "WorkerSpawnError",
-                 "ShapeMismatchError", "DTypeMismatchError", "UnknownDTypeError"]:
+                 "ShapeMismatchError", "DTypeMismatchError", "UnknownDTypeError",
+                 "InvalidValueError"]:
         assert issubclass(getattr(ts, name), ts.TagstreamError), name
     assert issubclass(ts.ShapeMismatchError, ValueError)
     assert issubclass(ts.DTypeMismatchError, ValueError)
+    assert issubclass(ts.InvalidValueError, ValueError)
     assert issubclass(ts.OutOfMemoryError, MemoryError)
 
 

@@ -1,7 +1,8 @@
 """A drop-in face for the parts of ``torch`` the seed program uses.
 
 ``import tagstream.torch as torch`` gives ``torch.randn`` (a process-wide generator, reset by
-``manual_seed``), ``torch.add``/``mm``/..., the dtypes, ``torch.nn.Module`` and
+``manual_seed``), ``torch.add``/``mm``/..., the index ops (``topk``, ``gather``, ``scatter``, ``index_select``,
+with int32 indices where torch has int64), the dtypes, ``torch.nn.Module`` and
 ``torch.compile(model, backend=..., mode=..., dynamic=..., fullgraph=...)``. Tensors are
 ``tagstream.Tensor``; ``.npu()`` moves one to the default accelerator (CUDA when available, else
 it stays on the CPU).
@@ -23,7 +24,9 @@ from tagstream import (  # noqa: F401
     from_dlpack,
     from_numpy,
     full,
+    gather,
     gelu,
+    index_select,
     int32,
     manual_seed,
     matmul,
@@ -31,11 +34,13 @@ from tagstream import (  # noqa: F401
     mul,
     relu,
     rms_norm,
+    scatter,
     silu,
     softmax,
     sub,
     synchronize,
     tensor,
+    topk,
     zeros,
 )
 
