@@ -232,9 +232,11 @@ fn run_seed(args: &RunArgs) -> std::result::Result<bool, String> {
         ModelArg::Seed => run_seed_model(args).map_err(|e| e.to_string()),
         ModelArg::Moe => {
             if args.size.is_some() || args.chain_ops.is_some() {
-                return Err("--size and --chain-ops set the seed model's shapes; --model moe \
+                return Err(
+                    "--size and --chain-ops set the seed model's shapes; --model moe \
                             runs the decode shapes of docs/semantics.md's MoE stack"
-                    .to_string());
+                        .to_string(),
+                );
             }
             moe_cmd::run(args).map_err(|e| e.to_string())
         }
@@ -447,7 +449,10 @@ fn compare_eager_replay(
         let (te, tr) = (median(&te), median(&tr));
         println!(
             "{:<42} {:>10} {:>10} {:>8.2}x",
-            format!("tiny chain {ops_n} ops [16] {}, 2 streams", args.seed_dtype()),
+            format!(
+                "tiny chain {ops_n} ops [16] {}, 2 streams",
+                args.seed_dtype()
+            ),
             ms(te),
             ms(tr),
             te.as_secs_f64() / tr.as_secs_f64()

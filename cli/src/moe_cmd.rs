@@ -117,7 +117,10 @@ pub(crate) fn run(args: &RunArgs) -> Result<bool> {
             None => "ok".to_string(),
             Some(why) => format!("FAIL: {why}"),
         };
-        println!("{:<8} {:<44} {:>10.3e}  {status}", c.name, c.rule, c.max_abs_err);
+        println!(
+            "{:<8} {:<44} {:>10.3e}  {status}",
+            c.name, c.rule, c.max_abs_err
+        );
     }
     println!(
         "  reference: the same stack computed serially in f64 from the stored parameters; \
@@ -129,7 +132,11 @@ pub(crate) fn run(args: &RunArgs) -> Result<bool> {
         "bits",
         "eager == replay, 1 stream == 2 streams",
         "",
-        if same { "ok" } else { "FAIL: the variants differ" }
+        if same {
+            "ok"
+        } else {
+            "FAIL: the variants differ"
+        }
     );
     println!();
     println!(
@@ -168,7 +175,11 @@ pub(crate) fn run(args: &RunArgs) -> Result<bool> {
     println!(
         "PyTorch's figures for the same math: python3 scripts/moe_torch.py --device {} \
          --dtype {dtype}",
-        if args.device == Device::Cpu { "cpu" } else { "cuda" }
+        if args.device == Device::Cpu {
+            "cpu"
+        } else {
+            "cuda"
+        }
     );
     Ok(same && checks.iter().all(|c| c.failure.is_none()))
 }

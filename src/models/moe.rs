@@ -497,7 +497,8 @@ pub fn check_moe(host: &MoeHostWeights, input: &[f32], outputs: &[Vec<f32>]) -> 
             (worst, at) = (err, i);
         }
     }
-    let failure = (got.len() != x.len() || !(worst <= out_tol * scale)).then(|| {
+    let within = worst <= out_tol * scale; // false for NaN
+    let failure = (got.len() != x.len() || !within).then(|| {
         format!(
             "element {at}: got {} expected {:.6} (|err| {worst:.3e} > {out_tol} x max |ref| \
              {scale:.3})",
