@@ -195,7 +195,7 @@ pub(super) fn spec(op: &Op, ins: &[Operand], out: u64, flag: u64) -> Result<Spec
             )
         }
         OpKind::TopkIndices { n: len, k } => {
-            let rows = if k == 0 { 0 } else { n / k };
+            let rows = n.checked_div(k).unwrap_or(0);
             (
                 n,
                 kernel(
