@@ -31,15 +31,19 @@ ldconfig -p | grep -E "libcuda.so.1|libcublas.so.13|libnvrtc.so.13"
 step "gpu tests"; timeout 120 $G/gpu --test-threads=1 2>&1; echo "rc=$?"
 step "conformance (cuda rows)"; timeout 120 $G/conformance cuda:: --test-threads=1 2>&1; echo "rc=$?"
 for tool in memcheck synccheck initcheck; do
-  step "compute-sanitizer $tool: seed eager+replay, 3-stream pipeline"
+  step "compute-sanitizer $tool: seed eager+replay, 3-stream pipeline, round-2 ops (bad indices too)"
   timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 \
-    $G/gpu sanitizer_seed three_stream_pipeline --test-threads=1 > "$OUT/sanitizer-$tool.txt" 2>&1
+    $G/gpu sanitizer_seed three_stream_pipeline sanitizer_round2_ops --test-threads=1 > "$OUT/sanitizer-$tool.txt" 2>&1
   echo "rc=$?"; tail -n 4 "$OUT/sanitizer-$tool.txt"
 done
 step "compute-sanitizer racecheck on tagstream's kernels (kns=ts_)"
 timeout 150 compute-sanitizer --tool racecheck --kernel-name kns=ts_ --error-exitcode 9 \
   $G/gpu three_stream_pipeline --exact --test-threads=1 > "$OUT/sanitizer-racecheck.txt" 2>&1
 echo "rc=$?"; tail -n 4 "$OUT/sanitizer-racecheck.txt"
+step "compute-sanitizer racecheck on the round-2 kernels (topk's shared-memory arg-best)"
+timeout 150 compute-sanitizer --tool racecheck --kernel-name kns=ts_ --error-exitcode 9 \
+  $G/gpu sanitizer_round2_ops --exact --test-threads=1 > "$OUT/sanitizer-racecheck-round2.txt" 2>&1
+echo "rc=$?"; tail -n 4 "$OUT/sanitizer-racecheck-round2.txt"
 step "tagstream run --device cuda"; timeout 60 $G/tagstream run --device cuda --runs 20 --chain-ops 0 2>&1; echo "rc=$?"
 step "bench"; timeout 150 $G/gpu gpu_bench --ignored --exact --nocapture --test-threads=1 2>&1 | tee "$OUT/bench.txt"
 step "PyTorch in the same call"; timeout 150 python3 scripts/compare-pytorch-cuda.py --ours "$OUT/bench.txt" 2>&1

@@ -158,6 +158,70 @@ fn sanitizer_seed() {
     synchronize().unwrap();
 }
 
+/// Every round-2 kernel once, eager and replayed, including out-of-range indices (which must
+/// read and write nothing out of bounds): what compute-sanitizer runs for the new ops. The
+/// results themselves are checked against the CPU by the `cuda::` rows of tests/conformance.rs.
+#[test]
+fn sanitizer_round2_ops() {
+    if !gpu_or_skip("sanitizer_round2_ops") {
+        return;
+    }
+    let model = |x: &[Tensor]| -> Result<Vec<Tensor>> {
+        let (a, b, idx, bad, sel) = (&x[0], &x[1], &x[2], &x[3], &x[4]);
+        let (vals, pos) = a.topk(3)?;
+        Ok(vec![
+            a.add(b)?,
+            a.mul_scalar(0.5)?,
+            a.sum(1, false)?,
+            a.mean(0, true)?,
+            a.max(2, false)?,
+            a.softmax_dim(1)?,
+            a.transpose(0, 2)?,
+            a.narrow(1, 2, 5)?,
+            b.expand(&[3, 9, 260])?,
+            Tensor::cat(&[a.clone(), a.clone()], 1)?,
+            vals,
+            pos.clone(),
+            a.gather(2, &pos)?,
+            a.gather(1, idx)?,
+            a.scatter(1, idx, &a.narrow(1, 0, 4)?)?,
+            a.index_select(2, sel)?,
+            pos.transpose(0, 1)?,
+            a.gather(1, bad)?,
+            a.scatter(1, bad, &a.narrow(1, 0, 4)?)?,
+            a.index_select(0, &bad.narrow(0, 0, 1)?.reshape(&[260 * 4])?)?,
+        ])
+    };
+    let idx: Vec<f32> = (0..3 * 4 * 260).map(|i| (i % 9) as f32).collect();
+    let bad: Vec<f32> = (0..3 * 4 * 260)
+        .map(|i| if i % 5 == 0 { 1e6 } else { -((i % 3) as f32) })
+        .collect();
+    let sel: Vec<f32> = (0..300).map(|i| ((i * 7) % 260) as f32).collect();
+    let inputs = to_gpu(vec![
+        Tensor::randn(&[3, 9, 260], DType::F16, 90).unwrap(),
+        Tensor::randn(&[9, 1], DType::F16, 91).unwrap(),
+        Tensor::from_vec(idx, &[3, 4, 260], DType::I32).unwrap(),
+        Tensor::from_vec(bad, &[3, 4, 260], DType::I32).unwrap(),
+        Tensor::from_vec(sel, &[300], DType::I32).unwrap(),
+    ]);
+    for (name, mode) in [("eager", Mode::Eager), ("replay", Mode::ReduceOverhead)] {
+        let mut m = compile(model, CompileConfig::default().mode(mode));
+        for _ in 0..2 {
+            let out = m.run(&inputs).unwrap();
+            let n = out.len();
+            for (i, t) in out.iter().enumerate() {
+                let r = t.to_vec_f32();
+                assert_eq!(r.is_err(), i >= n - 3, "{name}: output {i}: {r:?}");
+            }
+        }
+        assert!(
+            synchronize().is_err(),
+            "{name}: the bad indices are reported"
+        );
+        synchronize().unwrap();
+    }
+}
+
 /// Median per-call time of `calls` back-to-back calls then one synchronize, over `rounds`.
 fn time(rounds: usize, calls: usize, mut f: impl FnMut() -> Result<()>) -> Duration {
     f().unwrap();

@@ -13,6 +13,7 @@
 //! tested without a GPU; every function that calls the driver has only ever been compiled on a
 //! machine without one until a GPU session runs `scripts/gpu-check.sh`.
 
+mod launch;
 mod plan;
 pub(crate) mod source;
 
@@ -23,17 +24,19 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::{CudaContext, DriverError, result as drv, sys};
 
-use super::{Backend, Failures, Work};
+use super::{Backend, Work};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::graph::program::{Instr, Loc, Program};
 use crate::kernels::MatmulDims;
-use crate::ops::op::{MAX_OPERANDS, Op, OpKind};
+use crate::ops::op::{MAX_OPERANDS, Op};
 use crate::runtime::{Issue, StreamId};
 use crate::tensor::storage::{Buffer, Data, DeviceMem};
 
 use crate::device::probe::probe;
+
+use self::launch::{Arg, Spec};
 
 /// cuBLAS workspace per stream: one fixed size in eager and in capture (R10.8).
 const WORKSPACE: usize = 32 << 20;
@@ -142,7 +145,116 @@ pub(crate) struct Cuda {
     arch: &'static str,
     streams: Mutex<Vec<Option<Arc<PhysStream>>>>,
     kernels: OnceLock<Result<Kernels>>,
-    failures: Failures,
+    /// Failures in issue order: errors, and index ops' flags not yet known clean (R3.12).
+    failures: Mutex<Vec<Failure>>,
+}
+
+/// A failure `synchronize` may return: an error, or an index op's flag read once its work is
+/// done.
+#[derive(Debug)]
+enum Failure {
+    Error(Error),
+    Flag(Arc<Flag>),
+}
+
+/// Flags kept unread before [`Cuda::watch`] reads those whose stream is idle.
+const FLAGS_BEFORE_SETTLING: usize = 1024;
+
+/// An index op's error word on the device (R3.12, R6.12): the kernel lowers it from
+/// [`launch::FLAG_CLEAR`] when an index is out of range; the host reads it once the op has
+/// completed (when a value depending on it is read, or at `synchronize`) and turns it into the
+/// op's `ExecutionFailed`. Values computed from the op carry the flag, so reading any of them
+/// returns that error; the elements themselves hold zeros where an index was bad, never
+/// anything read or written out of bounds.
+#[derive(Debug)]
+struct Flag {
+    /// The allocation holding the word (one per eager op; one per replay for all its index
+    /// ops), freed when the last flag using it goes.
+    mem: Arc<CudaMem>,
+    offset: u64,
+    /// The stream whose completion implies the word is final.
+    stream: Stream,
+    op: &'static str,
+    tag: Arc<str>,
+    /// The indexed dimension's size (for the message).
+    len: usize,
+    /// Creation order: of several failed flags a value reports the earliest.
+    order: u64,
+    seen: OnceLock<Option<Error>>,
+}
+
+impl Flag {
+    fn new(mem: Arc<CudaMem>, offset: u64, stream: Stream, op: &Op, tag: Arc<str>) -> Flag {
+        static ORDER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Flag {
+            mem,
+            offset,
+            stream,
+            op: op.name(),
+            tag,
+            len: launch::indexed_len(op),
+            order: ORDER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            seen: OnceLock::new(),
+        }
+    }
+
+    /// The op's error if one of its indices was out of range. Only call once the op's work has
+    /// completed (the caller waited for a stream ordered after it).
+    fn error(&self) -> Option<Error> {
+        self.seen
+            .get_or_init(|| {
+                let ptr = self.mem.alloc.get()?.ptr + self.offset;
+                let err = |e| cuda_err("cuMemcpyDtoH", e, self.op, &self.tag);
+                if let Err(e) = self.mem.ctx.bind_to_thread() {
+                    return Some(err(e));
+                }
+                let mut word = [0u64];
+                // SAFETY: `ptr` is an 8-byte word of a live allocation; the kernels writing it
+                // have completed.
+                if let Err(e) = unsafe { drv::memcpy_dtoh_sync(&mut word, ptr) } {
+                    return Some(err(e));
+                }
+                launch::flag_message(word[0], self.len).map(|message| Error::ExecutionFailed {
+                    op: self.op.into(),
+                    stream: self.tag.to_string(),
+                    message,
+                })
+            })
+            .clone()
+    }
+
+    /// Read and clean: a value depending on it need not carry it.
+    fn is_clean(&self) -> bool {
+        matches!(self.seen.get(), Some(None))
+    }
+
+    /// Reads the word now if its stream has finished all its work.
+    fn settle(&self) -> Option<Option<Error>> {
+        if self.seen.get().is_none() {
+            // SAFETY: a live stream of this context (streams live for the process).
+            if unsafe { sys::cuStreamQuery(self.stream.0) } != sys::cudaError_enum::CUDA_SUCCESS {
+                return None;
+            }
+        }
+        Some(self.error())
+    }
+}
+
+/// The earliest failed flag of `flags` (all of whose ops have completed).
+fn poisoned(flags: &[Arc<Flag>]) -> Option<Error> {
+    flags.iter().find_map(|f| f.error())
+}
+
+/// `flags` sorted by creation, without duplicates or flags known clean.
+fn merge_flags(mut flags: Vec<Arc<Flag>>) -> Vec<Arc<Flag>> {
+    flags.retain(|f| !f.is_clean());
+    flags.sort_by_key(|f| f.order);
+    flags.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    flags
+}
+
+fn poison_of(b: &Buffer) -> Vec<Arc<Flag>> {
+    mem_of(b).map_or_else(Vec::new, |m| lock(&m.poison).clone())
 }
 
 /// Device memory of one tensor: allocated when its producer is enqueued.
@@ -153,6 +265,9 @@ pub(crate) struct CudaMem {
     alloc: OnceLock<Alloc>,
     /// Streams other than the owner that read it (R10.5).
     readers: Mutex<Vec<Stream>>,
+    /// The flags of the index ops this value was computed from (R3.12): reading it returns
+    /// the first of their errors.
+    poison: Mutex<Vec<Arc<Flag>>>,
 }
 
 #[derive(Debug)]
@@ -170,6 +285,7 @@ impl CudaMem {
             ctx,
             alloc: OnceLock::new(),
             readers: Mutex::default(),
+            poison: Mutex::default(),
         }
     }
 }
@@ -238,7 +354,7 @@ impl Cuda {
             arch,
             streams: Mutex::default(),
             kernels: OnceLock::new(),
-            failures: Failures::default(),
+            failures: Mutex::default(),
         })
     }
 
@@ -349,7 +465,28 @@ impl Cuda {
     }
 
     fn report(&self, e: Error) {
-        self.failures.report(e);
+        lock(&self.failures).push(Failure::Error(e));
+    }
+
+    /// Keeps an index op's flag for `synchronize` (R3.12). A long run without `synchronize`
+    /// reads the flags whose stream is idle, so the list (and the words' memory) stays bounded
+    /// in practice.
+    fn watch(&self, flag: Arc<Flag>) {
+        let mut list = lock(&self.failures);
+        if list.len() >= FLAGS_BEFORE_SETTLING {
+            list.retain_mut(|f| match f {
+                Failure::Error(_) => true,
+                Failure::Flag(flag) => match flag.settle() {
+                    None => true,
+                    Some(None) => false,
+                    Some(Some(e)) => {
+                        *f = Failure::Error(e);
+                        true
+                    }
+                },
+            });
+        }
+        list.push(Failure::Flag(flag));
     }
 
     /// The event that completes position `seq` of `stream`, if a record of this backend covers
@@ -373,96 +510,33 @@ impl Cuda {
         self.existing(stream).map_or(0, |s| lock(&s.state).last)
     }
 
-    /// Enqueues one op on `raw` (eager or capture): the same launch in both (R10.8).
-    fn launch(&self, ps: &PhysStream, op: &Op, ins: &[Operand], out: u64) -> Result<()> {
+    /// Enqueues one op on `raw` (eager or capture): the same launch in both (R10.8). `flag` is
+    /// the device address of an index op's error word (0 for other ops).
+    fn launch(&self, ps: &PhysStream, op: &Op, ins: &[Operand], out: u64, flag: u64) -> Result<()> {
         let name = op.name();
         let k = self.kernels()?;
-        let n = op.out_len();
-        let dtype = op.out_dtype;
-        let func = |kname: String| {
-            k.funcs.get(&kname).copied().ok_or_else(|| Error::Cuda {
-                call: "cuModuleGetFunction".into(),
-                code: format!("no kernel {kname}"),
-                op: name.into(),
-                stream: ps.tag.to_string(),
-            })
+        let l = match launch::spec(op, ins, out, flag).map_err(|m| internal(name, &m))? {
+            Spec::Nothing => return Ok(()),
+            Spec::Gemm(dims) => return self.gemm(ps, name, dims, op.out_dtype, ins, out),
+            Spec::Kernel(l) => l,
         };
-        let last = op.out_shape.last().copied().unwrap_or(1).max(1);
-        let (f, grid, mut args): (_, _, Vec<Arg>) = match op.kind {
-            OpKind::Binary(b) => (
-                func(source::binary_name(b, dtype))?,
-                source::elementwise_config(n),
-                vec![
-                    Arg::P(ins[0].ptr),
-                    Arg::P(ins[1].ptr),
-                    Arg::P(out),
-                    Arg::U(n as u64),
-                ],
-            ),
-            OpKind::Unary(u) => (
-                func(source::unary_name(u, dtype))?,
-                source::elementwise_config(n),
-                vec![Arg::P(ins[0].ptr), Arg::P(out), Arg::U(n as u64)],
-            ),
-            OpKind::ToDType(to) => (
-                func(source::convert_name(ins[0].dtype, to))?,
-                source::elementwise_config(n),
-                vec![Arg::P(ins[0].ptr), Arg::P(out), Arg::U(n as u64)],
-            ),
-            OpKind::Softmax => (
-                func(source::row_name("softmax", dtype))?,
-                source::row_config(n / last),
-                vec![
-                    Arg::P(ins[0].ptr),
-                    Arg::P(out),
-                    Arg::U((n / last) as u64),
-                    Arg::U(last as u64),
-                ],
-            ),
-            OpKind::RmsNorm { eps } => (
-                func(source::row_name("rms_norm", dtype))?,
-                source::row_config(n / last),
-                vec![
-                    Arg::P(ins[0].ptr),
-                    Arg::P(ins[1].ptr),
-                    Arg::P(out),
-                    Arg::U((n / last) as u64),
-                    Arg::U(last as u64),
-                    Arg::F(eps),
-                ],
-            ),
-            OpKind::Matmul(dims) => return self.gemm(ps, name, dims, dtype, ins, out),
-            OpKind::Broadcast { .. }
-            | OpKind::Scalar { .. }
-            | OpKind::Reduce(_)
-            | OpKind::TopkIndices { .. }
-            | OpKind::Gather(_)
-            | OpKind::Scatter(_)
-            | OpKind::IndexSelect(_)
-            | OpKind::SoftmaxDim { .. }
-            | OpKind::Transpose { .. }
-            | OpKind::Narrow { .. }
-            | OpKind::Expand { .. }
-            | OpKind::Cat { .. } => {
-                return Err(Error::ExecutionFailed {
-                    op: name.into(),
-                    stream: ps.tag.to_string(),
-                    message: format!("not yet on CUDA: {name}"),
-                });
-            }
-        };
-        if n == 0 {
-            return Ok(());
-        }
+        let f = k.funcs.get(&l.kernel).copied().ok_or_else(|| Error::Cuda {
+            call: "cuModuleGetFunction".into(),
+            code: format!("no kernel {}", l.kernel),
+            op: name.into(),
+            stream: ps.tag.to_string(),
+        })?;
+        let mut args = l.args;
         let mut params: Vec<*mut c_void> = args.iter_mut().map(Arg::as_param).collect();
         // SAFETY: `f` is a kernel of the loaded module whose parameters are exactly `args`
-        // (pointers to device memory of the op's validated sizes, counts); the pointers in
-        // `params` point into `args`, alive across the call, which copies them.
+        // (pointers to device memory of the op's validated sizes, counts, by-value structs of
+        // the layout `source` declares); the pointers in `params` point into `args`, alive
+        // across the call, which copies them.
         unsafe {
             drv::launch_kernel(
                 f.0,
-                (grid.0, 1, 1),
-                (grid.1, 1, 1),
+                (l.grid.0, 1, 1),
+                (l.grid.1, 1, 1),
                 0,
                 ps.raw.0,
                 &mut params,
@@ -576,9 +650,40 @@ impl Cuda {
             dtype: op.out_dtype,
             len: op.out_len(),
         });
-        self.launch(ps, op, &ins[..inputs.len()], ptr)?;
+        let flag = if launch::needs_flag(op) {
+            Some(Arc::new(self.new_flag(ps, op)?))
+        } else {
+            None
+        };
+        let word = flag
+            .as_ref()
+            .map_or(0, |f| f.mem.alloc.get().map_or(0, |a| a.ptr));
+        self.launch(ps, op, &ins[..inputs.len()], ptr, word)?;
+        // The output carries its inputs' flags and its own (R3.12).
+        let mut poison: Vec<Arc<Flag>> = inputs.iter().flat_map(|b| poison_of(b)).collect();
+        if let Some(f) = flag {
+            self.watch(f.clone());
+            poison.push(f);
+        }
+        *lock(&mem.poison) = merge_flags(poison);
         output.fill(Ok(Data::F32(Vec::new())));
         Ok(())
+    }
+
+    /// A fresh flag word for an index op on `ps`, cleared on the stream before the launch.
+    fn new_flag(&self, ps: &PhysStream, op: &Op) -> Result<Flag> {
+        let ptr = self.alloc(ps, op.name(), DType::I32, 2)?;
+        let mem = Arc::new(CudaMem::new(self.device, self.ctx.clone()));
+        let _ = mem.alloc.set(Alloc {
+            ptr,
+            owner: ps.raw,
+            dtype: DType::I32,
+            len: 2,
+        });
+        // SAFETY: `ptr` is a fresh 16-byte allocation on this stream.
+        unsafe { drv::memset_d8_async(ptr, 0xff, 8, ps.raw.0) }
+            .map_err(|e| cuda_err("cuMemsetD8Async", e, op.name(), &ps.tag))?;
+        Ok(Flag::new(mem, 0, ps.raw, op, ps.tag.clone()))
     }
 
     /// A device input read on `ps`: its pointer, and `ps` noted as a reader (R10.5).
@@ -652,7 +757,9 @@ impl Cuda {
                     }
                 }
                 .map_err(|e| cuda_err("cuMemcpyDtoHAsync", e, op, &ps.tag))?;
-                output.fill(Ok(data));
+                // The copy has completed, and with it every op the input came from: a failed
+                // index op poisons the host copy too (already reported by its flag, R3.12).
+                output.fill(poisoned(&poison_of(input)).map_or(Ok(data), Err));
                 Ok(())
             }
             _ => Err(internal(op, "a copy that does not cross the host boundary")),
@@ -670,6 +777,10 @@ impl Cuda {
         let a = mem_of(b)
             .and_then(|m| m.alloc.get())
             .ok_or_else(|| internal("to_vec_f32", "a device buffer never written"))?;
+        // The caller waited for the producer, so the flags it carries are final.
+        if let Some(e) = poisoned(&poison_of(b)) {
+            return Err(e);
+        }
         self.bind("to_vec_f32")?;
         let mut data = Data::try_zeroed(a.dtype, a.len).ok_or(Error::OutOfMemory {
             op: "to_vec_f32".into(),
@@ -730,23 +841,6 @@ fn internal(op: &str, message: &str) -> Error {
     }
 }
 
-/// One kernel argument, kept alive while its address is passed to the launch.
-#[derive(Debug)]
-enum Arg {
-    P(u64),
-    U(u64),
-    F(f32),
-}
-
-impl Arg {
-    fn as_param(&mut self) -> *mut c_void {
-        match self {
-            Arg::P(p) | Arg::U(p) => (p as *mut u64).cast(),
-            Arg::F(f) => (f as *mut f32).cast(),
-        }
-    }
-}
-
 /// A program instantiated on a device: its arena, constants, fixed output regions and one
 /// CUDA graph (R10.6).
 #[derive(Debug)]
@@ -759,6 +853,20 @@ pub(crate) struct CudaExec {
     /// Constants uploaded (or device constants held) for the graph's lifetime.
     _consts: Vec<Arc<Buffer>>,
     const_mem: Vec<u64>,
+    poison: Arc<GraphPoison>,
+}
+
+/// What a graph's replays need for R3.12: the flag words of its index ops and what each output
+/// depends on.
+#[derive(Debug, Default)]
+struct GraphPoison {
+    /// One `u64` per index op (0: none), cleared before each launch and copied after it.
+    words: u64,
+    /// Per flag slot: the program stream and the op.
+    slots: Vec<(usize, Op)>,
+    /// Per output slot: its sources (`plan::poison_sources`).
+    outs: Vec<Vec<plan::Source>>,
+    consts: Vec<Arc<Buffer>>,
 }
 
 /// One replay bound to its inputs and caller-owned outputs (R5.5: always fresh buffers, copied
@@ -777,6 +885,7 @@ struct ExecRef {
     graph: Raw<sys::CUgraphExec>,
     arena: u64,
     outs: Vec<u64>,
+    poison: Arc<GraphPoison>,
 }
 
 impl Cuda {
@@ -844,14 +953,53 @@ impl Cuda {
             .map_err(|e| host("cuMemcpyHtoD", e))?;
             const_mem.push(ptr);
         }
+        // R3.12: a flag slot per index op, and each output's sources.
+        let steps: Vec<plan::Step> = plan
+            .order
+            .iter()
+            .map(|&(si, ii)| match &program.streams[si].instrs[ii] {
+                Instr::CopyIn { input, dst } => plan::Step::CopyIn {
+                    input: *input,
+                    dst: Loc::Arena(*dst),
+                },
+                Instr::Op { op, inputs, dst } => plan::Step::Op {
+                    inputs: inputs.as_slice().to_vec(),
+                    dst: *dst,
+                    flagged: launch::needs_flag(op),
+                },
+                _ => plan::Step::Other,
+            })
+            .collect();
+        let (slot_of, out_sources) = plan::poison_sources(&steps, program.outs.len());
+        let slots: Vec<(usize, Op)> = plan
+            .order
+            .iter()
+            .zip(&slot_of)
+            .filter(|(_, slot)| slot.is_some())
+            .filter_map(|(&(si, ii), _)| match &program.streams[si].instrs[ii] {
+                Instr::Op { op, .. } => Some((si, op.clone())),
+                _ => None,
+            })
+            .collect();
+        let words = if slots.is_empty() {
+            0
+        } else {
+            sync_alloc(slots.len() * 8)?
+        };
         let mut exec = CudaExec {
             program: program.clone(),
             main: plan.main,
             graph: Raw(std::ptr::null_mut()),
             arena,
             outs,
-            _consts: consts,
+            _consts: consts.clone(),
             const_mem,
+            poison: Arc::new(GraphPoison {
+                words,
+                slots,
+                outs: out_sources,
+                consts,
+            }),
         };
         // Capture streams of their own: eager streams stay free for other threads meanwhile.
         let caps = program
@@ -892,7 +1040,7 @@ impl Cuda {
                     wait(s, fork)?;
                 }
             }
-            for &(si, ii) in &plan.order {
+            for (k, &(si, ii)) in plan.order.iter().enumerate() {
                 let s = &caps[si];
                 match &program.streams[si].instrs[ii] {
                     Instr::CopyIn { .. } | Instr::Record { .. } => {}
@@ -903,7 +1051,8 @@ impl Cuda {
                             .map(|l| self.loc_ptr(&exec, l))
                             .collect::<Result<Vec<Operand>>>()?;
                         let out = self.loc_ptr(&exec, dst)?.ptr;
-                        self.launch(s, op, &ins, out)?;
+                        let flag = slot_of[k].map_or(0, |j| exec.poison.words + 8 * j as u64);
+                        self.launch(s, op, &ins, out, flag)?;
                     }
                     Instr::Wait { stream, pos, .. } => {
                         if let Some(&e) = plan.events.get(&(*stream, *pos)) {
@@ -970,6 +1119,12 @@ impl Cuda {
                     let _ = drv::event::destroy(e);
                 }
             }
+            // Index ops' flag words start clear (R3.12); the previous replay's were copied out.
+            let poison = &x.poison;
+            if !poison.slots.is_empty() {
+                drv::memset_d8_async(poison.words, 0xff, 8 * poison.slots.len(), main.raw.0)
+                    .map_err(|e| err("cuMemsetD8Async", e))?;
+            }
             // Input copies straight into the arena (they head the main stream, `plan`).
             for instr in &x.program.streams[x.main].instrs {
                 if let Instr::CopyIn { input, dst } = instr {
@@ -984,6 +1139,34 @@ impl Cuda {
                 }
             }
             drv::graph::launch(x.graph.0, main.raw.0).map_err(|e| err("cuGraphLaunch", e))?;
+            // This replay's flags: a copy of the words, read once main has passed it.
+            let flags: Vec<Arc<Flag>> = if poison.slots.is_empty() {
+                Vec::new()
+            } else {
+                let n = poison.slots.len();
+                let ptr = self.alloc(main, "Compiled::run", DType::I32, 2 * n)?;
+                let mem = Arc::new(CudaMem::new(self.device, self.ctx.clone()));
+                let _ = mem.alloc.set(Alloc {
+                    ptr,
+                    owner: main.raw,
+                    dtype: DType::I32,
+                    len: 2 * n,
+                });
+                drv::memcpy_dtod_async(ptr, poison.words, 8 * n, main.raw.0)
+                    .map_err(|e| err("cuMemcpyDtoDAsync", e))?;
+                poison
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .map(|(j, (si, op))| {
+                        let tag = phys[*si].tag.clone();
+                        Arc::new(Flag::new(mem.clone(), 8 * j as u64, main.raw, op, tag))
+                    })
+                    .collect()
+            };
+            for f in &flags {
+                self.watch(f.clone());
+            }
             // Outputs the caller owns (R5.5): fresh stream-ordered buffers.
             for (slot, out) in r.outputs.iter().enumerate() {
                 let meta = &x.program.outs[slot];
@@ -1002,6 +1185,16 @@ impl Cuda {
                         dtype: meta.dtype,
                         len: meta.len(),
                     });
+                    let sources = poison.outs.get(slot).map_or(&[][..], Vec::as_slice);
+                    let carried = sources
+                        .iter()
+                        .flat_map(|src| match *src {
+                            plan::Source::Input(i) => poison_of(&r.inputs[i]),
+                            plan::Source::Const(c) => poison_of(&poison.consts[c]),
+                            plan::Source::Flag(j) => vec![flags[j].clone()],
+                        })
+                        .collect();
+                    *lock(&m.poison) = merge_flags(carried);
                 }
                 out.fill(Ok(Data::F32(Vec::new())));
             }
@@ -1113,7 +1306,12 @@ impl Backend for Cuda {
     }
 
     fn take_failure(&self) -> Option<Error> {
-        self.failures.take_first()
+        // Called after every stream was waited for: every flag is final.
+        let list = std::mem::take(&mut *lock(&self.failures));
+        list.into_iter().find_map(|f| match f {
+            Failure::Error(e) => Some(e),
+            Failure::Flag(flag) => flag.error(),
+        })
     }
 
     fn instantiate(&self, program: Arc<Program>) -> Result<CudaExec> {
@@ -1135,6 +1333,7 @@ impl Backend for Cuda {
                 graph: exec.graph,
                 arena: exec.arena,
                 outs: exec.outs.clone(),
+                poison: exec.poison.clone(),
             },
         }
     }

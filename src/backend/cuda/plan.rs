@@ -6,9 +6,9 @@
 //! copy is at the head of the main stream (replay copies inputs straight into the arena before
 //! the graph launch).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use crate::graph::program::{Instr, Program};
+use crate::graph::program::{Instr, Loc, Program};
 use crate::runtime::MAIN;
 
 /// The capture plan of a program.
@@ -114,6 +114,85 @@ pub(crate) fn order_waits(
     Ok((order, events))
 }
 
+/// Where a replay value's poison can come from (R3.12): a call input, a constant, or the error
+/// flag of an index op of the graph (its slot in the graph's flag words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Source {
+    Input(usize),
+    Const(usize),
+    Flag(usize),
+}
+
+/// One entry of a program in launch order, as the poison analysis sees it.
+#[derive(Debug, Clone)]
+pub(crate) enum Step {
+    CopyIn {
+        input: usize,
+        dst: Loc,
+    },
+    Op {
+        inputs: Vec<Loc>,
+        dst: Loc,
+        /// The op checks indices (it gets a flag slot).
+        flagged: bool,
+    },
+    Other,
+}
+
+/// For `steps` in launch order (every value written before it is read): the flag slot of each
+/// flagged op (numbered in launch order), and for each of `outs` output slots the sorted
+/// sources its value depends on, so a replay poisons exactly what eager execution would.
+pub(crate) fn poison_sources(
+    steps: &[Step],
+    outs: usize,
+) -> (Vec<Option<usize>>, Vec<Vec<Source>>) {
+    fn key(l: &Loc) -> (u8, usize) {
+        match *l {
+            Loc::Arena(v) => (0, v),
+            Loc::Out(i) => (1, i),
+            Loc::Const(i) => (2, i),
+        }
+    }
+    let mut deps: HashMap<(u8, usize), Vec<Source>> = HashMap::new();
+    let mut slots = Vec::with_capacity(steps.len());
+    let mut next = 0;
+    for step in steps {
+        let mut slot = None;
+        match step {
+            Step::CopyIn { input, dst } => {
+                deps.insert(key(dst), vec![Source::Input(*input)]);
+            }
+            Step::Op {
+                inputs,
+                dst,
+                flagged,
+            } => {
+                let mut d: Vec<Source> = Vec::new();
+                for l in inputs {
+                    match l {
+                        Loc::Const(i) => d.push(Source::Const(*i)),
+                        _ => d.extend(deps.get(&key(l)).into_iter().flatten().copied()),
+                    }
+                }
+                if *flagged {
+                    d.push(Source::Flag(next));
+                    slot = Some(next);
+                    next += 1;
+                }
+                d.sort_unstable();
+                d.dedup();
+                deps.insert(key(dst), d);
+            }
+            Step::Other => {}
+        }
+        slots.push(slot);
+    }
+    let outs = (0..outs)
+        .map(|i| deps.remove(&(1, i)).unwrap_or_default())
+        .collect();
+    (slots, outs)
+}
+
 /// The streams that must be ordered before a buffer owned by `owner` is freed on it (R10.5):
 /// every other stream that read it, once each.
 pub(crate) fn foreign_readers<S: PartialEq + Copy>(owner: S, readers: &[S]) -> Vec<S> {
@@ -166,6 +245,41 @@ mod tests {
         let (order, events) = order_waits(&lens, &zero).unwrap();
         assert_eq!(order.len(), 2);
         assert!(events.is_empty());
+    }
+
+    /// R3.12 on replay: an output depends on the inputs, constants and index ops upstream of
+    /// it, and only on those.
+    #[test]
+    fn poison_follows_the_values() {
+        let op = |inputs: Vec<Loc>, dst: Loc, flagged: bool| Step::Op {
+            inputs,
+            dst,
+            flagged,
+        };
+        let steps = vec![
+            Step::CopyIn {
+                input: 0,
+                dst: Loc::Arena(0),
+            },
+            Step::CopyIn {
+                input: 1,
+                dst: Loc::Arena(1),
+            },
+            // v2 = gather(v0, v1): flag 0.
+            op(vec![Loc::Arena(0), Loc::Arena(1)], Loc::Arena(2), true),
+            Step::Other,
+            // out0 = v2 + const0; out1 = exp(v0); out2 = index_select(const1, v1): flag 1.
+            op(vec![Loc::Arena(2), Loc::Const(0)], Loc::Out(0), false),
+            op(vec![Loc::Arena(0)], Loc::Out(1), false),
+            op(vec![Loc::Const(1), Loc::Arena(1)], Loc::Out(2), true),
+        ];
+        let (slots, outs) = poison_sources(&steps, 4);
+        assert_eq!(slots, vec![None, None, Some(0), None, None, None, Some(1)]);
+        use Source::*;
+        assert_eq!(outs[0], vec![Input(0), Input(1), Const(0), Flag(0)]);
+        assert_eq!(outs[1], vec![Input(0)]);
+        assert_eq!(outs[2], vec![Input(1), Const(1), Flag(1)]);
+        assert!(outs[3].is_empty(), "a slot nothing writes");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! [`OPTIONS`]).
 
 use crate::dtype::DType;
-use crate::kernels::{BinaryOp, UnaryOp};
+use crate::kernels::{BinaryOp, ReduceOp, UnaryOp};
 
 /// NVRTC options: no contraction into fma, IEEE division and square root, no flush to zero.
 pub(crate) const OPTIONS: &[&str] = &[
@@ -58,10 +58,39 @@ pub(crate) fn convert_name(from: DType, to: DType) -> String {
     format!("ts_to_{}_{}", suffix(from), suffix(to))
 }
 
-/// Kernel name of the softmax / rms_norm row kernel on `d`.
+/// Kernel name of a row kernel (softmax, rms_norm) or of a kernel family on `d`.
 pub(crate) fn row_name(op: &str, d: DType) -> String {
     format!("ts_{op}_{}", suffix(d))
 }
+
+/// Kernel name of a broadcasting binary op on `d`.
+pub(crate) fn broadcast_name(op: BinaryOp, d: DType) -> String {
+    format!("ts_{}_bcast_{}", op.name(), suffix(d))
+}
+
+/// Kernel name of `a op scalar` on `d`.
+pub(crate) fn scalar_name(op: BinaryOp, d: DType) -> String {
+    format!("ts_{}_scalar_{}", op.name(), suffix(d))
+}
+
+/// Kernel name of a reduction over one dimension on `d`.
+pub(crate) fn reduce_name(op: ReduceOp, d: DType) -> String {
+    format!("ts_reduce_{}_{}", op.name(), suffix(d))
+}
+
+/// The kernel families of any dtype (`I32` included): they only move elements.
+pub(crate) const COPY_FAMILIES: [&str; 5] =
+    ["strided_copy", "cat", "gather", "scatter", "index_select"];
+
+/// The row kernels of float dtypes besides softmax / rms_norm.
+pub(crate) const FLOAT_FAMILIES: [&str; 2] = ["softmax_dim", "topk"];
+
+/// Threads per block of the top-k kernel (one block per row).
+pub(crate) const TOPK_BLOCK: u32 = 128;
+
+/// The most dimensions a broadcast or strided-copy kernel takes (its shape and strides are
+/// passed by value in the kernel's parameters: `1 + 3 · 64` words, under the 4 KiB limit).
+pub(crate) const MAX_RANK: usize = 64;
 
 /// Every kernel name the source defines (what the module must export).
 pub(crate) fn all_names() -> Vec<String> {
@@ -78,6 +107,21 @@ pub(crate) fn all_names() -> Vec<String> {
         }
         names.push(row_name("softmax", d));
         names.push(row_name("rms_norm", d));
+        for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+            names.push(broadcast_name(op, d));
+            names.push(scalar_name(op, d));
+        }
+        for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+            names.push(reduce_name(op, d));
+        }
+        for f in FLOAT_FAMILIES {
+            names.push(row_name(f, d));
+        }
+    }
+    for d in DType::ALL {
+        for f in COPY_FAMILIES {
+            names.push(row_name(f, d));
+        }
     }
     names
 }
@@ -366,6 +410,221 @@ pub(crate) fn source() -> String {
 "#,
             name = row_name("rms_norm", d),
             block = BLOCK
+        );
+    }
+    s += &round2_kernels();
+    s
+}
+
+/// Shared definitions of the round-2 kernels: the by-value layout parameters, the top-k order
+/// and the index-error flag.
+fn round2_helpers() -> String {
+    format!(
+        r#"
+typedef unsigned long long u64;
+/* Strided copy: out[i] = a[offset + sum_d i_d * stride[d]] (transpose, narrow, expand). */
+struct ts_layout {{ u64 rank; u64 offset; u64 shape[{r}]; u64 stride[{r}]; }};
+/* Broadcast: per output dimension, each operand's element stride (0 where it is repeated). */
+struct ts_bcast {{ u64 rank; u64 shape[{r}]; u64 sa[{r}]; u64 sb[{r}]; }};
+
+/* kernels::index's topk order: NaN above every number, larger first, ties by lower position. */
+__device__ __forceinline__ int ts_before(float av, u64 ai, float bv, u64 bi) {{
+  int an = av != av, bn = bv != bv;
+  if (an || bn) return an && bn ? ai < bi : an;
+  if (av > bv) return 1;
+  if (av < bv) return 0;
+  return ai < bi;
+}}
+
+/* An index outside 0..len: the flag word (initially all ones) keeps the smallest
+   (position << 32 | index bits), which is the first bad index the CPU kernel reports. */
+__device__ __forceinline__ int ts_bad(int ix, u64 len, u64 at, u64* flag) {{
+  if (ix >= 0 && (u64)ix < len) return 0;
+  u64 pos = at < 0xfffffffeull ? at : 0xfffffffeull;
+  atomicMin(flag, (pos << 32) | (u64)(u32)ix);
+  return 1;
+}}
+"#,
+        r = MAX_RANK
+    )
+}
+
+/// Broadcast, scalar, reduce, softmax over a middle dimension, top-k, and the copy kernels
+/// (strided copy, cat, gather, scatter, index_select) of every dtype.
+fn round2_kernels() -> String {
+    let mut s = round2_helpers();
+    let head = loop_head();
+    for d in DType::FLOATS {
+        let (t, sf) = (ctype(d), suffix(d));
+        for (op, sym) in [
+            (BinaryOp::Add, "+"),
+            (BinaryOp::Sub, "-"),
+            (BinaryOp::Mul, "*"),
+            (BinaryOp::Div, "/"),
+        ] {
+            // Each output element's operand offsets from its row-major index; the same f32 op
+            // and rounding as the identical-shape kernel (kernels::binary_broadcast).
+            s += &format!(
+                r#"extern "C" __global__ void {name}(const {t}* a, const {t}* b, {t}* o, u64 n, struct ts_bcast l) {{
+{head} {{
+    u64 rem = i, ia = 0, ib = 0;
+    for (int d = (int)l.rank - 1; d >= 0; --d) {{ u64 x = rem % l.shape[d]; rem /= l.shape[d]; ia += x * l.sa[d]; ib += x * l.sb[d]; }}
+    o[i] = st_{sf}(ld_{sf}(a[ia]) {sym} ld_{sf}(b[ib]));
+  }}
+}}
+extern "C" __global__ void {sname}(const {t}* a, {t}* o, u64 n, float v) {{
+{head} o[i] = st_{sf}(ld_{sf}(a[i]) {sym} v);
+}}
+"#,
+                name = broadcast_name(op, d),
+                sname = scalar_name(op, d),
+            );
+        }
+        // One thread per output element folds its `len` inputs left to right, exactly as
+        // kernels::reduce (sum from the first element; mean divides once; max keeps NaN).
+        for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+            let (empty, step, finish) = match op {
+                ReduceOp::Sum => ("0.0f", "acc += v;", ""),
+                ReduceOp::Mean => ("bits_f(0x7fc00000u)", "acc += v;", "acc /= (float)len;"),
+                ReduceOp::Max => ("0.0f", "if (v > acc || v != v) acc = v;", ""),
+            };
+            s += &format!(
+                r#"extern "C" __global__ void {name}(const {t}* a, {t}* o, u64 outer, u64 len, u64 inner) {{
+  u64 n = outer * inner;
+{head} {{
+    const {t}* x = a + (i / inner) * len * inner + i % inner;
+    float acc = {empty};
+    if (len > 0) {{
+      acc = ld_{sf}(x[0]);
+      for (u64 r = 1; r < len; ++r) {{ float v = ld_{sf}(x[r * inner]); {step} }}
+      {finish}
+    }}
+    o[i] = st_{sf}(acc);
+  }}
+}}
+"#,
+                name = reduce_name(op, d),
+            );
+        }
+        // Softmax over a middle dimension: one thread per (outer, inner) row, running
+        // kernels::reduce's row formula in its order (max fold, 8 lane sums then the tail,
+        // divide), so the bits equal the CPU's.
+        s += &format!(
+            r#"extern "C" __global__ void {name}(const {t}* a, {t}* o, u64 outer, u64 len, u64 inner) {{
+  u64 n = outer * inner;
+{head} {{
+    u64 base = (i / inner) * len * inner + i % inner;
+    const {t}* x = a + base;
+    {t}* y = o + base;
+    float m = bits_f(0xff800000u);
+    for (u64 j = 0; j < len; ++j) {{ float v = ld_{sf}(x[j * inner]); if (v > m || v != v) m = v; }}
+    float acc[8] = {{0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f}};
+    u64 full = len / 8u * 8u;
+    for (u64 j = 0; j < full; j += 8u) {{
+      for (int l = 0; l < 8; ++l) acc[l] += ts_exp(ld_{sf}(x[(j + l) * inner]) - m);
+    }}
+    float sum = 0.0f;
+    for (int l = 0; l < 8; ++l) sum += acc[l];
+    for (u64 j = full; j < len; ++j) sum += ts_exp(ld_{sf}(x[j * inner]) - m);
+    for (u64 j = 0; j < len; ++j) y[j * inner] = st_{sf}(ts_exp(ld_{sf}(x[j * inner]) - m) / sum);
+  }}
+}}
+"#,
+            name = row_name("softmax_dim", d),
+        );
+        // Top-k positions: one block per row; k rounds, each picks the first element (in the
+        // total order of ts_before) after the previous pick, by a block-wide arg-best.
+        s += &format!(
+            r#"extern "C" __global__ void {name}(const {t}* a, int* o, u64 rows, u64 n, u64 k) {{
+  __shared__ float sv[{tb}];
+  __shared__ u64 si[{tb}];
+  const u64 none = ~0ull;
+  unsigned t = threadIdx.x;
+  for (u64 row = blockIdx.x; row < rows; row += gridDim.x) {{
+    const {t}* x = a + row * n;
+    float pv = 0.0f;
+    u64 pi = none;
+    for (u64 s = 0; s < k; ++s) {{
+      float bv = 0.0f;
+      u64 bi = none;
+      for (u64 j = t; j < n; j += blockDim.x) {{
+        float v = ld_{sf}(x[j]);
+        if ((pi == none || ts_before(pv, pi, v, j)) && (bi == none || ts_before(v, j, bv, bi))) {{ bv = v; bi = j; }}
+      }}
+      sv[t] = bv; si[t] = bi;
+      __syncthreads();
+      for (unsigned w = blockDim.x / 2u; w > 0u; w >>= 1) {{
+        if (t < w) {{
+          float ov = sv[t + w]; u64 oi = si[t + w];
+          if (oi != none && (si[t] == none || ts_before(ov, oi, sv[t], si[t]))) {{ sv[t] = ov; si[t] = oi; }}
+        }}
+        __syncthreads();
+      }}
+      pv = sv[0]; pi = si[0];
+      __syncthreads();
+      if (t == 0u) o[row * k + s] = (int)pi;
+    }}
+  }}
+}}
+"#,
+            name = row_name("topk", d),
+            tb = TOPK_BLOCK,
+        );
+    }
+    for d in DType::ALL {
+        let t = ctype(d);
+        s += &format!(
+            r#"extern "C" __global__ void {copy}(const {t}* a, {t}* o, u64 n, struct ts_layout l) {{
+{head} {{
+    u64 rem = i, off = l.offset;
+    for (int d = (int)l.rank - 1; d >= 0; --d) {{ off += (rem % l.shape[d]) * l.stride[d]; rem /= l.shape[d]; }}
+    o[i] = a[off];
+  }}
+}}
+extern "C" __global__ void {cat}(const {t}* a, const {t}* b, {t}* o, u64 n, u64 ai, u64 bi) {{
+{head} {{
+    u64 row = i / (ai + bi), c = i % (ai + bi);
+    o[i] = c < ai ? a[row * ai + c] : b[row * bi + (c - ai)];
+  }}
+}}
+/* n: output elements = index elements. A bad index writes a zero element and sets the flag. */
+extern "C" __global__ void {gather}(const {t}* src, const int* idx, {t}* o, u64 n, u64 src_len, u64 idx_len, u64 inner, u64* flag) {{
+{head} {{
+    int ix = idx[i];
+    u64 row = i / (idx_len * inner);
+    o[i] = ts_bad(ix, src_len, i, flag) ? ({t})0 : src[(row * src_len + (u64)ix) * inner + i % inner];
+  }}
+}}
+/* n: max(output elements, idx_len); every index is checked even when the output is empty. */
+extern "C" __global__ void {select}(const {t}* src, const int* idx, {t}* o, u64 n, u64 out_len, u64 src_len, u64 idx_len, u64 inner, u64* flag) {{
+{head} {{
+    if (i < idx_len) ts_bad(idx[i], src_len, i, flag);
+    if (i < out_len) {{
+      u64 j = (i / inner) % idx_len, row = i / (idx_len * inner);
+      int ix = idx[j];
+      o[i] = (ix < 0 || (u64)ix >= src_len) ? ({t})0 : src[(row * src_len + (u64)ix) * inner + i % inner];
+    }}
+  }}
+}}
+/* n: outer * inner columns, one thread each: the column is copied, then the index rows are
+   written in row-major order (the last repeated position wins); a bad index writes nothing. */
+extern "C" __global__ void {scatter}(const {t}* dst, const int* idx, const {t}* src, {t}* o, u64 n, u64 src_len, u64 idx_len, u64 inner, u64* flag) {{
+{head} {{
+    u64 row = i / inner, c = i % inner;
+    for (u64 r = 0; r < src_len; ++r) o[(row * src_len + r) * inner + c] = dst[(row * src_len + r) * inner + c];
+    for (u64 j = 0; j < idx_len; ++j) {{
+      u64 at = (row * idx_len + j) * inner + c;
+      int ix = idx[at];
+      if (!ts_bad(ix, src_len, at, flag)) o[(row * src_len + (u64)ix) * inner + c] = src[at];
+    }}
+  }}
+}}
+"#,
+            copy = row_name("strided_copy", d),
+            cat = row_name("cat", d),
+            gather = row_name("gather", d),
+            select = row_name("index_select", d),
+            scatter = row_name("scatter", d),
         );
     }
     s
