@@ -45,6 +45,9 @@ timeout 150 compute-sanitizer --tool racecheck --kernel-name kns=ts_ --error-exi
   $G/gpu sanitizer_round2_ops --exact --test-threads=1 > "$OUT/sanitizer-racecheck-round2.txt" 2>&1
 echo "rc=$?"; tail -n 4 "$OUT/sanitizer-racecheck-round2.txt"
 step "tagstream run --device cuda"; timeout 60 $G/tagstream run --device cuda --runs 20 --chain-ops 0 2>&1; echo "rc=$?"
+step "MoE stack (issue 13): ours, then PyTorch's eager and CUDA graphs in the same call"
+timeout 120 $G/tagstream run --model moe --device cuda --runs 20 --auto-streams 2 2>&1; echo "rc=$?"
+timeout 120 python3 scripts/moe_torch.py --device cuda --runs 20 2>&1; echo "rc=$?"
 step "bench"; timeout 150 $G/gpu gpu_bench --ignored --exact --nocapture --test-threads=1 2>&1 | tee "$OUT/bench.txt"
 step "PyTorch in the same call"; timeout 150 python3 scripts/compare-pytorch-cuda.py --ours "$OUT/bench.txt" 2>&1
 } 2>&1 | tee "$OUT/gpu-check.txt"

@@ -537,8 +537,9 @@ mod tests {
                 events,
             };
             let x = moe_input(&cfg, 4).unwrap();
-            let one = host(&moe_model(w.clone(), SharedExpert::Main)(&[x.clone()]).unwrap());
-            let two = host(&moe_model(w.clone(), side.clone())(&[x.clone()]).unwrap());
+            let one =
+                host(&moe_model(w.clone(), SharedExpert::Main)(std::slice::from_ref(&x)).unwrap());
+            let two = host(&moe_model(w.clone(), side.clone())(std::slice::from_ref(&x)).unwrap());
             let ro = CompileConfig::default().mode(Mode::ReduceOverhead);
             let mut c = compile(moe_model(w.clone(), side), ro);
             for _ in 0..2 {
@@ -563,7 +564,8 @@ mod tests {
         let cfg = MoeConfig::tiny(DType::F32);
         let w = Arc::new(MoeWeights::new(cfg, 5).unwrap());
         let x = moe_input(&cfg, 6).unwrap();
-        let mut out = host(&moe_model(w.clone(), SharedExpert::Main)(&[x.clone()]).unwrap());
+        let mut out =
+            host(&moe_model(w.clone(), SharedExpert::Main)(std::slice::from_ref(&x)).unwrap());
         let hw = MoeHostWeights::read(&w).unwrap();
         let xs = x.to_vec_f32().unwrap();
         out[0][3] += 0.5;
