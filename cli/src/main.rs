@@ -99,6 +99,12 @@ enum ModelArg {
     Moe,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MoeShapes {
+    Decode,
+    Tiny,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 struct RunArgs {
     /// The model to run.
@@ -111,6 +117,10 @@ struct RunArgs {
     /// Seed inputs are [N, N], N in 1..=8192 [default: 1000; not for --model moe].
     #[arg(long, value_name = "N", value_parser = parse_size, allow_negative_numbers = true)]
     size: Option<u64>,
+    /// Shapes of --model moe: `decode` (issue 13's: 16 tokens, d 2048, 8 experts, 4 layers) or
+    /// `tiny` (4 tokens, d 32, 4 experts, 2 layers: a quick check).
+    #[arg(long, value_enum, default_value_t = MoeShapes::Decode)]
+    shapes: MoeShapes,
     /// Execution mode (the seed; --model moe always runs both).
     #[arg(long, value_enum, default_value_t = ModeArg::ReduceOverhead)]
     mode: ModeArg,

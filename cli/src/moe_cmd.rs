@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tagstream::models::moe::{self, MoeConfig, MoeHostWeights, MoeWeights, SharedExpert};
 use tagstream::{CompileConfig, Compiled, DType, Device, Mode, Result, Tensor, compile};
 
-use super::{RunArgs, bytes, median, ms, run_once, same_bits};
+use super::{MoeShapes, RunArgs, bytes, median, ms, run_once, same_bits};
 
 struct Variant {
     name: String,
@@ -24,7 +24,10 @@ pub(crate) fn run(args: &RunArgs) -> Result<bool> {
         _ => DType::F16,
     });
     let runs = usize::try_from(args.runs).expect("clap bounds --runs");
-    let cfg = MoeConfig::decode(dtype);
+    let cfg = match args.shapes {
+        MoeShapes::Decode => MoeConfig::decode(dtype),
+        MoeShapes::Tiny => MoeConfig::tiny(dtype),
+    };
     let weights = Arc::new(MoeWeights::new(cfg, 1)?.to_device(args.device)?);
     let input = moe::moe_input(&cfg, 2)?.to_device(args.device)?;
     let events = moe::moe_events("moe", cfg.layers)?;

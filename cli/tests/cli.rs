@@ -242,3 +242,49 @@ fn trace_to_an_unwritable_path_fails_cleanly() {
         "{stderr}"
     );
 }
+
+/// `run --model moe`: the MoE stack (tiny shapes here) passes its checks on 1 and 2 streams,
+/// eager and replayed, and with `--auto-streams 2`; seed-only flags are refused.
+#[test]
+fn moe_runs_with_its_checks() {
+    for dtype in ["f32", "bf16"] {
+        let out = tagstream(&[
+            "run",
+            "--model",
+            "moe",
+            "--shapes",
+            "tiny",
+            "--runs",
+            "2",
+            "--auto-streams",
+            "2",
+            "--dtype",
+            dtype,
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{dtype}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for needle in [
+            "tagstream MoE stack: 2 layers, T=4 d=32 E=4 top-2",
+            "routing",
+            "output",
+            "eager == replay, 1 stream == 2 streams",
+            "eager, 1 stream",
+            "replay, 2 streams",
+            "auto_streams(2)",
+            "2 streams vs 1 stream: replay",
+        ] {
+            assert!(
+                stdout.contains(needle),
+                "{dtype}: missing {needle:?} in\n{stdout}"
+            );
+        }
+        assert_eq!(stdout.matches("  ok").count(), 3, "{stdout}");
+    }
+    let out = tagstream(&["run", "--model", "moe", "--size", "64"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--model moe"));
+}
