@@ -17,7 +17,7 @@
 //! no reduction is ever split.
 //!
 //! # Tiling
-//! A register tile is `MR` rows × `NV` 8-lane vectors of columns, `MR·NV` accumulators (≤ 28 of
+//! A register tile is `MR` rows × `NV` 8-lane vectors of columns, `MR·NV` accumulators (≤ 24 of
 //! AVX-512VL's 32 registers, ≤ 12 of AVX2's 16). Columns are cut into blocks of [`NB`] (the unit of work a
 //! thread takes), `k` into panels of [`KC`]; a panel is widened row by row (sequential reads of
 //! `B`, which the prefetchers follow) into `[KC, NB]` f32, zero-padded to whole vectors.
@@ -40,8 +40,8 @@ pub(crate) const MAX_M: usize = 16;
 /// Columns per unit of thread work (a multiple of every strip width: 64).
 const NB: usize = 256;
 
-/// Rows of `B` per widened panel: `KC × NB` f32 is 256 KiB, which stays in L2.
-const KC: usize = 256;
+/// Rows of `B` per widened panel: `KC × NB` f32 is 128 KiB, which stays in L2.
+const KC: usize = 128;
 
 /// Products below this many multiply-adds run on the calling thread: the pool's hand-off would
 /// cost more than the second core saves.
@@ -205,7 +205,7 @@ fn block_all<T: Element>(isa: Isa, ops: Operands<'_, T>, rows: &mut [&mut [T]]) 
 
 thread_local! {
     /// The widened `B` panel (`KC × NB`) and the accumulators (`MAX_M × NB`), kept per thread
-    /// (about 272 KiB once a product with `k ≥ KC` ran on it) so replays allocate nothing.
+    /// (about 144 KiB once a product with `k ≥ KC` ran on it) so replays allocate nothing.
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -426,29 +426,27 @@ mod x86 {
         };
     }
 
-    /// One panel with AVX-512VL's 32 registers: all `m ≤ 16` rows in one register tile, strips
-    /// of `8·NV` columns with `m·NV ≤ 28` accumulators.
+    /// One panel with AVX-512VL's 32 registers: row tiles of at most 6 rows (more rows split
+    /// into near-equal tiles), strips of 32 columns: ≤ 24 accumulators, and each broadcast of
+    /// `A` feeds 4 FMAs. A strip's `KC × 32` slice of the panel (16 KiB) stays in L1 for the
+    /// next row tile.
     ///
     /// # Safety
     /// AVX-512 F and VL and FMA are available.
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
     pub(super) unsafe fn panel512(t: Panel<'_>, acc: &mut [f32]) {
-        let nv = match t.m {
-            1..=7 => 4,
-            8..=14 => 2,
-            _ => 1,
-        };
-        for c in (0..t.wp).step_by(8 * nv) {
-            // SAFETY: CPU features (our contract); one tile of all m rows; c + 8·nv ≤ wp ≤ NB
-            // because wp is a multiple of 64.
-            unsafe {
-                match nv {
-                    4 => by_rows!(t.m, tile512, [1 => 4, 2 => 4, 3 => 4, 4 => 4, 5 => 4, 6 => 4,
-                        7 => 4], (t, 0, c, acc)),
-                    2 => by_rows!(t.m, tile512, [8 => 2, 9 => 2, 10 => 2, 11 => 2, 12 => 2,
-                        13 => 2, 14 => 2], (t, 0, c, acc)),
-                    _ => by_rows!(t.m, tile512, [15 => 1, 16 => 1], (t, 0, c, acc)),
+        let tiles = t.m.div_ceil(6);
+        for c in (0..t.wp).step_by(32) {
+            let mut r0 = 0;
+            for left in (1..=tiles).rev() {
+                let mr = (t.m - r0).div_ceil(left);
+                // SAFETY: CPU features (our contract); rows r0..r0 + mr ≤ m; c + 32 ≤ wp ≤ NB
+                // because wp is a multiple of 64.
+                unsafe {
+                    by_rows!(mr, tile512, [1 => 4, 2 => 4, 3 => 4, 4 => 4, 5 => 4, 6 => 4],
+                        (t, r0, c, acc))
                 }
+                r0 += mr;
             }
         }
     }
