@@ -1,4 +1,5 @@
-//! Matrix product through the `gemm` crate.
+//! Matrix product: the small-`m` kernel of [`matmul_small`](super::matmul_small) for `m ≤ 16` on
+//! CPUs with AVX2/FMA, else the `gemm` crate.
 //!
 //! f32 operands go straight to `gemm::gemm::<f32>`. f16/bf16 operands are widened to f32
 //! scratch, multiplied in f32 and rounded once: gemm-f16 0.19 rounds its f16 destination after
@@ -21,6 +22,7 @@ use std::sync::OnceLock;
 use gemm::Parallelism;
 
 use super::kind::MatmulDims;
+use super::matmul_small::matmul_small_m;
 use crate::dtype::Element;
 
 /// `out[b] = a[b] × rhs(b)` for every batch `b`.
@@ -50,6 +52,21 @@ pub(crate) fn matmul<T: Element>(
         out.fill(T::from_f32(0.0));
         return;
     }
+    // A few rows against large weights: stream B once in its own dtype (see `matmul_small`).
+    if !matmul_small_m(a, b, out, dims, threads) {
+        matmul_gemm(a, b, out, dims, threads);
+    }
+}
+
+/// The `gemm` path of [`matmul`] for any shape (`k > 0`, non-empty output): f32 as is, f16/bf16
+/// widened to f32 scratch first.
+pub(super) fn matmul_gemm<T: Element>(
+    a: &[T],
+    b: &[T],
+    out: &mut [T],
+    dims: MatmulDims,
+    threads: usize,
+) {
     match (T::as_f32(a), T::as_f32(b)) {
         (Some(a32), Some(b32)) => {
             let o32 = T::as_f32_mut(out).expect("an f32 operand implies an f32 output");
@@ -82,7 +99,7 @@ thread_local! {
 /// Runs `f` on `len` f32 of scratch: this thread's kept buffer when `len` fits under
 /// [`SCRATCH_KEEP_BYTES`] (its contents are overwritten by `load_f32` before they are read),
 /// else a one-off buffer freed on return.
-fn with_scratch(len: usize, f: impl FnOnce(&mut [f32])) {
+pub(super) fn with_scratch(len: usize, f: impl FnOnce(&mut [f32])) {
     if len > SCRATCH_KEEP_BYTES / size_of::<f32>() {
         f(&mut vec![0.0; len]);
         return;
@@ -115,7 +132,7 @@ pub(crate) fn kept_scratch_bytes() -> usize {
 /// at the same time, each blocking until its own product is done, and a pool thread waiting in
 /// a join that steals another worker's product only delays its own, it cannot deadlock. No user
 /// code, host read or stream wait ever runs on these threads.
-fn gemm_pool() -> Option<&'static rayon::ThreadPool> {
+pub(super) fn gemm_pool() -> Option<&'static rayon::ThreadPool> {
     static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
     POOL.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

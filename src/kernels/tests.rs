@@ -760,3 +760,217 @@ fn gemm_1000_timing() {
         );
     }
 }
+
+mod small_m {
+    //! The small-`m` kernel (`matmul_small`): R6.9, one fixed FMA order per element whatever the
+    //! instruction set, tiling or thread count (R6.3, R6.4).
+
+    use super::*;
+    use crate::kernels::matmul::matmul_gemm;
+    use crate::kernels::matmul_small::{self as small, Isa};
+
+    /// Every path this CPU can run: each must give the reference chain's bits.
+    fn isas() -> Vec<Isa> {
+        [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .filter(|&i| small::detect().is_some_and(|best| best <= i))
+            .collect()
+    }
+
+    fn run<T: Element>(isa: Isa, a: &[f32], b: &[f32], d: MatmulDims, threads: usize) -> Vec<f32> {
+        let mut o = vec![T::from_f32(f32::NAN); d.batch * d.m * d.n];
+        small::matmul_with::<T>(isa, &typed(a), &typed(b), &mut o, d, threads);
+        to_f32(&o)
+    }
+
+    fn check<T: Element>(dtype: DType, d: MatmulDims) {
+        let rb = if d.rhs_batched { d.batch } else { 1 };
+        let seed = (d.m * 1000 + d.k * 10 + d.n) as u64;
+        let a = values(d.batch * d.m * d.k, seed, 2.0, dtype);
+        let b = values(rb * d.k * d.n, seed + 1, 2.0, dtype);
+        // The order-defining scalar chain, rounded once to the dtype (R6.3).
+        let (ta, tb) = (typed::<T>(&a), typed::<T>(&b));
+        let mut want = Vec::new();
+        for bt in 0..d.batch {
+            let bb = if d.rhs_batched { bt } else { 0 };
+            let c = small::reference(
+                &ta[bt * d.m * d.k..(bt + 1) * d.m * d.k],
+                &tb[bb * d.k * d.n..(bb + 1) * d.k * d.n],
+                d.m,
+                d.k,
+                d.n,
+            );
+            want.extend(c.iter().map(|&x| dtype.round_f32(x)));
+        }
+        for isa in isas() {
+            for threads in [1, 2, 3] {
+                let got = run::<T>(isa, &a, &b, d, threads);
+                assert_bits(
+                    &got,
+                    &want,
+                    &format!("{dtype} {d:?} {isa:?} threads={threads}"),
+                );
+            }
+        }
+        reference::check_matmul(&a, &b, &want, d, dtype)
+            .unwrap_or_else(|e| panic!("R6.9 {dtype} {d:?}: {e}"));
+    }
+
+    /// Every m ≤ 16 and column counts around every strip and block width (tails of every size),
+    /// batched and not: both SIMD paths and 1–3 threads equal the scalar chain bit for bit.
+    #[test]
+    fn small_m_bits_equal_the_fma_chain_on_every_path_r6_4() {
+        if isas().is_empty() {
+            eprintln!("no AVX2/FMA: the small-m kernel is not used on this CPU");
+            return;
+        }
+        for m in 1..=small::MAX_M {
+            for (k, n) in [
+                (1, 1),
+                (5, 7),
+                (33, 8),
+                (17, 15),
+                (64, 16),
+                (9, 33),
+                (3, 130),
+            ] {
+                for (batch, rhs_batched) in [(1, false), (2, true), (2, false)] {
+                    let d = MatmulDims {
+                        batch,
+                        m,
+                        k,
+                        n,
+                        rhs_batched,
+                    };
+                    check::<f32>(DType::F32, d);
+                    check::<f16>(DType::F16, d);
+                    check::<bf16>(DType::BF16, d);
+                }
+            }
+        }
+    }
+
+    /// Large enough to go through the pool with 2+ threads (blocks claimed dynamically).
+    #[test]
+    fn small_m_threaded_products_keep_their_bits_r6_4() {
+        if isas().is_empty() {
+            return;
+        }
+        for m in [1, 5, 16] {
+            let d = MatmulDims {
+                batch: 3,
+                m,
+                k: 700,
+                n: 300,
+                rhs_batched: true,
+            };
+            check::<bf16>(DType::BF16, d);
+            check::<f16>(DType::F16, d);
+        }
+    }
+
+    /// Special values go through: NaN and ±inf propagate, an overflow rounds to inf, subnormal
+    /// inputs and products are kept (no flush to zero).
+    #[test]
+    fn small_m_special_values() {
+        let Some(isa) = small::detect() else { return };
+        let d = MatmulDims {
+            batch: 1,
+            m: 2,
+            k: 2,
+            n: 17,
+            rhs_batched: false,
+        };
+        let tiny = f32::from_bits(1); // the smallest f32 subnormal
+        let a = [1.0, 0.0, 0.5, 1.0];
+        let mut b = vec![1.0f32; 2 * 17];
+        b[0] = f32::NAN;
+        b[1] = f32::INFINITY;
+        b[2] = f32::MAX;
+        b[17 + 2] = f32::MAX;
+        b[3] = tiny;
+        b[17 + 3] = 0.0;
+        let got = run::<f32>(isa, &a, &b, d, 1);
+        assert!(got[0].is_nan() && got[17].is_nan(), "NaN propagates");
+        assert_eq!((got[1], got[18]), (f32::INFINITY, f32::INFINITY));
+        assert_eq!(got[2], f32::MAX, "1·MAX + 0·MAX");
+        assert_eq!(got[19], f32::INFINITY, "0.5·MAX + MAX overflows");
+        assert_eq!((got[3], got[20]), (tiny, 0.0), "a subnormal survives");
+        // bf16: the smallest subnormal times 1 is kept (AVX-512 BF16 dot products would flush it).
+        let sub = f32::from_bits(1 << 16);
+        let mut b = vec![0.0f32; 2 * 17];
+        b[5] = sub;
+        let got = run::<bf16>(isa, &a, &b, d, 1);
+        assert_eq!(got[5], sub);
+    }
+
+    /// Issue 12 figures: the MoE decode shapes (issue 13) in bf16 and the seed's 1000³ in
+    /// f16/bf16/f32, 2 threads, the path `matmul` takes against the widen-then-`gemm` path (the
+    /// one every shape took before). Median of 15 after a warm-up, in ms.
+    /// `cargo test --release --lib small_m_timing -- --ignored --nocapture`
+    #[test]
+    #[ignore = "prints timings; run alone on an idle machine"]
+    fn small_m_timing() {
+        fn median(mut f: impl FnMut()) -> f64 {
+            f();
+            let mut v: Vec<f64> = (0..15)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        }
+        fn shape<T: Element>(name: &str, dtype: DType, d: MatmulDims, threads: usize) {
+            let rb = if d.rhs_batched { d.batch } else { 1 };
+            let a: Vec<T> = typed(&values(d.batch * d.m * d.k, 1, 1.0, dtype));
+            let b: Vec<T> = typed(&values(rb * d.k * d.n, 2, 1.0, dtype));
+            let mut o = vec![T::from_f32(0.0); d.batch * d.m * d.n];
+            let new = median(|| matmul::<T>(&a, &b, &mut o, d, threads));
+            let old = median(|| matmul_gemm::<T>(&a, &b, &mut o, d, threads));
+            println!(
+                "{name:<34} {dtype:<4} {threads} thr: matmul {new:8.3} ms | widen+gemm {old:8.3} ms | {:5.2}x",
+                old / new
+            );
+        }
+        let dims = |batch, m, k, n, rhs_batched| MatmulDims {
+            batch,
+            m,
+            k,
+            n,
+            rhs_batched,
+        };
+        println!("small-m path: {:?}", small::detect());
+        for threads in [2, 1] {
+            let moe = [
+                (
+                    "experts up [8,16,2048]x[8,2048,1408]",
+                    dims(8, 16, 2048, 1408, true),
+                ),
+                (
+                    "experts down [8,16,1408]x[8,1408,2048]",
+                    dims(8, 16, 1408, 2048, true),
+                ),
+                (
+                    "shared up [16,2048]x[2048,2816]",
+                    dims(1, 16, 2048, 2816, false),
+                ),
+                (
+                    "shared down [16,2816]x[2816,2048]",
+                    dims(1, 16, 2816, 2048, false),
+                ),
+            ];
+            for (name, d) in moe {
+                shape::<bf16>(name, DType::BF16, d, threads);
+            }
+            let (name, d) = moe[0];
+            shape::<f32>(name, DType::F32, d, threads);
+            let sq = dims(1, 1000, 1000, 1000, false);
+            shape::<f16>("seed 1000^3", DType::F16, sq, threads);
+            shape::<bf16>("seed 1000^3", DType::BF16, sq, threads);
+            shape::<f32>("seed 1000^3", DType::F32, sq, threads);
+        }
+    }
+}
