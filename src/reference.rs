@@ -234,7 +234,7 @@ fn exact_entry(a: &[f32], b: &[f32], d: MatmulDims, bt: usize, i: usize, j: usiz
 ///
 /// Each element must satisfy `|c − c*| ≤ (1 + u_out)·γ_k·(|A|·|B|)_ij + u_out·|c*_ij| + η_out`
 /// with `γ_k = k·u / (1 − k·u)`; elements whose `c*` is beyond the dtype's finite range are
-/// skipped. Returns the largest `|c − c*|`.
+/// skipped, as are NaN ones. Returns the largest `|c − c*|`.
 ///
 /// # Errors
 /// A description of the first element that breaks the bound.
@@ -255,7 +255,9 @@ pub fn check_matmul(
         for i in 0..dims.m {
             for j in 0..dims.n {
                 let (exact, abs) = exact_entry(a, b, dims, bt, i, j);
-                if exact.abs() > max_finite {
+                // R6.9 bounds only a `c*` in the finite range: NaN (from an inf or NaN
+                // operand) is outside it as much as an overflow is.
+                if exact.is_nan() || exact.abs() > max_finite {
                     continue;
                 }
                 let got = f64::from(c[bt * dims.m * dims.n + i * dims.n + j]);
@@ -477,5 +479,24 @@ mod tests {
         let next = half::f16::from_bits(half::f16::from_f32(max16).to_bits() - 1).to_f32();
         assert!(check_reduction(&[next], &[max16], 8, DType::F16).is_ok());
         assert!(check_reduction(&[1.0 + 2f32.powi(-23)], &[1.0], 8, DType::F32).is_ok());
+    }
+
+    /// R6.9 applies where `c*` is finite: a NaN `c*` (inf × 0) is skipped like an overflow,
+    /// while a finite `c*` still bounds its element.
+    #[test]
+    fn check_matmul_skips_a_nan_exact_product_r6_9() {
+        let dims = MatmulDims {
+            batch: 1,
+            m: 1,
+            k: 2,
+            n: 1,
+            rhs_batched: false,
+        };
+        let (a, b) = ([f32::INFINITY, 1.0], [0.0, 2.0]);
+        assert!(check_matmul(&a, &b, &[f32::NAN], dims, DType::F32).is_ok());
+        let (a, b) = ([1.0, 1.0], [0.0, 2.0]);
+        assert!(check_matmul(&a, &b, &[2.0], dims, DType::F32).is_ok());
+        assert!(check_matmul(&a, &b, &[f32::NAN], dims, DType::F32).is_err());
+        assert!(check_matmul(&a, &b, &[2.5], dims, DType::F32).is_err());
     }
 }

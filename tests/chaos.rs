@@ -73,15 +73,18 @@ fn seed_model_replays_under_chaos_are_bit_identical_sc37() {
     }
 }
 
-/// A 3-stream pipeline: "1" computes, "2" waits and multiplies, main waits and adds.
+/// A 3-stream pipeline: "1" computes and ranks, "2" waits and multiplies, main waits, adds and
+/// scatters: a three-operand op (R6.12) whose index comes from "1" and source from "2".
 fn pipeline(e1: TaggedEvent, e2: TaggedEvent) -> impl FnMut(&[Tensor]) -> Result<Vec<Tensor>> {
     move |x: &[Tensor]| {
         let a = {
             let _s = stream_switch("chaos-pipe-1")?;
             let a = x[0].silu()?.matmul(&x[1])?;
+            let positions = a.topk(a.shape()[1])?.1;
             tagged_event_record(&e1)?;
-            a
+            (a, positions)
         };
+        let (a, positions) = a;
         let b = {
             let _s = stream_switch("chaos-pipe-2")?;
             tagged_event_wait(&e1)?;
@@ -91,7 +94,8 @@ fn pipeline(e1: TaggedEvent, e2: TaggedEvent) -> impl FnMut(&[Tensor]) -> Result
         };
         let c = x[0].gelu()?;
         tagged_event_wait(&e2)?;
-        Ok(vec![b.add(&c)?, a, c])
+        let scattered = x[0].scatter(1, &positions, &b)?;
+        Ok(vec![b.add(&c)?, a, c, scattered])
     }
 }
 

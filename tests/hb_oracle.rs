@@ -6,7 +6,9 @@
 //! it (stream order, bound-record edges, host edges), instead of vector clocks. For every op the
 //! runtime must accept exactly when the oracle says each input's producer happens-before the
 //! op, refuse with `DataRace` otherwise, and every host read must return the value the serial
-//! program computes.
+//! program computes. Besides the two-operand `add`, `topk` (two entries: the positions, then
+//! the values) makes `I32` positions on a stream and the three-operand `scatter` reads data,
+//! positions and source (R6.12), each operand checked (R3.5).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,10 +23,34 @@ const EVENTS: usize = 2;
 
 #[derive(Debug, Clone)]
 enum Action {
-    Add { stream: usize, a: usize, b: usize },
-    Record { stream: usize, event: usize },
-    Wait { stream: usize, event: usize },
-    HostRead { t: usize },
+    Add {
+        stream: usize,
+        a: usize,
+        b: usize,
+    },
+    Record {
+        stream: usize,
+        event: usize,
+    },
+    Wait {
+        stream: usize,
+        event: usize,
+    },
+    /// `tensors[t].topk(4)`: values join the tensors, positions the indices.
+    Topk {
+        stream: usize,
+        t: usize,
+    },
+    /// `tensors[a].scatter(0, indices[i], tensors[c])`.
+    Scatter {
+        stream: usize,
+        a: usize,
+        i: usize,
+        c: usize,
+    },
+    HostRead {
+        t: usize,
+    },
     Synchronize,
 }
 
@@ -34,6 +60,12 @@ fn action() -> impl Strategy<Value = Action> {
             .prop_map(|(stream, a, b)| Action::Add { stream, a: a.index(1 << 16), b: b.index(1 << 16) }),
         2 => (0..3usize, 0..EVENTS).prop_map(|(stream, event)| Action::Record { stream, event }),
         2 => (0..3usize, 0..EVENTS).prop_map(|(stream, event)| Action::Wait { stream, event }),
+        1 => (0..3usize, any::<prop::sample::Index>())
+            .prop_map(|(stream, t)| Action::Topk { stream, t: t.index(1 << 16) }),
+        2 => (0..3usize, any::<[prop::sample::Index; 3]>())
+            .prop_map(|(stream, [a, i, c])| Action::Scatter {
+                stream, a: a.index(1 << 16), i: i.index(1 << 16), c: c.index(1 << 16),
+            }),
         1 => any::<prop::sample::Index>().prop_map(|t| Action::HostRead { t: t.index(1 << 16) }),
         1 => Just(Action::Synchronize),
     ]
@@ -88,6 +120,13 @@ fn run_program(actions: &[Action]) -> Result<(), TestCaseError> {
             )
         })
         .collect();
+    // (positions, producer entry): a host constant first, then `topk` results. Every tensor
+    // holds one value, so `topk` positions are `[0, 1, 2, 3]` (ties keep the lower first) and
+    // a scatter of `src` at any permutation gives `src`'s value.
+    let mut indices: Vec<(Tensor, Option<usize>)> = vec![(
+        Tensor::from_vec(vec![3.0, 1.0, 0.0, 2.0], &[4], DType::I32).expect("host index"),
+        None,
+    )];
     for act in actions {
         match *act {
             Action::Add { stream, a, b } => {
@@ -107,6 +146,58 @@ fn run_program(actions: &[Action]) -> Result<(), TestCaseError> {
                         );
                         let id = oracle.issue(stream, base);
                         let v = tensors[a].2 + tensors[b].2;
+                        tensors.push((t, Some(id), v));
+                    }
+                    Err(e) => {
+                        prop_assert!(!expect_ok, "runtime refused an ordered read {act:?}: {e}");
+                        prop_assert!(matches!(e, Error::DataRace { .. }), "{e}");
+                    }
+                }
+            }
+            Action::Topk { stream, t } => {
+                let t = t % tensors.len();
+                let base = oracle.base(stream);
+                let expect_ok = tensors[t].1.is_none_or(|p| base.contains(&p));
+                let result = {
+                    let _g = stream_switch(STREAMS[stream]).expect("switch");
+                    tensors[t].0.topk(4)
+                };
+                match result {
+                    Ok((values, positions)) => {
+                        prop_assert!(
+                            expect_ok,
+                            "runtime accepted a read the oracle refuses: {act:?}"
+                        );
+                        let topk = oracle.issue(stream, base);
+                        let gather = oracle.issue(stream, oracle.base(stream));
+                        indices.push((positions, Some(topk)));
+                        let v = tensors[t].2;
+                        tensors.push((values, Some(gather), v));
+                    }
+                    Err(e) => {
+                        prop_assert!(!expect_ok, "runtime refused an ordered read {act:?}: {e}");
+                        prop_assert!(matches!(e, Error::DataRace { .. }), "{e}");
+                    }
+                }
+            }
+            Action::Scatter { stream, a, i, c } => {
+                let (a, i, c) = (a % tensors.len(), i % indices.len(), c % tensors.len());
+                let base = oracle.base(stream);
+                let ordered = |p: Option<usize>| p.is_none_or(|p| base.contains(&p));
+                let expect_ok =
+                    ordered(tensors[a].1) && ordered(indices[i].1) && ordered(tensors[c].1);
+                let result = {
+                    let _g = stream_switch(STREAMS[stream]).expect("switch");
+                    tensors[a].0.scatter(0, &indices[i].0, &tensors[c].0)
+                };
+                match result {
+                    Ok(t) => {
+                        prop_assert!(
+                            expect_ok,
+                            "runtime accepted a read the oracle refuses: {act:?}"
+                        );
+                        let id = oracle.issue(stream, base);
+                        let v = tensors[c].2;
                         tensors.push((t, Some(id), v));
                     }
                     Err(e) => {
