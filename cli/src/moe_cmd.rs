@@ -128,7 +128,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<bool> {
     println!(
         "  reference: the same stack computed serially in f64 from the stored parameters; \
          routing's value is the largest\n  probability by which an unchosen expert beat a \
-         chosen one, output's the largest |difference|."
+         chosen one, output's the largest |difference| over the largest |reference value|."
     );
     println!(
         "{:<8} {:<44} {:>10}  {}",
