@@ -38,7 +38,7 @@ mod sealed {
     pub trait Sealed {}
 }
 
-/// An element type a tensor stores: `f32`, [`f16`], [`bf16`] or `i32`.
+/// An element type a tensor stores: `f32`, [`f16`](struct@f16), [`bf16`](struct@bf16) or `i32`.
 ///
 /// Sealed: tagstream's kernels exist for these four only.
 pub trait HostElement: sealed::Sealed + Copy + Send + Sync + 'static {
