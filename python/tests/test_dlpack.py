@@ -198,3 +198,25 @@ def test_torch_cuda_round_trip():
         pytest.skip("needs CUDA in both torch and tagstream")
     t = ts.randn(4, 4, seed=5).cuda()
     np.testing.assert_array_equal(torch.from_dlpack(t).cpu().numpy(), t.cpu().numpy())
+
+
+def test_an_owner_released_on_a_stream_worker_is_freed_without_the_gil():
+    # R3.8: the last reader runs on a worker after every Python handle is gone, so the worker
+    # drops the owner (the array) without the GIL; PyO3 defers the decref to the next call.
+    src = np.full((128, 128), 0.5, np.float32)
+    alive = weakref.ref(src)
+    t = ts.from_numpy(src)
+    with ts.scope.npu_stream_switch("zc-worker-drop"):
+        y = t
+        for _ in range(4):
+            y = y @ t
+    del t, src
+    gc.collect()
+    np.testing.assert_allclose(y.numpy()[0, :2], [0.5**5 * 128**4] * 2, rtol=1e-5)
+    del y
+    for _ in range(1000):  # bounded: each call lets PyO3 run the deferred decrefs
+        ts.synchronize()
+        gc.collect()
+        if alive() is None:
+            break
+    assert alive() is None
