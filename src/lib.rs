@@ -70,6 +70,15 @@ mod dispatch;
 mod dtype;
 pub mod error;
 mod graph;
+/// Zero-copy interop with other array libraries (numpy, DLPack producers and consumers):
+/// [`Tensor::host_view`] exports a CPU tensor's elements read-only without a copy;
+/// [`from_owner`](interop::from_owner) and [`from_external`](interop::from_external) make a
+/// CPU tensor over memory someone else owns. See the module's items for the lifetime rules.
+pub mod interop {
+    pub use crate::tensor::external::{
+        HostElement, HostView, bf16, f16, from_external, from_owner,
+    };
+}
 mod kernels;
 #[cfg(feature = "workloads")]
 pub mod models;

@@ -8,6 +8,7 @@ mod device;
 mod dtype;
 mod errors;
 mod events;
+mod interop;
 mod tensor;
 
 use pyo3::prelude::*;
@@ -21,6 +22,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<events::StreamSwitch>()?;
     m.add_class::<compiled::PyCompiled>()?;
     m.add_class::<errors::RustError>()?;
+    m.add_class::<interop::HostBuffer>()?;
     for kind in [
         dtype::Kind::F32,
         dtype::Kind::F16,
@@ -31,6 +33,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     m.add_function(wrap_pyfunction!(tensor::tensor, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::from_numpy, m)?)?;
+    m.add_function(wrap_pyfunction!(interop::_import_dlpack, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::zeros, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::full, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::randn, m)?)?;

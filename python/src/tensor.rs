@@ -1,8 +1,10 @@
 //! `tagstream.Tensor`, the constructors and the ops, with numpy in and out.
 //!
-//! The public Rust API offers `Tensor::from_vec(Vec<f32>)` and `to_vec_f32()`, so numpy data is
-//! copied both ways (f16 and bf16 values pass through f32 exactly; int32 values too, which is
-//! why an int32 tensor refuses integers beyond float32's exact range, R6.1). Host reads release the GIL.
+//! `tagstream.tensor(...)` copies (torch's semantics) through `Tensor::from_vec(Vec<f32>)` (f16
+//! and bf16 values pass through f32 exactly; int32 values too, which is why an int32 tensor
+//! refuses integers beyond float32's exact range, R6.1). `from_numpy`, `.numpy()`,
+//! `np.asarray(t)` and DLPack share memory where they can (`interop.rs`) and copy otherwise.
+//! Host reads release the GIL.
 
 use std::sync::Mutex;
 
@@ -16,6 +18,7 @@ use tagstream::{DType, Error, Tensor};
 use crate::device::{self, Dev};
 use crate::dtype::{Kind, PyDType, dtype_object, extract_kind};
 use crate::errors::OrRaise;
+use crate::interop;
 
 static NUMPY: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 static HELPERS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
@@ -190,16 +193,14 @@ pub(crate) fn tensor_from_any(obj: &Bound<'_, PyAny>, kind: Option<Kind>) -> PyR
         .or_raise()
 }
 
-/// `np.asarray(arr, dtype=dtype, order="C")`: a contiguous copy (or `arr` itself when it is one).
+/// `np.require(arr, dtype, "CA")`: a C-contiguous, aligned array of `dtype` (`arr` itself when
+/// it is one, else a copy; `asarray` would keep a misaligned array as it is).
 fn contiguous<'py>(
     np: &Bound<'py, PyModule>,
     arr: &Bound<'py, PyUntypedArray>,
     dtype: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let kwargs = PyDict::new(np.py());
-    kwargs.set_item("dtype", np.getattr(dtype)?)?;
-    kwargs.set_item("order", "C")?;
-    np.call_method("asarray", (arr,), Some(&kwargs))
+    np.call_method1("require", (arr, np.getattr(dtype)?, "CA"))
 }
 
 /// Whether an int32 tensor holds `v` exactly: an integer in the i32 range that float32 also
@@ -237,9 +238,14 @@ fn i32_data(
     ))
 }
 
-/// The values as a fresh numpy array (f32, f16, int32, or f32 for bf16); waits with the GIL
-/// released.
+/// The values as a numpy array (f32, f16, int32, or f32 for bf16); waits with the GIL
+/// released. Read-only: a view of the tensor's own buffer where numpy can view it (a CPU
+/// tensor that is not bf16), else a fresh copy marked read-only. `writeable`: always a fresh,
+/// writable copy.
 fn to_numpy<'py>(py: Python<'py>, t: &Tensor, writeable: bool) -> PyResult<Bound<'py, PyAny>> {
+    if !writeable && let Some(view) = interop::numpy_view(py, t)? {
+        return Ok(view);
+    }
     let owned = t.clone();
     let values = py.detach(move || owned.to_vec_f32()).or_raise()?;
     let arr = PyArray1::from_vec(py, values).reshape(dims(t))?.into_any();
@@ -562,14 +568,16 @@ impl PyTensor {
             .ok_or_else(|| PyTypeError::new_err("len() of a 0-d tensor"))
     }
 
-    /// The values as a fresh, read-only numpy array (float32, float16, int32; bfloat16 exports
-    /// as float32). Waits for the tensor with the GIL released.
+    /// The values as a read-only numpy array (float32, float16, int32; bfloat16 exports as a
+    /// float32 copy). On the CPU the array views the tensor's own memory (no copy; it keeps the
+    /// memory alive). Waits for the tensor with the GIL released.
     fn numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         to_numpy(py, &self.inner, false)
     }
 
-    /// The numpy protocol (`numpy.asarray(t)`): always a fresh array (read-only unless a copy is
-    /// asked for); `copy=False` is refused because tagstream cannot share its memory.
+    /// The numpy protocol (`numpy.asarray(t)`): the read-only view of `.numpy()`; `copy=True`
+    /// gives a fresh writable array; `copy=False` is refused where no view exists (bfloat16, a
+    /// tensor on a GPU).
     #[pyo3(signature = (dtype=None, copy=None))]
     fn __array__<'py>(
         &self,
@@ -577,12 +585,17 @@ impl PyTensor {
         dtype: Option<&Bound<'py, PyAny>>,
         copy: Option<bool>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        if copy == Some(false) {
-            return Err(PyValueError::new_err(
-                "a tagstream tensor cannot be viewed as a numpy array without a copy",
-            ));
-        }
-        let arr = to_numpy(py, &self.inner, copy == Some(true))?;
+        let arr = if copy == Some(false) {
+            interop::numpy_view(py, &self.inner)?.ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "a {} tensor on {} cannot be viewed as a numpy array without a copy",
+                    self.inner.dtype(),
+                    self.inner.device()
+                ))
+            })?
+        } else {
+            to_numpy(py, &self.inner, copy == Some(true))?
+        };
         match dtype {
             Some(d) if !d.is_none() => arr.call_method1("astype", (d,)),
             _ => Ok(arr),
@@ -625,8 +638,8 @@ impl PyTensor {
             .extract()
     }
 
-    /// DLPack export (a fresh host copy through numpy; read-only flag set where the consumer
-    /// asks for DLPack 1.0).
+    /// DLPack export. A CPU tensor shares its memory (no copy; DLPack's read-only flag set for
+    /// consumers of DLPack >= 1.0); `copy=True` or a tensor on a GPU exports a fresh host copy.
     #[pyo3(signature = (*, stream=None, max_version=None, dl_device=None, copy=None))]
     fn __dlpack__<'py>(
         slf: &Bound<'py, Self>,
@@ -635,6 +648,15 @@ impl PyTensor {
         dl_device: Option<&Bound<'py, PyAny>>,
         copy: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let copy_flag = copy
+            .filter(|c| !c.is_none())
+            .map(|c| c.is_truthy())
+            .transpose()?;
+        if let Some(capsule) =
+            interop::dlpack_export(slf, stream, max_version, dl_device, copy_flag)?
+        {
+            return Ok(capsule.into_bound(slf.py()));
+        }
         helpers(slf.py())?.call_method1("dlpack", (slf, stream, max_version, dl_device, copy))
     }
 
@@ -1027,7 +1049,12 @@ pub(crate) fn tensor(
     placed(t, dev)
 }
 
-/// A tensor with a numpy array's values and dtype (copied; the source may change afterwards).
+/// A tensor with a numpy array's values and dtype, sharing its memory when it can.
+///
+/// A C-contiguous, aligned float32, float16 or int32 array is not copied: the tensor reads the
+/// array's memory (and keeps the array alive), so **the array must not be written while
+/// tagstream may use it** (any op issued on the tensor, until its results are read). Other
+/// arrays (strided, other dtypes, byte-swapped) are copied, as `tagstream.tensor` always does.
 #[pyfunction]
 pub(crate) fn from_numpy(array: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
     let np = numpy(array.py())?;
@@ -1036,6 +1063,9 @@ pub(crate) fn from_numpy(array: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
             "from_numpy: expected a numpy.ndarray, got {}",
             type_name(array)
         )));
+    }
+    if let Some(t) = interop::from_numpy_shared(array)? {
+        return Ok(PyTensor::wrap(t));
     }
     Ok(PyTensor::wrap(tensor_from_any(array, None)?))
 }

@@ -75,9 +75,11 @@ def compile(fn=None, *, mode="reduce-overhead", capture_limit=64):
 def from_dlpack(obj):
     """A tensor from a DLPack producer (``torch.Tensor``, ``numpy.ndarray``, ...) on the CPU.
 
-    The values are copied (the Rust API takes owned data), so the producer may change
-    afterwards. bfloat16 producers with a ``.float()`` method keep their dtype. A CUDA producer
-    raises ``NoGpuError`` in this build.
+    A C-contiguous, aligned float32, float16, bfloat16 or int32 producer is not copied: the
+    tensor reads the producer's memory (keeping it alive until the last op reading it ran), so
+    **the producer must not be written while tagstream may use it**. Other layouts are copied;
+    other dtypes are converted as ``tagstream.tensor`` does (float64 to float32, integers to
+    int32). A CUDA producer raises ``NoGpuError``.
     """
     from ._helpers import from_dlpack as _from_dlpack
 

@@ -28,7 +28,8 @@ def tensor_repr(t):
 
 
 def dlpack(t, stream=None, max_version=None, dl_device=None, copy=None):
-    """``Tensor.__dlpack__``: a fresh host copy exported through numpy's DLPack.
+    """``Tensor.__dlpack__`` where no zero-copy export exists (``copy=True``, a tensor on a GPU):
+    a fresh host copy exported through numpy's DLPack.
 
     The copy is marked read-only when the consumer speaks DLPack >= 1.0 (numpy >= 2.1 sets the
     flag); an older consumer gets a writable private copy, which tagstream never reads again.
@@ -37,7 +38,8 @@ def dlpack(t, stream=None, max_version=None, dl_device=None, copy=None):
         raise BufferError(f"tagstream can export to the CPU only, not to DLPack device {dl_device}")
     if copy is False:
         raise BufferError("a tagstream tensor cannot be exported without a copy")
-    arr = t.numpy()
+    # `.numpy()` views a CPU tensor's memory: a copy asked for must be a real one.
+    arr = np.array(t.numpy()) if copy else t.numpy()
     if max_version is not None:
         try:
             return arr.__dlpack__(max_version=max_version)
@@ -47,8 +49,9 @@ def dlpack(t, stream=None, max_version=None, dl_device=None, copy=None):
 
 
 def from_dlpack(obj):
-    """A tagstream tensor from any DLPack producer on the CPU (copied, see ``tagstream.from_dlpack``)."""
-    from . import Tensor, bfloat16, tensor
+    """A tagstream tensor from any DLPack producer on the CPU (see ``tagstream.from_dlpack``)."""
+    from . import Tensor, tensor
+    from ._native import _import_dlpack
 
     if isinstance(obj, Tensor):
         return obj
@@ -61,7 +64,9 @@ def from_dlpack(obj):
                 f"no GPU: the DLPack producer lives on device ({kind}, {index}); this build of the "
                 "tagstream Python package imports DLPack from CPU producers only"
             )
-    if "bfloat16" in str(getattr(obj, "dtype", "")) and hasattr(obj, "float"):
-        # numpy has no bfloat16: widen (exact), then round back (exact).
-        return tensor(np.from_dlpack(obj.float()), dtype=bfloat16)
-    return tensor(np.from_dlpack(obj))
+    imported = _import_dlpack(obj)
+    if isinstance(imported, Tensor):
+        return imported
+    # A dtype tagstream does not store (float64, int64, bool, ...): numpy reads the producer's
+    # memory through the array interface and `tensor` converts (a copy, as before).
+    return tensor(np.asarray(imported))

@@ -159,9 +159,10 @@ def test_non_contiguous_read_only_and_0d_arrays_are_copied_correctly():
     assert t.shape == () and t.numpy() == zero_d
     empty = ts.tensor(np.zeros((0, 3), np.float32))
     assert empty.shape == (0, 3) and empty.numpy().shape == (0, 3)
-    # the source may change afterwards: the tensor holds a copy
+    # tagstream.tensor copies (torch semantics): the source may change afterwards
+    # (from_numpy shares memory instead: test_dlpack.py)
     src = np.ones(4, np.float32)
-    t = ts.from_numpy(src)
+    t = ts.tensor(src)
     src[:] = 7
     np.testing.assert_array_equal(t.numpy(), np.ones(4, np.float32))
 

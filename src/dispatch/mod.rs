@@ -44,7 +44,7 @@ use crate::scope::stack::{
     SavedScopes, current_stream_id, restore_scopes, set_aside_scopes, take_pending_error,
 };
 use crate::tensor::handle::{Kind, Tensor};
-use crate::tensor::storage::Buffer;
+use crate::tensor::storage::{Buffer, Data};
 use crate::trace::spans::Label;
 
 use self::route::{enqueue_record, enqueue_wait, hop, host_wait_for};
@@ -238,29 +238,41 @@ pub(crate) fn check_operands(name: &'static str, inputs: &[&Tensor]) -> Result<(
 
 /// See [`Tensor::to_vec_f32`].
 pub(crate) fn to_vec_f32(t: &Tensor) -> Result<Vec<f32>> {
+    let buffer = wait_for_buffer("to_vec_f32", t)?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(n) = buffer.device() {
+        return cuda(n)?.to_vec_f32(buffer);
+    }
+    host_data("to_vec_f32", buffer).map(Data::to_f32_vec)
+}
+
+/// The host wait of every read (R3.3, R3.6): refused in a capture (R4.3), then blocks until
+/// `t`'s producer ran and returns its buffer (on whichever device it is).
+pub(crate) fn wait_for_buffer<'t>(name: &'static str, t: &'t Tensor) -> Result<&'t Arc<Buffer>> {
     take_pending_error()?;
     if let Kind::Graph { graph, op, .. } = t.kind() {
-        refuse_in_capture("to_vec_f32", Some(op.to_string()))?;
-        return Err(Error::foreign("to_vec_f32", *graph, op));
+        refuse_in_capture(name, Some(op.to_string()))?;
+        return Err(Error::foreign(name, *graph, op));
     }
-    let (buffer, producer) = eager_parts("to_vec_f32", t)?;
+    let (buffer, producer) = eager_parts(name, t)?;
     refuse_in_capture(
-        "to_vec_f32",
+        name,
         Some(producer.map_or("host data".to_string(), |p| p.op.to_string())),
     )?;
     if let Some(p) = producer {
         host_wait_for(p);
         runtime().host_saw(p);
     }
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(n) = buffer.device() {
-        return cuda(n)?.to_vec_f32(buffer);
-    }
+    Ok(buffer)
+}
+
+/// The elements of a host buffer whose producer has run, or the producer's failure.
+pub(crate) fn host_data<'b>(name: &'static str, buffer: &'b Buffer) -> Result<&'b Data> {
     match buffer.get() {
-        Some(Ok(data)) => Ok(data.to_f32_vec()),
+        Some(Ok(data)) => Ok(data),
         Some(Err(e)) => Err(e.clone()),
         None => Err(Error::ExecutionFailed {
-            op: "to_vec_f32".into(),
+            op: name.into(),
             stream: "host".into(),
             message: "the producer completed without writing its output".into(),
         }),

@@ -5,6 +5,7 @@
 //! An op method goes validate (`ops::op`) → issue on the current stream (`runtime`) → kernel
 //! (on the worker); it never computes on the calling thread.
 
+pub(crate) mod external;
 pub(crate) mod handle;
 mod index;
 pub(crate) mod storage;
@@ -145,12 +146,14 @@ impl Tensor {
         }
         let len = Self::len_of("full", shape, dtype, None)?;
         let mut data = host_alloc("full", dtype, len)?;
+        // `host_alloc` gives owned memory, so the view is always there.
         match data.view_mut() {
-            DataMut::F32(v) => v.fill(value),
-            DataMut::F16(v) => v.fill(half::f16::from_f32(value)),
-            DataMut::BF16(v) => v.fill(half::bf16::from_f32(value)),
+            Some(DataMut::F32(v)) => v.fill(value),
+            Some(DataMut::F16(v)) => v.fill(half::f16::from_f32(value)),
+            Some(DataMut::BF16(v)) => v.fill(half::bf16::from_f32(value)),
             // Checked integral and in range above.
-            DataMut::I32(v) => v.fill(value as i32),
+            Some(DataMut::I32(v)) => v.fill(value as i32),
+            None => {}
         }
         Ok(Tensor::host(shape, data))
     }
@@ -181,7 +184,7 @@ impl Tensor {
         let len = Self::len_of("randn", shape, dtype, None)?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut values = host_alloc("randn", DType::F32, len)?;
-        if let DataMut::F32(v) = values.view_mut() {
+        if let Some(DataMut::F32(v)) = values.view_mut() {
             v.iter_mut()
                 .for_each(|x| *x = StandardNormal.sample(&mut rng));
         }
@@ -191,10 +194,10 @@ impl Tensor {
         let mut data = host_alloc("randn", dtype, len)?;
         if let Data::F32(src) = &values {
             match data.view_mut() {
-                DataMut::F16(o) => Element::store_f32(src, o),
-                DataMut::BF16(o) => Element::store_f32(src, o),
-                DataMut::F32(o) => o.copy_from_slice(src),
-                DataMut::I32(_) => {}
+                Some(DataMut::F16(o)) => Element::store_f32(src, o),
+                Some(DataMut::BF16(o)) => Element::store_f32(src, o),
+                Some(DataMut::F32(o)) => o.copy_from_slice(src),
+                Some(DataMut::I32(_)) | None => {}
             }
         }
         Ok(Tensor::host(shape, data))

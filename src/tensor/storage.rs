@@ -1,7 +1,8 @@
 //! Element storage shared between the host and the stream workers.
 //!
-//! Owns [`Data`] (a typed, owned element array) and [`Buffer`] (a write-once cell holding the
-//! result of the entry that produces a tensor). Knows nothing of streams or ordering.
+//! Owns [`Data`] (a typed element array: owned, or borrowed from an outside owner through
+//! [`External`]) and [`Buffer`] (a write-once cell holding the result of the entry that produces
+//! a tensor). Knows nothing of streams or ordering.
 //!
 //! # Why a write-once cell
 //! A tensor's buffer is written by exactly one entry on one stream worker and then read by
@@ -12,7 +13,9 @@
 //! torn value. The cost is one acquire load per access. Tensors are immutable (R3.7), so a
 //! buffer is never written twice.
 
+use std::any::Any;
 use std::fmt;
+use std::ptr::NonNull;
 use std::sync::{Arc, OnceLock};
 
 use half::{bf16, f16};
@@ -31,13 +34,97 @@ pub(crate) trait DeviceMem: Send + Sync + fmt::Debug {
     fn as_any(&self) -> &dyn std::any::Any;
 }
 
-/// An owned array of elements of one dtype.
+/// An array of elements of one dtype: owned, or host memory lent by an outside owner.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Data {
     F32(Vec<f32>),
     F16(Vec<f16>),
     BF16(Vec<bf16>),
     I32(Vec<i32>),
+    /// Elements that live in memory tagstream does not own (a numpy array, a DLPack tensor):
+    /// read-only, valid as long as the [`External`] (and so its owner) lives.
+    External(External),
+}
+
+/// Host memory lent by an outside owner: `len` elements of `dtype` at `ptr`, kept valid by
+/// `owner`, which is dropped with the last holder (the last `Arc<Buffer>`, so after the last
+/// entry reading it has run, R3.8).
+///
+/// *Invariant* (established by [`External::new`]'s caller): `ptr` is aligned for `dtype`,
+/// points to `len` initialized elements, and nobody writes them while `owner` lives.
+#[derive(Clone)]
+pub(crate) struct External {
+    ptr: NonNull<u8>,
+    len: usize,
+    dtype: DType,
+    /// Never read: held so the memory outlives every view of it, dropped with the last clone.
+    #[expect(dead_code, reason = "held for its drop only")]
+    owner: Arc<dyn Any + Send + Sync>,
+}
+
+// SAFETY: the memory is read-only for as long as `owner` lives (the type's invariant) and the
+// owner itself is `Send + Sync`, so sharing or moving the pointer across threads is as safe as
+// sharing a `&[T]` of `T: Sync` elements.
+unsafe impl Send for External {}
+// SAFETY: as for `Send`: only shared reads of immutable memory go through it.
+unsafe impl Sync for External {}
+
+impl External {
+    /// Wraps lent memory.
+    ///
+    /// # Safety
+    /// `ptr` must be aligned for `dtype` and point to `len` initialized elements of it
+    /// (`len * size` at most `isize::MAX` bytes) that stay valid and unwritten while `owner`
+    /// lives. A `len` of 0 may use any aligned non-null pointer.
+    pub(crate) unsafe fn new(
+        ptr: NonNull<u8>,
+        len: usize,
+        dtype: DType,
+        owner: Arc<dyn Any + Send + Sync>,
+    ) -> External {
+        External {
+            ptr,
+            len,
+            dtype,
+            owner,
+        }
+    }
+
+    /// The first element's address.
+    pub(crate) fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    fn view(&self) -> DataRef<'_> {
+        let p = self.ptr.as_ptr();
+        // SAFETY: the type's invariant: aligned, `len` initialized elements of `dtype`, not
+        // written while `owner` lives, and `self` holds `owner` for the returned lifetime.
+        unsafe {
+            match self.dtype {
+                DType::F32 => DataRef::F32(std::slice::from_raw_parts(p.cast(), self.len)),
+                DType::F16 => DataRef::F16(std::slice::from_raw_parts(p.cast(), self.len)),
+                DType::BF16 => DataRef::BF16(std::slice::from_raw_parts(p.cast(), self.len)),
+                DType::I32 => DataRef::I32(std::slice::from_raw_parts(p.cast(), self.len)),
+            }
+        }
+    }
+}
+
+impl fmt::Debug for External {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("External")
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
+            .field("dtype", &self.dtype)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Equal elements (as for the owned variants), whoever owns them.
+impl PartialEq for External {
+    fn eq(&self, other: &External) -> bool {
+        self.view().eq_elements(other.view())
+    }
 }
 
 impl Data {
@@ -90,11 +177,11 @@ impl Data {
             T::load_f32(values, &mut out);
             out
         }
-        match self {
-            Data::F32(v) => v.clone(),
-            Data::F16(v) => conv(v),
-            Data::BF16(v) => conv(v),
-            Data::I32(v) => v.iter().map(|&x| x as f32).collect(),
+        match self.view() {
+            DataRef::F32(v) => v.to_vec(),
+            DataRef::F16(v) => conv(v),
+            DataRef::BF16(v) => conv(v),
+            DataRef::I32(v) => v.iter().map(|&x| x as f32).collect(),
         }
     }
 
@@ -105,17 +192,20 @@ impl Data {
             Data::F16(v) => DataRef::F16(v),
             Data::BF16(v) => DataRef::BF16(v),
             Data::I32(v) => DataRef::I32(v),
+            Data::External(e) => e.view(),
         }
     }
 
-    /// A mutable view of the elements.
-    pub(crate) fn view_mut(&mut self) -> DataMut<'_> {
-        match self {
+    /// A mutable view of owned elements; `None` for lent memory, which tagstream never
+    /// writes (callers only write arrays they allocated, so `None` is an internal error).
+    pub(crate) fn view_mut(&mut self) -> Option<DataMut<'_>> {
+        Some(match self {
             Data::F32(v) => DataMut::F32(v),
             Data::F16(v) => DataMut::F16(v),
             Data::BF16(v) => DataMut::BF16(v),
             Data::I32(v) => DataMut::I32(v),
-        }
+            Data::External(_) => return None,
+        })
     }
 
     /// Number of elements.
@@ -129,6 +219,18 @@ impl Data {
             Data::F16(_) => DType::F16,
             Data::BF16(_) => DType::BF16,
             Data::I32(_) => DType::I32,
+            Data::External(e) => e.dtype,
+        }
+    }
+
+    /// The first element's address (for a zero-copy export).
+    pub(crate) fn as_ptr(&self) -> *const u8 {
+        match self {
+            Data::F32(v) => v.as_ptr().cast(),
+            Data::F16(v) => v.as_ptr().cast(),
+            Data::BF16(v) => v.as_ptr().cast(),
+            Data::I32(v) => v.as_ptr().cast(),
+            Data::External(e) => e.as_ptr(),
         }
     }
 }
@@ -168,6 +270,17 @@ impl DataRef<'_> {
             DataRef::F16(v) => v.len(),
             DataRef::BF16(v) => v.len(),
             DataRef::I32(v) => v.len(),
+        }
+    }
+
+    /// Same dtype and elements equal by `==` (what the owned variants' derived `PartialEq` does).
+    fn eq_elements(&self, other: DataRef<'_>) -> bool {
+        match (*self, other) {
+            (DataRef::F32(a), DataRef::F32(b)) => a == b,
+            (DataRef::F16(a), DataRef::F16(b)) => a == b,
+            (DataRef::BF16(a), DataRef::BF16(b)) => a == b,
+            (DataRef::I32(a), DataRef::I32(b)) => a == b,
+            _ => false,
         }
     }
 }

@@ -113,7 +113,14 @@ pub(crate) fn execute(
     };
     let mut out =
         Data::try_zeroed(op.out_dtype, op.out_len()).ok_or_else(|| out_of_memory(op, stream))?;
-    run_kernel(stream, op, views.as_slice(), out.view_mut(), threads)?;
+    let Some(out_view) = out.view_mut() else {
+        return Err(failed(
+            op,
+            stream,
+            "a fresh output is not owned memory".into(),
+        ));
+    };
+    run_kernel(stream, op, views.as_slice(), out_view, threads)?;
     Ok(out)
 }
 

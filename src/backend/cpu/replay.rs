@@ -355,7 +355,12 @@ impl Frame {
                 let storage = out.storage.lock().unwrap_or_else(|p| p.into_inner()).take();
                 match storage.or_else(|| Data::try_zeroed(op.out_dtype, op.out_len())) {
                     Some(mut data) => {
-                        match execute::run_kernel(ctx.tag, op, views, data.view_mut(), threads) {
+                        let result = match data.view_mut() {
+                            Some(o) => execute::run_kernel(ctx.tag, op, views, o, threads),
+                            // Recycled storage is a replay's own output, never lent memory.
+                            None => Err(internal("a replay output is lent memory")),
+                        };
+                        match result {
                             Ok(()) => {
                                 if !out.buffer.fill(Ok(data)) {
                                     ctx.failures.report(internal(

@@ -32,7 +32,7 @@ use crate::graph::program::{Instr, Loc, Program};
 use crate::kernels::MatmulDims;
 use crate::ops::op::{MAX_OPERANDS, Op};
 use crate::runtime::{Issue, StreamId};
-use crate::tensor::storage::{Buffer, Data, DeviceMem};
+use crate::tensor::storage::{Buffer, Data, DataMut, DataRef, DeviceMem};
 
 use crate::device::probe::probe;
 
@@ -723,11 +723,11 @@ impl Cuda {
                 // SAFETY: `ptr` holds `data.len()` elements of its dtype; a copy from pageable
                 // memory returns after the source has been staged.
                 unsafe {
-                    match data {
-                        Data::F32(v) => drv::memcpy_htod_async(ptr, v, ps.raw.0),
-                        Data::F16(v) => drv::memcpy_htod_async(ptr, v, ps.raw.0),
-                        Data::BF16(v) => drv::memcpy_htod_async(ptr, v, ps.raw.0),
-                        Data::I32(v) => drv::memcpy_htod_async(ptr, v, ps.raw.0),
+                    match data.view() {
+                        DataRef::F32(v) => drv::memcpy_htod_async(ptr, v, ps.raw.0),
+                        DataRef::F16(v) => drv::memcpy_htod_async(ptr, v, ps.raw.0),
+                        DataRef::BF16(v) => drv::memcpy_htod_async(ptr, v, ps.raw.0),
+                        DataRef::I32(v) => drv::memcpy_htod_async(ptr, v, ps.raw.0),
                     }
                 }
                 .map_err(|e| cuda_err("cuMemcpyHtoDAsync", e, op, &ps.tag))?;
@@ -749,11 +749,13 @@ impl Cuda {
                 // SAFETY: the destination holds exactly the source's elements; a copy to
                 // pageable memory returns once complete (after the stream's earlier work).
                 unsafe {
-                    match &mut data {
-                        Data::F32(v) => drv::memcpy_dtoh_async(v, src.ptr, ps.raw.0),
-                        Data::F16(v) => drv::memcpy_dtoh_async(v, src.ptr, ps.raw.0),
-                        Data::BF16(v) => drv::memcpy_dtoh_async(v, src.ptr, ps.raw.0),
-                        Data::I32(v) => drv::memcpy_dtoh_async(v, src.ptr, ps.raw.0),
+                    match data.view_mut() {
+                        Some(DataMut::F32(v)) => drv::memcpy_dtoh_async(v, src.ptr, ps.raw.0),
+                        Some(DataMut::F16(v)) => drv::memcpy_dtoh_async(v, src.ptr, ps.raw.0),
+                        Some(DataMut::BF16(v)) => drv::memcpy_dtoh_async(v, src.ptr, ps.raw.0),
+                        Some(DataMut::I32(v)) => drv::memcpy_dtoh_async(v, src.ptr, ps.raw.0),
+                        // `try_zeroed` owns its memory.
+                        None => return Err(internal(op, "a fresh host copy is lent memory")),
                     }
                 }
                 .map_err(|e| cuda_err("cuMemcpyDtoHAsync", e, op, &ps.tag))?;
@@ -789,11 +791,13 @@ impl Cuda {
         // SAFETY: the destination holds exactly the allocation's elements; the producer has
         // completed (the caller waited for it).
         unsafe {
-            match &mut data {
-                Data::F32(v) => drv::memcpy_dtoh_sync(v, a.ptr),
-                Data::F16(v) => drv::memcpy_dtoh_sync(v, a.ptr),
-                Data::BF16(v) => drv::memcpy_dtoh_sync(v, a.ptr),
-                Data::I32(v) => drv::memcpy_dtoh_sync(v, a.ptr),
+            match data.view_mut() {
+                Some(DataMut::F32(v)) => drv::memcpy_dtoh_sync(v, a.ptr),
+                Some(DataMut::F16(v)) => drv::memcpy_dtoh_sync(v, a.ptr),
+                Some(DataMut::BF16(v)) => drv::memcpy_dtoh_sync(v, a.ptr),
+                Some(DataMut::I32(v)) => drv::memcpy_dtoh_sync(v, a.ptr),
+                // `try_zeroed` owns its memory.
+                None => return Err(internal("to_vec_f32", "a fresh host copy is lent memory")),
             }
         }
         .map_err(|e| cuda_err("cuMemcpyDtoH", e, "to_vec_f32", "host"))?;
@@ -943,11 +947,11 @@ impl Cuda {
             let ptr = sync_alloc(data.len() * data.dtype().size_in_bytes())?;
             // SAFETY: `ptr` holds the constant's elements (R10.7: constants go to the device).
             unsafe {
-                match data {
-                    Data::F32(v) => drv::memcpy_htod_sync(ptr, v),
-                    Data::F16(v) => drv::memcpy_htod_sync(ptr, v),
-                    Data::BF16(v) => drv::memcpy_htod_sync(ptr, v),
-                    Data::I32(v) => drv::memcpy_htod_sync(ptr, v),
+                match data.view() {
+                    DataRef::F32(v) => drv::memcpy_htod_sync(ptr, v),
+                    DataRef::F16(v) => drv::memcpy_htod_sync(ptr, v),
+                    DataRef::BF16(v) => drv::memcpy_htod_sync(ptr, v),
+                    DataRef::I32(v) => drv::memcpy_htod_sync(ptr, v),
                 }
             }
             .map_err(|e| host("cuMemcpyHtoD", e))?;
