@@ -17,10 +17,11 @@
 //! no reduction is ever split.
 //!
 //! # Tiling
-//! A register tile is `MR` rows × `NV` 8-lane vectors of columns, `MR·NV` accumulators (≤ 24 of
-//! AVX-512VL's 32 registers, ≤ 12 of AVX2's 16). Columns are cut into blocks of [`NB`] (the unit of work a
-//! thread takes), `k` into panels of [`KC`]; a panel is widened row by row (sequential reads of
-//! `B`, which the prefetchers follow) into `[KC, NB]` f32, zero-padded to whole vectors.
+//! A register tile is `MR` rows × `NV` vectors of columns (16 lanes on AVX-512, 8 on AVX2),
+//! `MR·NV` accumulators (≤ 24 of AVX-512's 32 registers, ≤ 12 of AVX2's 16). Columns are cut
+//! into blocks of [`NB`] (the unit of work a thread takes), `k` into panels of [`KC`]; a panel
+//! is widened row by row into `[KC, NB]` f32, zero-padded to whole vectors, while the previous
+//! panel's first row tile prefetches it (`NextPanel`).
 //! Needs FMA, AVX2 (or AVX-512 F/BW/VL) and F16C, checked at run time; without them
 //! [`matmul_small_m`] declines and the caller takes the `gemm` path.
 
@@ -50,7 +51,7 @@ const PARALLEL_MIN_MACS: usize = 1 << 18;
 /// The instruction sets this module can use, best first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Isa {
-    /// AVX-512 F/BW/VL with FMA and F16C: 32 vector registers (256-bit vectors, see `x86`).
+    /// AVX-512 F/BW/VL with FMA and F16C: 32 vector registers of 16 lanes.
     Avx512,
     /// AVX2 with FMA and F16C: 8 lanes, 16 registers.
     Avx2,
@@ -245,6 +246,13 @@ fn block<T: Element>(isa: Isa, ops: Operands<'_, T>, j0: usize, rows: &mut [&mut
                 b: &panel[..kc * NB],
                 wp,
                 first: p0 == 0,
+                next: (p0 + KC < ops.k).then(|| NextPanel {
+                    start: ops.b[(p0 + KC) * ops.n + j0..].as_ptr().cast::<u8>(),
+                    stride: ops.n * size_of::<T>(),
+                    elem: size_of::<T>(),
+                    kc: KC.min(ops.k - p0 - KC),
+                    w,
+                }),
             };
             match isa {
                 #[cfg(target_arch = "x86_64")]
@@ -287,6 +295,45 @@ struct Panel<'a> {
     wp: usize,
     /// The first panel: accumulators start at zero instead of being reloaded.
     first: bool,
+    /// The next panel of `B` in its own dtype, to prefetch; `None` for the last panel.
+    next: Option<NextPanel>,
+}
+
+/// Where the next `KC × w` panel of `B` lies, for software prefetch (a hint: it changes no
+/// result).
+#[derive(Clone, Copy)]
+struct NextPanel {
+    /// Its first element, `B[p0 + KC, j0]`.
+    start: *const u8,
+    /// Bytes between rows (`n` elements).
+    stride: usize,
+    /// Bytes per element.
+    elem: usize,
+    /// Its rows and columns.
+    kc: usize,
+    w: usize,
+}
+
+impl NextPanel {
+    /// Prefetches row `p` of the panel, columns `c..c + 64` (those below `w`) into L2.
+    #[inline(always)]
+    fn row(self, p: usize, c: usize) {
+        if p >= self.kc || c >= self.w {
+            return;
+        }
+        let first = p * self.stride + c * self.elem;
+        let end = p * self.stride + (c + 64).min(self.w) * self.elem;
+        for off in (first..end).step_by(64) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch is a hint that never faults; `off` stays inside the panel
+            // (row p < kc, column < w of a `B` whose rows are `stride` bytes), and
+            // `wrapping_add` makes no in-bounds claim.
+            unsafe {
+                use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+                _mm_prefetch::<_MM_HINT_T1>(self.start.wrapping_add(off).cast::<i8>());
+            }
+        }
+    }
 }
 
 /// The order-defining reference: `c[i,j] = fma(a[i,p], b[p,j], c)` for `p = 0..k`, on plain
@@ -355,17 +402,20 @@ mod x86 {
     }
 
     /// Defines `$name::<MR, NV>(panel, r0, c, acc)`: rows `r0..r0 + MR` × columns
-    /// `c..c + 8·NV` of one panel, accumulated into `acc` (`[MAX_M, NB]`, loaded first unless
-    /// this is the first panel), compiled for `$features`.
+    /// `c..c + LANES·NV` of one panel (`LANES` = 16 for `__m512`, 8 for `__m256`), accumulated
+    /// into `acc` (`[MAX_M, NB]`, loaded first unless this is the first panel), compiled for
+    /// `$features`. The lane width changes how many columns one instruction covers, never the
+    /// chain of FMAs an output element goes through.
     ///
-    /// The vectors are 256-bit in both variants: AVX-512 intrinsics need Rust 1.89 (our MSRV is
-    /// 1.88), and with AVX-512VL the compiler still gets 32 registers (bigger tiles) and folds
-    /// the broadcasts into the FMAs. On CPUs that split 512-bit FMAs in two (AMD Zen 4) that is
-    /// the same throughput; Intel's two 512-bit FMA units would want 512-bit vectors.
+    /// The first row tile of a strip (`r0 == 0`) also prefetches the strip's columns of the
+    /// *next* panel of `B`, one row per `p`: the pack that follows then reads from cache. `B`
+    /// rows are `n` elements apart, so a panel is `KC` short runs the hardware prefetchers only
+    /// pick up after the first lines of each.
     macro_rules! tile {
-        ($name:ident, $features:literal) => {
+        ($name:ident, $features:literal, $v:ty, $lanes:literal, $zero:ident, $load:ident,
+         $store:ident, $set1:ident, $fma:ident) => {
             /// # Safety
-            /// The CPU has the enabled features; `r0 + MR ≤ m`, `c + 8·NV ≤ NB`.
+            /// The CPU has the enabled features; `r0 + MR ≤ m`, `c + LANES·NV ≤ NB`.
             #[inline]
             #[target_feature(enable = $features)]
             unsafe fn $name<const MR: usize, const NV: usize>(
@@ -374,47 +424,69 @@ mod x86 {
                 c: usize,
                 acc: &mut [f32],
             ) {
-                assert!(r0 + MR <= t.m && c + 8 * NV <= NB && acc.len() >= t.m * NB);
-                let mut r = [[_mm256_setzero_ps(); NV]; MR];
+                assert!(r0 + MR <= t.m && c + $lanes * NV <= NB && acc.len() >= t.m * NB);
+                let mut r: [[$v; NV]; MR] = [[$zero(); NV]; MR];
                 if !t.first {
                     for (i, row) in r.iter_mut().enumerate() {
                         for (v, x) in row.iter_mut().enumerate() {
-                            // SAFETY: (r0 + i)·NB + c + 8v + 8 ≤ m·NB ≤ acc.len() (asserted).
-                            *x = unsafe {
-                                _mm256_loadu_ps(acc.as_ptr().add((r0 + i) * NB + c + 8 * v))
-                            };
+                            // SAFETY: (r0 + i)·NB + c + LANES·(v + 1) ≤ m·NB ≤ acc.len()
+                            // (asserted).
+                            *x = unsafe { $load(acc.as_ptr().add((r0 + i) * NB + c + $lanes * v)) };
                         }
                     }
                 }
                 let a = t.a.as_ptr();
                 let b = t.b.as_ptr();
+                let fetch = if r0 == 0 { t.next } else { None };
                 for p in 0..t.kc {
-                    let mut bv = [_mm256_setzero_ps(); NV];
+                    if let Some(next) = fetch {
+                        next.row(p, c);
+                    }
+                    let mut bv: [$v; NV] = [$zero(); NV];
                     for (v, x) in bv.iter_mut().enumerate() {
-                        // SAFETY: p < kc and c + 8v + 8 ≤ NB, inside the `[kc, NB]` panel.
-                        *x = unsafe { _mm256_loadu_ps(b.add(p * NB + c + 8 * v)) };
+                        // SAFETY: p < kc and c + LANES·(v + 1) ≤ NB, inside the `[kc, NB]`
+                        // panel.
+                        *x = unsafe { $load(b.add(p * NB + c + $lanes * v)) };
                     }
                     for (i, row) in r.iter_mut().enumerate() {
                         // SAFETY: r0 + i < m and p0 + p < k, inside `a` (`[k, m]`).
-                        let x = _mm256_set1_ps(unsafe { *a.add((t.p0 + p) * t.m + r0 + i) });
+                        let x = $set1(unsafe { *a.add((t.p0 + p) * t.m + r0 + i) });
                         for (acc, &y) in row.iter_mut().zip(&bv) {
-                            *acc = _mm256_fmadd_ps(x, y, *acc);
+                            *acc = $fma(x, y, *acc);
                         }
                     }
                 }
                 for (i, row) in r.iter().enumerate() {
                     for (v, &x) in row.iter().enumerate() {
                         // SAFETY: as for the loads above.
-                        unsafe {
-                            _mm256_storeu_ps(acc.as_mut_ptr().add((r0 + i) * NB + c + 8 * v), x)
-                        };
+                        unsafe { $store(acc.as_mut_ptr().add((r0 + i) * NB + c + $lanes * v), x) };
                     }
                 }
             }
         };
     }
-    tile!(tile512, "avx512f,avx512vl,avx2,fma");
-    tile!(tile256, "avx2,fma");
+    tile!(
+        tile512,
+        "avx512f,avx512vl,avx2,fma",
+        __m512,
+        16,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps
+    );
+    tile!(
+        tile256,
+        "avx2,fma",
+        __m256,
+        8,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps
+    );
 
     /// Calls `$tile::<MR, NV>$args` for the runtime `$mr`, with `NV` from the table.
     macro_rules! by_rows {
@@ -426,21 +498,21 @@ mod x86 {
         };
     }
 
-    /// One panel with AVX-512VL's 32 registers: row tiles of at most 6 rows (more rows split
-    /// into near-equal tiles), strips of 32 columns: ≤ 24 accumulators, and each broadcast of
-    /// `A` feeds 4 FMAs. A strip's `KC × 32` slice of the panel (16 KiB) stays in L1 for the
-    /// next row tile.
+    /// One panel with AVX-512's 32 registers and 16-lane vectors: row tiles of at most 6 rows
+    /// (more rows split into near-equal tiles), strips of 64 columns (4 vectors): ≤ 24
+    /// accumulators, and each broadcast of `A` feeds 4 FMAs. A strip's `KC × 64` slice of the
+    /// panel (32 KiB) is read again by the next row tile from L1/L2.
     ///
     /// # Safety
     /// AVX-512 F and VL and FMA are available.
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
     pub(super) unsafe fn panel512(t: Panel<'_>, acc: &mut [f32]) {
         let tiles = t.m.div_ceil(6);
-        for c in (0..t.wp).step_by(32) {
+        for c in (0..t.wp).step_by(64) {
             let mut r0 = 0;
             for left in (1..=tiles).rev() {
                 let mr = (t.m - r0).div_ceil(left);
-                // SAFETY: CPU features (our contract); rows r0..r0 + mr ≤ m; c + 32 ≤ wp ≤ NB
+                // SAFETY: CPU features (our contract); rows r0..r0 + mr ≤ m; c + 64 ≤ wp ≤ NB
                 // because wp is a multiple of 64.
                 unsafe {
                     by_rows!(mr, tile512, [1 => 4, 2 => 4, 3 => 4, 4 => 4, 5 => 4, 6 => 4],

@@ -430,7 +430,8 @@ fn matmul_bits_do_not_depend_on_thread_count_r6_4() {
         let a = values(m * k, 11, 1.0, dtype);
         let b = values(k * n, 12, 1.0, dtype);
         let one = kernel_matmul(&a, &b, d, dtype, 1);
-        for threads in [2, 4] {
+        // 8 > cores here: more gemm jobs than pool threads (what adaptive threads would use).
+        for threads in [2, 4, 8] {
             assert_bits(
                 &kernel_matmul(&a, &b, d, dtype, threads),
                 &one,
@@ -973,4 +974,90 @@ mod small_m {
             shape::<f32>("seed 1000^3", DType::F32, sq, threads);
         }
     }
+}
+
+/// Issue 12, round 2: one thread, the fastest of 31 runs after a warm-up (ms; on a loaded
+/// shared machine the minimum is the run that was not preempted; schedstat's on-CPU time is
+/// tick-quantized on some VMs, so it is not used here): the small-m shapes (the
+/// AVX-512 tile width and prefetch), the seed's 1000³ through `gemm` (its `x86-v4` kernels) and
+/// what widening the f16/bf16 operands and narrowing the output cost there (the most that
+/// panel-wise widening could save).
+/// `cargo test --release --lib matmul_cpu_timing -- --ignored --nocapture`
+#[test]
+#[ignore = "prints timings"]
+fn matmul_cpu_timing() {
+    fn min_cpu(mut f: impl FnMut()) -> f64 {
+        f();
+        (0..31)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+    fn shape<T: Element>(name: &str, dtype: DType, d: MatmulDims) {
+        let rb = if d.rhs_batched { d.batch } else { 1 };
+        let a: Vec<T> = typed(&values(d.batch * d.m * d.k, 1, 1.0, dtype));
+        let b: Vec<T> = typed(&values(rb * d.k * d.n, 2, 1.0, dtype));
+        let mut o = vec![T::from_f32(0.0); d.batch * d.m * d.n];
+        let t = min_cpu(|| matmul::<T>(&a, &b, &mut o, d, 1));
+        println!("{name:<40} {dtype:<4} 1 thr wall min {t:8.3} ms");
+    }
+    let dims = |batch, m, k, n, rhs_batched| MatmulDims {
+        batch,
+        m,
+        k,
+        n,
+        rhs_batched,
+    };
+    println!(
+        "small-m path {:?}, load {}",
+        crate::kernels::matmul_small::detect(),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    shape::<bf16>(
+        "experts up [8,16,2048]x[8,2048,1408]",
+        DType::BF16,
+        dims(8, 16, 2048, 1408, true),
+    );
+    shape::<bf16>(
+        "shared down [16,2816]x[2816,2048]",
+        DType::BF16,
+        dims(1, 16, 2816, 2048, false),
+    );
+    shape::<f16>(
+        "experts up [8,16,2048]x[8,2048,1408]",
+        DType::F16,
+        dims(8, 16, 2048, 1408, true),
+    );
+    shape::<f32>(
+        "experts up [8,16,2048]x[8,2048,1408]",
+        DType::F32,
+        dims(8, 16, 2048, 1408, true),
+    );
+    let sq = dims(1, 1000, 1000, 1000, false);
+    shape::<f32>("seed 1000^3", DType::F32, sq);
+    shape::<f16>("seed 1000^3", DType::F16, sq);
+    shape::<bf16>("seed 1000^3", DType::BF16, sq);
+    // Widening both 1000² operands and narrowing the output: the f16/bf16 path's extra passes.
+    let mut wide = vec![0f32; 1_000_000];
+    let h: Vec<f16> = typed(&values(1_000_000, 3, 1.0, DType::F16));
+    let mut h_out = h.clone();
+    let t = min_cpu(|| {
+        f16::load_f32(&h, &mut wide);
+        f16::load_f32(&h, &mut wide);
+        f16::store_f32(&wide, &mut h_out);
+    });
+    println!("widen 2 x 1000^2 f16 + narrow 1000^2: wall min {t:8.3} ms");
+    let h: Vec<bf16> = typed(&values(1_000_000, 3, 1.0, DType::BF16));
+    let mut h_out = h.clone();
+    let t = min_cpu(|| {
+        bf16::load_f32(&h, &mut wide);
+        bf16::load_f32(&h, &mut wide);
+        bf16::store_f32(&wide, &mut h_out);
+    });
+    println!("widen 2 x 1000^2 bf16 + narrow 1000^2: wall min {t:8.3} ms");
 }
