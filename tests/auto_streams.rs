@@ -402,3 +402,69 @@ fn linear_path_at_100k_ops() {
         );
     }
 }
+
+/// The MoE stack written on one stream (`SharedExpert::Main`) at shapes where every expert's
+/// matmul is worth a stream: `auto_streams(2)` keeps the routed path (the heaviest chain) on
+/// main and moves each layer's shared expert (matmul, narrow/silu/mul, matmul) to `auto:1`,
+/// one fork wait plus one wait per layer each way at most (R11.3, R11.4, R11.6); results equal
+/// the hand-written two-stream stack bit for bit (R5.6, R6.4).
+#[test]
+fn moe_shared_expert_moves_to_an_auto_stream() {
+    use std::sync::Arc;
+    use tagstream::models::moe::{self, MoeConfig, MoeWeights, SharedExpert};
+    let _s = serial();
+    let cfg = MoeConfig {
+        tokens: 4,
+        hidden: 256,
+        experts: 4,
+        top_k: 2,
+        expert_ffn: 128,
+        shared_ffn: 256,
+        layers: 2,
+        dtype: DType::F32,
+    };
+    let w = Arc::new(MoeWeights::new(cfg, 3).unwrap());
+    let x = moe::moe_input(&cfg, 4).unwrap();
+    let events = moe::moe_events("auto-moe", cfg.layers).unwrap();
+    let side = SharedExpert::Side {
+        stream: "auto-moe-11".into(),
+        events,
+    };
+    let mut hand = compile(moe::moe_model(w.clone(), side), ro());
+    let want = bits(&hand.run(std::slice::from_ref(&x)).unwrap());
+    let mut auto = compile(moe::moe_model(w, SharedExpert::Main), ro().auto_streams(2));
+    assert_eq!(bits(&auto.run(std::slice::from_ref(&x)).unwrap()), want);
+    assert_eq!(bits(&auto.run(std::slice::from_ref(&x)).unwrap()), want);
+    let dump = auto.graph_dump().unwrap();
+    assert_eq!(
+        auto.graph_streams().unwrap(),
+        vec!["default", "auto:1"],
+        "{dump}"
+    );
+    let lines: Vec<&str> = dump.lines().collect();
+    // Exactly the shared experts, one per layer, fork and joins as the hand-written stack.
+    let shared = "matmul, narrow, silu, narrow, mul, matmul";
+    assert_eq!(
+        lines[1],
+        format!(
+            "\"auto:1\": wait(fork), {shared}, record(join1), wait(join2), {shared}, \
+             record(join3)"
+        ),
+        "{dump}"
+    );
+    // Main waits once per layer, right before the layer's combining adds.
+    assert_eq!(lines[0].matches("wait(").count(), 2, "{dump}");
+    assert_eq!(
+        lines[0].matches("wait(join1), add, add").count(),
+        1,
+        "{dump}"
+    );
+    // The dump names the heaviest path (the routed experts and the residual adds) on main.
+    let heaviest: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("heaviest path"))
+        .collect();
+    assert_eq!(heaviest.len(), 1, "{dump}");
+    assert!(heaviest[0].contains("-> \"default\""), "{dump}");
+    assert!(unneeded_waits(&parse_dot(&auto.graph_dot().unwrap())).is_empty());
+}
