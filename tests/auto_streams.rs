@@ -415,11 +415,11 @@ fn moe_shared_expert_moves_to_an_auto_stream() {
     let _s = serial();
     let cfg = MoeConfig {
         tokens: 4,
-        hidden: 256,
+        hidden: 512,
         experts: 4,
         top_k: 2,
-        expert_ffn: 128,
-        shared_ffn: 256,
+        expert_ffn: 256,
+        shared_ffn: 512,
         layers: 2,
         dtype: DType::F32,
     };
