@@ -387,14 +387,21 @@ fn assigner_cost_at_1000_ops() {
     );
 }
 
-/// A 100k-op graph takes the linear path (no transitive closure): time printed.
+/// A 100k-op graph takes the linear path (no transitive closure): time printed, median of 3
+/// each (a single sample on a shared machine made 25k -> 100k look superlinear; the assigner
+/// alone is timed by `assign::tests::assigner_alone_scales_linearly`).
 /// `cargo test --release --test auto_streams -- --ignored --nocapture linear`
 #[test]
 #[ignore = "prints timings"]
 fn linear_path_at_100k_ops() {
     let _s = serial();
+    let median = |n: usize, auto: bool| {
+        let mut v: Vec<f64> = (0..3).map(|_| capture_ms(n, auto)).collect();
+        v.sort_by(f64::total_cmp);
+        v[1]
+    };
     for n in [25_000, 50_000, 100_000] {
-        let (plain, auto) = (capture_ms(n, false), capture_ms(n, true));
+        let (plain, auto) = (median(n, false), median(n, true));
         println!(
             "{n} ops: capture+first replay {plain:.1} ms plain, {auto:.1} ms auto_streams(4) \
              ({:.2} µs/op added)",
