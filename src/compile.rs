@@ -99,7 +99,7 @@ impl CompileConfig {
 
     /// The cost (flops plus bytes moved, from the ops' shapes) below which a chain of ops is
     /// not given a stream of its own by [`auto_streams`](Self::auto_streams): splitting work
-    /// that small costs more in cross-stream waits than it gains. Default 2^20; 0 splits
+    /// that small costs more in cross-stream waits than it gains. Default 2^22; 0 splits
     /// every independent chain (tests use it on tiny tensors).
     #[must_use]
     pub fn auto_min_chain_cost(mut self, cost: u64) -> Self {

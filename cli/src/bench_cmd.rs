@@ -30,6 +30,26 @@ pub(crate) struct BenchArgs {
     /// (read by scripts/compare-pytorch.sh).
     #[arg(long, value_name = "FILE")]
     tsv: Option<PathBuf>,
+    /// Measure only this group of rows (e.g. `auto` for the auto_* rows).
+    #[arg(long, value_enum)]
+    only: Option<Group>,
+}
+
+/// A group of rows of the table, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Group {
+    /// chain_* rows: replay and eager cost per op.
+    Chain,
+    /// handoff_* and idle rows: the event hand-off and idle workers.
+    Handoff,
+    /// branches_* rows: two matmul branches on two streams vs one.
+    Branches,
+    /// auto_* rows: two chains written on one stream, auto_streams(2) vs as written.
+    Auto,
+    /// seed_* rows.
+    Seed,
+    /// add_* rows: the f16 add.
+    Add,
 }
 
 /// Sizes and repetition counts of one `tagstream bench` run.
@@ -222,14 +242,27 @@ pub(crate) fn run(args: &BenchArgs) -> Result<bool> {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
 
-    for dtype in [DType::F32, DType::F16] {
-        chain_rows(&plan, dtype, &mut rows, &mut notes)?;
+    let wanted = |g: Group| args.only.is_none_or(|o| o == g);
+    if wanted(Group::Chain) {
+        for dtype in [DType::F32, DType::F16] {
+            chain_rows(&plan, dtype, &mut rows, &mut notes)?;
+        }
     }
-    handoff_rows(&plan, &mut rows, &mut notes)?;
-    branch_rows(&plan, cores, &mut rows, &mut notes)?;
-    auto_rows(&plan, cores, &mut rows, &mut notes)?;
-    seed_rows(&plan, &mut rows)?;
-    add_rows(&plan, &mut rows)?;
+    if wanted(Group::Handoff) {
+        handoff_rows(&plan, &mut rows, &mut notes)?;
+    }
+    if wanted(Group::Branches) {
+        branch_rows(&plan, cores, &mut rows, &mut notes)?;
+    }
+    if wanted(Group::Auto) {
+        auto_rows(&plan, cores, &mut rows, &mut notes)?;
+    }
+    if wanted(Group::Seed) {
+        seed_rows(&plan, &mut rows)?;
+    }
+    if wanted(Group::Add) {
+        add_rows(&plan, &mut rows)?;
+    }
 
     println!(
         "tagstream bench{}: {cores} cores, every figure measured in this process \

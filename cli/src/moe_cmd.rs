@@ -172,6 +172,13 @@ pub(crate) fn run(args: &RunArgs) -> Result<bool> {
              2 streams' time: {:.3}",
             ratio(4, 3)
         );
+        // Which stream each op got and why: the graph per stream, then the chains.
+        if let Some(dump) = variants[4].model.graph_dump() {
+            println!("auto_streams graph (per-stream order, then the assignment):");
+            for line in dump.lines() {
+                println!("  {line}");
+            }
+        }
     }
     println!(
         "PyTorch's figures for the same math: python3 scripts/moe_torch.py --device {} \

@@ -288,3 +288,105 @@ fn moe_runs_with_its_checks() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--model moe"));
 }
+
+/// `run --auto-streams N` (R11.1, R11.7): the seed model's two streams already reach 2, and its
+/// main stream is one dependent chain, so nothing moves; the line says how many streams of at
+/// most N the graph uses.
+#[test]
+fn run_auto_streams_reports_the_graph_streams() {
+    for (n, line) in [
+        (
+            "2",
+            "graph streams (auto_streams 2): 2 of at most 2: \"default\", \"1\"",
+        ),
+        (
+            "3",
+            "graph streams (auto_streams 3): 2 of at most 3: \"default\", \"1\"",
+        ),
+    ] {
+        let out = tagstream(&[
+            "run",
+            "--size",
+            "32",
+            "--runs",
+            "2",
+            "--chain-ops",
+            "0",
+            "--auto-streams",
+            n,
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
+        assert_eq!(stdout.matches(" ok").count(), 4, "{stdout}");
+    }
+}
+
+/// `--auto-streams` assigns a captured graph: with `--mode eager` (nothing captured) it is
+/// refused with a message and exit code 2, as are values outside 1..=64.
+#[test]
+fn auto_streams_is_refused_in_eager_mode_and_out_of_range() {
+    let out = tagstream(&["run", "--mode", "eager", "--auto-streams", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--auto-streams assigns the streams of a captured graph")
+            && stderr.contains("--mode eager"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing ran");
+    for n in ["0", "65", "-1", "two"] {
+        let out = tagstream(&["run", "--auto-streams", n]);
+        assert!(!out.status.success(), "--auto-streams {n} must be refused");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("invalid value '{n}' for '--auto-streams <N>'"))
+                && stderr.contains("from 1 to 64"),
+            "--auto-streams {n}: {stderr}"
+        );
+    }
+}
+
+/// `trace --auto-streams 2`: two matmul chains written on one stream, traced as written and
+/// assigned; the assignment puts one chain on "auto:1" (R11.2) and both panels are in the SVG.
+#[test]
+fn trace_auto_streams_draws_before_and_after() {
+    let dir = std::env::temp_dir().join(format!("tagstream-cli-auto-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg = dir.join("auto.svg");
+    let out = tagstream(&[
+        "trace",
+        "--auto-streams",
+        "2",
+        "--size",
+        "128",
+        "--dtype",
+        "f32",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "auto_streams(2) placed the program on [\"default\", \"auto:1\"]",
+        "\"auto:1\": wait(fork), matmul, matmul, matmul, matmul, record(join1)",
+        "heaviest path",
+        "replay as written: 11 spans on streams [\"default\"]",
+        // A wait that finds its record done may leave no span: the count varies.
+        " spans on streams [\"default\", \"auto:1\"]",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in\n{stdout}");
+    }
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        svg.starts_with("<svg")
+            && svg.contains("replay as written")
+            && svg.contains("stream &quot;auto:1&quot;"),
+        "{svg}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

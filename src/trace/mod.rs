@@ -256,7 +256,9 @@ fn xml(s: &str) -> String {
 
 /// An SVG with one panel per `(title, timeline)`: a lane per stream, a box per span (ops
 /// blue, copy-ins grey, waits orange, records as green ticks), and an arrow from each record to
-/// each wait bound to it. Each panel has its own time axis starting at its first span.
+/// each wait bound to it. Each panel's time axis starts at its first span; all panels share
+/// one scale (the longest panel's), so a shorter run is drawn shorter (before and after
+/// pictures compare by eye).
 pub fn svg(runs: &[(&str, &Timeline)]) -> String {
     const W: f64 = 1200.0;
     const LEFT: f64 = 150.0;
@@ -264,12 +266,17 @@ pub fn svg(runs: &[(&str, &Timeline)]) -> String {
     const HEAD: f64 = 46.0;
     let mut body = String::new();
     let mut y0 = 10.0;
+    let duration = |t: &Timeline| {
+        let origin = t.spans.first().map_or(0, |s| s.start_ns);
+        let end = t.spans.iter().map(|s| s.end_ns).max().unwrap_or(origin);
+        (end - origin).max(1) as f64
+    };
+    let scale = runs.iter().map(|(_, t)| duration(t)).fold(1.0, f64::max);
     for (title, t) in runs {
         let streams = t.streams();
         let origin = t.spans.first().map_or(0, |s| s.start_ns);
-        let end = t.spans.iter().map(|s| s.end_ns).max().unwrap_or(origin);
-        let total = (end - origin).max(1) as f64;
-        let x = |ns: u64| LEFT + (ns - origin) as f64 / total * (W - LEFT - 20.0);
+        let total = duration(t);
+        let x = |ns: u64| LEFT + (ns - origin) as f64 / scale * (W - LEFT - 20.0);
         let lane_y =
             |s: &str| y0 + HEAD + streams.iter().position(|x| x == s).unwrap_or(0) as f64 * LANE;
         let _ = writeln!(
@@ -288,7 +295,7 @@ pub fn svg(runs: &[(&str, &Timeline)]) -> String {
                 y0 + HEAD - 6.0,
                 y0 + HEAD + streams.len() as f64 * LANE,
                 y0 + HEAD - 9.0,
-                total / 1e6 * f64::from(tick) / 4.0
+                scale / 1e6 * f64::from(tick) / 4.0
             );
         }
         for s in &streams {
