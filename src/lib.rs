@@ -141,8 +141,8 @@ pub fn set_chaos(seed: Option<u64>) {
     backend::cpu::set_chaos(seed);
 }
 
-/// Caps the threads one op may use on a stream (`0` restores the default split,
-/// `max(1, cores / busy streams)`).
+/// Caps the threads one op may use on a stream (`0` restores the default: every core, shared
+/// with the other streams' matmuls through one pool, so a core freed by one goes to the others).
 ///
 /// With `1`, every matmul runs on its stream's worker thread alone, so independent branches on
 /// different streams are what uses the cores. Results never depend on it (R6.4). Process-wide;

@@ -1,8 +1,8 @@
 //! The CPU backend: one worker thread per stream, progress signals, the replay executor.
 //!
 //! Owns the physical CPU streams (a worker thread, its FIFO queue and its [`Progress`]
-//! counter, created on the first entry enqueued on a logical stream), the core split among
-//! busy streams, the failures workers report, and the kernels' dispatch (`execute`). Replays run
+//! counter, created on the first entry enqueued on a logical stream), how many threads a
+//! kernel may use (the core sharing of `worker::CoreSplit`), the failures workers report, and the kernels' dispatch (`execute`). Replays run
 //! as one segment entry per stream over an arena (`replay`, `arena`). It never decides
 //! ordering: entries arrive in issue order from the runtime, and waits arrive bound to a record.
 //! The worker/event protocol and its proofs are in `README.md` beside this file.

@@ -70,6 +70,7 @@ impl<T> WorkQueue<T> {
     }
 
     /// Whether the queue looks empty (a racy hint: a push may land right after).
+    #[cfg(all(test, loom))]
     pub(crate) fn is_empty_hint(&self) -> bool {
         self.len_hint.load(Ordering::Acquire) == 0
     }

@@ -396,11 +396,7 @@ impl SegmentJob for Frame {
             match instr {
                 Instr::Record { .. } => ctx.progress.publish(base + i as u64 + 1),
                 Instr::Wait { stream, pos, .. } => {
-                    wait_for(
-                        &self.progress[*stream],
-                        self.bases[*stream] + pos,
-                        ctx.split,
-                    );
+                    wait_for(&self.progress[*stream], self.bases[*stream] + pos);
                 }
                 Instr::CopyIn { input, dst } => self.copy_in(*input, *dst, ctx),
                 Instr::Op { op, inputs, dst } => self.run_op(op, inputs.as_slice(), dst, ctx),

@@ -92,15 +92,18 @@ pub(crate) struct WorkerShared {
     pub(crate) progress: Arc<Progress>,
 }
 
-/// The core-split policy: streams that run at once share the cores.
+/// How many threads a kernel may use: every core (capped by [`set_threads_per_stream`]).
 ///
-/// A stream is *busy* while it has an entry to run and is not blocked in a wait. A matmul may
-/// use `max(1, cores / busy)` threads, so streams that run at once share the machine instead of
-/// each spawning a full-width GEMM. The split is read when the matmul starts; it changes speed
+/// Streams that run at once share the cores through the one gemm pool rather than a fixed
+/// split: each multithreaded kernel hands the pool as many jobs as there are cores, and the
+/// pool's threads take the jobs of whichever kernels are running, so a core freed when one
+/// stream's matmul ends goes to the matmul still running (issue 12; before, a matmul fixed
+/// `cores / busy streams` threads when it started and kept them). The count changes speed
 /// only, never bits (R6.4: the kernels parallelize over output elements only).
+///
+/// [`set_threads_per_stream`]: crate::set_threads_per_stream
 #[derive(Debug)]
 pub(crate) struct CoreSplit {
-    busy: AtomicUsize,
     cores: usize,
     /// A user cap on threads per stream (`0`: none), see [`set_threads_per_stream`].
     cap: AtomicUsize,
@@ -112,40 +115,24 @@ impl CoreSplit {
             .map(|n| n.get())
             .unwrap_or(1);
         CoreSplit {
-            busy: AtomicUsize::new(0),
             cores,
             cap: AtomicUsize::new(0),
         }
     }
 
-    /// The threads `op` may use now: the split for a multithreaded kernel, else 1.
+    /// The threads `op` may use: every core (or the cap) for a multithreaded kernel, else 1.
     pub(crate) fn threads_for(&self, op: &Op) -> usize {
-        if op.is_multithreaded() {
-            self.threads_per_busy_stream()
-        } else {
-            1
+        if !op.is_multithreaded() {
+            return 1;
         }
-    }
-
-    fn threads_per_busy_stream(&self) -> usize {
-        let busy = self.busy.load(Ordering::Relaxed).max(1);
-        let split = (self.cores / busy).max(1);
         match self.cap.load(Ordering::Relaxed) {
-            0 => split,
-            cap => split.min(cap),
+            0 => self.cores,
+            cap => self.cores.min(cap),
         }
     }
 
     pub(crate) fn set_cap(&self, cap: usize) {
         self.cap.store(cap, Ordering::Relaxed);
-    }
-
-    pub(crate) fn enter(&self) {
-        self.busy.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn leave(&self) {
-        self.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -156,19 +143,10 @@ pub(crate) trait FailureSink: Send + Sync {
 
 /// The worker loop. Returns when the queue is closed.
 pub(crate) fn run(shared: Arc<WorkerShared>, split: &CoreSplit, failures: &dyn FailureSink) {
-    let mut busy = false;
     loop {
-        if busy && shared.queue.is_empty_hint() {
-            busy = false;
-            split.leave();
-        }
         let Some(entry) = shared.queue.pop() else {
             break;
         };
-        if !busy {
-            busy = true;
-            split.enter();
-        }
         super::chaos::point(shared.salt);
         // Timeline: one relaxed load when off; the span is built only when on.
         let started = spans::recording().then(Instant::now);
@@ -193,7 +171,7 @@ pub(crate) fn run(shared: Arc<WorkerShared>, split: &CoreSplit, failures: &dyn F
             Task::Record { label } => span = Some((SpanKind::Record, label, None)),
             Task::Wait { on, label } => {
                 let waits_for = on.map(|(progress, until, tag)| {
-                    wait_for(&progress, until, split);
+                    wait_for(&progress, until);
                     (tag, until)
                 });
                 span = Some((SpanKind::Wait, label, waits_for));
@@ -233,17 +211,11 @@ pub(crate) fn run(shared: Arc<WorkerShared>, split: &CoreSplit, failures: &dyn F
         }
         shared.progress.publish(entry.seq);
     }
-    if busy {
-        split.leave();
-    }
 }
 
-/// Blocks a worker until `progress` reaches `until`. A blocked stream is not busy, so the
-/// core split gives its share to the streams that run meanwhile.
-pub(crate) fn wait_for(progress: &Progress, until: u64, split: &CoreSplit) {
+/// Blocks a worker until `progress` reaches `until`.
+pub(crate) fn wait_for(progress: &Progress, until: u64) {
     if progress.done() < until {
-        split.leave();
         progress.wait_until(until);
-        split.enter();
     }
 }
