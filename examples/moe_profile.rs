@@ -1,5 +1,5 @@
 //! Where the MoE decode layer's time goes: one replay of the stack recorded as a timeline, op
-//! durations summed by op name (`cargo run --release --example moe_profile [f32|f16|bf16]`).
+//! durations summed by op name (`cargo run --release --example moe_profile [f32|f16|bf16] [1]`; `1`: one stream).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,9 +16,14 @@ fn main() -> tagstream::Result<()> {
     let cfg = MoeConfig::decode(dtype);
     let w = Arc::new(MoeWeights::new(cfg, 1)?);
     let x = moe::moe_input(&cfg, 2)?;
-    let side = SharedExpert::Side {
-        stream: "11".into(),
-        events: moe::moe_events("prof", cfg.layers)?,
+    // Second argument `1`: the stack written on one stream.
+    let side = if std::env::args().nth(2).as_deref() == Some("1") {
+        SharedExpert::Main
+    } else {
+        SharedExpert::Side {
+            stream: "11".into(),
+            events: moe::moe_events("prof", cfg.layers)?,
+        }
     };
     let mut c = compile(
         moe::moe_model(w, side),
