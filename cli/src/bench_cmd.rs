@@ -875,9 +875,18 @@ fn instruction_sets() -> String {
             ),
         ];
         let found: Vec<&str> = sets.iter().filter(|s| s.1).map(|s| s.0).collect();
+        let avx512vl = std::arch::is_x86_feature_detected!("avx512vl");
+        let small_m = if avx512vl && found.contains(&"avx512f") {
+            "AVX-512"
+        } else if found.contains(&"avx2") && found.contains(&"fma") {
+            "AVX2/FMA"
+        } else {
+            "none: the gemm path"
+        };
         format!(
             "instruction sets: {} (f16 conversions and elementwise f16 use F16C where present; \
-             GEMM is the gemm crate's runtime-dispatched AVX2/FMA path)",
+             GEMM with m > 16 is the gemm crate's run-time dispatch, its AVX-512 path included; \
+             m <= 16 uses tagstream's kernel, {small_m} path)",
             if found.is_empty() {
                 "baseline x86-64".to_string()
             } else {
