@@ -14,15 +14,7 @@ use tagstream::{DType, Error, Tensor, compile};
 /// Deterministic values in [-4, 4) with repeats (so `topk` meets ties), representable in
 /// `dtype`.
 fn values(n: usize, seed: u32, dtype: DType) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            dtype.round_f32((s % 64) as f32 / 8.0 - 4.0)
-        })
-        .collect()
+    common::grid_values(n, seed, dtype, 64, 8.0, -4.0)
 }
 
 fn indices(n: usize, below: usize, seed: u32) -> Vec<f32> {

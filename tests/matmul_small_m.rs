@@ -10,15 +10,7 @@ use tagstream::{DType, Tensor, compile, set_threads_per_stream};
 
 /// Deterministic values in [-2, 2), already representable in `dtype`.
 fn values(n: usize, seed: u32, dtype: DType) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            dtype.round_f32((s % 8192) as f32 / 2048.0 - 2.0)
-        })
-        .collect()
+    common::grid_values(n, seed, dtype, 8192, 2048.0, -2.0)
 }
 
 /// One product, eager and replayed twice, on `threads` threads per stream: its bits.

@@ -13,15 +13,7 @@ const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
 /// Deterministic values in [-4, 4), already representable in `dtype`.
 fn values(n: usize, seed: u32, dtype: DType) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            dtype.round_f32((s % 8192) as f32 / 1024.0 - 4.0)
-        })
-        .collect()
+    common::grid_values(n, seed, dtype, 8192, 1024.0, -4.0)
 }
 
 /// `x` of shape `from` expanded to `to` (right-aligned, 1s repeated): the explicit reference.

@@ -65,3 +65,24 @@ pub(crate) fn assert_mentions(err: &Error, needles: &[&str]) {
         );
     }
 }
+
+/// `n` deterministic pseudo-random values `(x % levels) / scale + offset` (xorshift32 from
+/// `seed`), rounded to `dtype`: test inputs already representable in their dtype.
+pub(crate) fn grid_values(
+    n: usize,
+    seed: u32,
+    dtype: DType,
+    levels: u32,
+    scale: f32,
+    offset: f32,
+) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            dtype.round_f32((s % levels) as f32 / scale + offset)
+        })
+        .collect()
+}
