@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Compare tagstream with PyTorch CPU eager on the programs of issue 6, in one script run:
 #   1. `tagstream bench` (release build) prints its table and writes its medians (--tsv);
-#   2. the same programs in PyTorch eager: the seed model (f16 and f32, two adds and two
+#   2. the same programs in PyTorch eager: the seed model (f16, f32, bf16; two adds and two
 #      matmuls, sequential: a CPU has no streams), one f16 add of 1M elements on one thread,
 #      and the tiny chain of 16-element ops (add x, relu, sub x, ...), timed per op;
 #   3. a side-by-side table with the ratios and the goals of issue 6.
@@ -100,7 +100,7 @@ rows = []  # (figure, spread in the row's unit, unit)
 # Seed model: add = x0+x1; mm = x2@x3 (the side stream in tagstream); mm1 = x2@x3;
 # add2 = x2+x3. Sequential in torch eager.
 torch_seed = {}
-for dtype, name in ((torch.float16, "f16"), (torch.float32, "f32")):
+for dtype, name in ((torch.float16, "f16"), (torch.float32, "f32"), (torch.bfloat16, "bf16")):
     x = [torch.randn(seed_size, seed_size).to(dtype) for _ in range(4)]
 
     def seed():
@@ -155,13 +155,13 @@ def row(figure, tag, torch_v, unit, ratio, ratio_text, goal, met):
                 goal, "yes" if met else "NO"))
 
 
-for name in ("f16", "f32"):
+for name in ("f16", "f32", "bf16"):
     tag, tor = num(f"seed_{name}_ms"), torch_seed[name]
     if name == "f16":
         row(f"seed {seed_size}x{seed_size} f16", tag, tor, "ms", tor / tag, "faster",
             "tagstream >= 20x faster", tor / tag >= 20)
     else:
-        row(f"seed {seed_size}x{seed_size} f32", tag, tor, "ms", tor / tag, "faster",
+        row(f"seed {seed_size}x{seed_size} {name}", tag, tor, "ms", tor / tag, "faster",
             "no slower than torch", tag <= tor)
 tag = num("add_f16_ms")
 row(f"f16 add {add_len}, 1 thread", tag, torch_add, "ms", tag / torch_add, "of torch's time",

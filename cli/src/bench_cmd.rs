@@ -778,11 +778,11 @@ fn auto_rows(
     Ok(())
 }
 
-/// The seed model replayed, f16 and f32, and its arena.
+/// The seed model replayed, f16, f32 and bf16, and its arena.
 fn seed_rows(plan: &Plan, rows: &mut Vec<Row>) -> Result<()> {
     let s = plan.seed_size;
     let ev = ops::create_tagged_event("bench-seed-66")?;
-    for dtype in [DType::F16, DType::F32] {
+    for dtype in [DType::F16, DType::F32, DType::BF16] {
         let inputs = models::seed_inputs(s, dtype)?;
         let mut model = compile(
             models::seed_model(ev.clone(), "bench-seed-side"),

@@ -54,6 +54,7 @@ fn bench_quick_prints_every_row_of_the_table() {
         "branches_speedup\t",
         "seed_f16_ms\t",
         "seed_f32_ms\t",
+        "seed_bf16_ms\t",
         "add_f16_ms\t",
         "arena_seed_f16\t",
         "arena_chain_f16\t",
