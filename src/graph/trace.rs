@@ -85,21 +85,18 @@ impl Tracer {
         self.id
     }
 
-    /// Starts a capture of graph `id` with the copy-ins of the inputs on the main stream.
-    /// Returns the graph-valued tensors to hand to the closure.
-    pub(crate) fn new(id: u64, inputs: &[Tensor]) -> (Tracer, Vec<Tensor>) {
-        let mut t = Tracer {
+    /// A tracer of graph `id` on `streams` (no entries yet) with nothing issued: what a capture
+    /// and a rebuild start from.
+    fn empty(id: u64, streams: Vec<GraphStream>, consts: Vec<Tensor>, n_inputs: usize) -> Tracer {
+        let n = streams.len();
+        Tracer {
             id,
-            streams: vec![GraphStream {
-                id: MAIN,
-                tag: MAIN_TAG.to_string(),
-                entries: Vec::new(),
-            }],
-            clocks: vec![StreamClocks::new(0)],
-            current: vec![Vec::new()],
+            streams,
+            clocks: (0..n).map(StreamClocks::new).collect(),
+            current: vec![Vec::new(); n],
             values: Vec::new(),
-            consts: Vec::new(),
-            n_inputs: inputs.len(),
+            consts,
+            n_inputs,
             fork: None,
             joins: Vec::new(),
             latest: HashMap::new(),
@@ -110,7 +107,18 @@ impl Tracer {
             extends: Vec::new(),
             order: Vec::new(),
             ends: Vec::new(),
+        }
+    }
+
+    /// Starts a capture of graph `id` with the copy-ins of the inputs on the main stream.
+    /// Returns the graph-valued tensors to hand to the closure.
+    pub(crate) fn new(id: u64, inputs: &[Tensor]) -> (Tracer, Vec<Tensor>) {
+        let main = GraphStream {
+            id: MAIN,
+            tag: MAIN_TAG.to_string(),
+            entries: Vec::new(),
         };
+        let mut t = Tracer::empty(id, vec![main], Vec::new(), inputs.len());
         let mut graph_inputs = Vec::with_capacity(inputs.len());
         for (i, x) in inputs.iter().enumerate() {
             let value = t.values.len();
@@ -591,31 +599,15 @@ impl Tracer {
             tag: tag.clone(),
             entries: Vec::new(),
         }));
-        let n = streams.len();
         let n_inputs = template.streams[0]
             .entries
             .iter()
             .take_while(|e| matches!(e, EntryKind::CopyIn { .. }))
             .count();
-        Tracer {
-            id: 0,
-            streams,
-            clocks: (0..n).map(StreamClocks::new).collect(),
-            current: vec![Vec::new(); n],
-            values: Vec::with_capacity(template.values.len()),
-            consts: template.consts.clone(),
-            n_inputs,
-            fork: None,
-            joins: Vec::new(),
-            latest: HashMap::new(),
-            records: Vec::new(),
-            issued: 0,
-            problem: None,
-            unbound: None,
-            extends: Vec::new(),
-            order: Vec::with_capacity(template.order.len()),
-            ends: Vec::new(),
-        }
+        let mut t = Tracer::empty(0, streams, template.consts.clone(), n_inputs);
+        t.values.reserve(template.values.len());
+        t.order.reserve(template.order.len());
+        t
     }
 
     /// Copies call input `input` into `value`, whose shape and dtype `template` gives.
