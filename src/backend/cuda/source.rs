@@ -92,11 +92,19 @@ pub(crate) const TOPK_BLOCK: u32 = 128;
 /// passed by value in the kernel's parameters: `1 + 3 · 64` words, under the 4 KiB limit).
 pub(crate) const MAX_RANK: usize = 64;
 
+/// The binary ops and their C operators, for every kernel family that computes one.
+const BINARY_OPS: [(BinaryOp, &str); 4] = [
+    (BinaryOp::Add, "+"),
+    (BinaryOp::Sub, "-"),
+    (BinaryOp::Mul, "*"),
+    (BinaryOp::Div, "/"),
+];
+
 /// Every kernel name the source defines (what the module must export).
 pub(crate) fn all_names() -> Vec<String> {
     let mut names = Vec::new();
     for d in DType::FLOATS {
-        for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+        for (op, _) in BINARY_OPS {
             names.push(binary_name(op, d));
         }
         for op in [UnaryOp::Relu, UnaryOp::Silu, UnaryOp::Gelu, UnaryOp::Exp] {
@@ -107,7 +115,7 @@ pub(crate) fn all_names() -> Vec<String> {
         }
         names.push(row_name("softmax", d));
         names.push(row_name("rms_norm", d));
-        for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+        for (op, _) in BINARY_OPS {
             names.push(broadcast_name(op, d));
             names.push(scalar_name(op, d));
         }
@@ -346,12 +354,7 @@ pub(crate) fn source() -> String {
     let mut s = helpers();
     for d in DType::FLOATS {
         let (t, sf) = (ctype(d), suffix(d));
-        for (op, sym) in [
-            (BinaryOp::Add, "+"),
-            (BinaryOp::Sub, "-"),
-            (BinaryOp::Mul, "*"),
-            (BinaryOp::Div, "/"),
-        ] {
+        for (op, sym) in BINARY_OPS {
             s += &format!(
                 "extern \"C\" __global__ void {name}(const {t}* a, const {t}* b, {t}* o, unsigned long long n) {{\n{head} o[i] = st_{sf}(ld_{sf}(a[i]) {sym} ld_{sf}(b[i]));\n}}\n",
                 name = binary_name(op, d),
@@ -456,12 +459,7 @@ fn round2_kernels() -> String {
     let head = loop_head();
     for d in DType::FLOATS {
         let (t, sf) = (ctype(d), suffix(d));
-        for (op, sym) in [
-            (BinaryOp::Add, "+"),
-            (BinaryOp::Sub, "-"),
-            (BinaryOp::Mul, "*"),
-            (BinaryOp::Div, "/"),
-        ] {
+        for (op, sym) in BINARY_OPS {
             // Each output element's operand offsets from its row-major index; the same f32 op
             // and rounding as the identical-shape kernel (kernels::binary_broadcast).
             s += &format!(
