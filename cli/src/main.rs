@@ -712,24 +712,31 @@ fn time_interleaved(
     inputs: &[Tensor],
     n: usize,
 ) -> Result<(Vec<Duration>, Vec<Duration>)> {
-    let (mut ta, mut tb) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut times = time_in_turns(&mut [a, b], inputs, n)?.into_iter();
+    let (ta, tb) = (times.next(), times.next());
+    Ok((ta.unwrap_or_default(), tb.unwrap_or_default()))
+}
+
+/// `n` calls of each model in turns, the starting model rotating each round (for two models:
+/// the first first in even rounds, the second in odd ones), so machine load hits all alike;
+/// one sorted list of times per model.
+fn time_in_turns(
+    models: &mut [&mut Compiled],
+    inputs: &[Tensor],
+    n: usize,
+) -> Result<Vec<Vec<Duration>>> {
+    let k = models.len();
+    let mut times = vec![Vec::with_capacity(n); k];
     for round in 0..n {
-        let timed = |m: &mut Compiled| -> Result<Duration> {
+        for i in 0..k {
+            let m = (round + i) % k;
             let start = Instant::now();
-            run_once(m, inputs)?;
-            Ok(start.elapsed())
-        };
-        if round % 2 == 0 {
-            ta.push(timed(a)?);
-            tb.push(timed(b)?);
-        } else {
-            tb.push(timed(b)?);
-            ta.push(timed(a)?);
+            run_once(models[m], inputs)?;
+            times[m].push(start.elapsed());
         }
     }
-    ta.sort();
-    tb.sort();
-    Ok((ta, tb))
+    times.iter_mut().for_each(|t| t.sort());
+    Ok(times)
 }
 
 fn median(sorted: &[Duration]) -> Duration {

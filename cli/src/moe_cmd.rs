@@ -4,12 +4,12 @@
 //! against the serial f64 reference.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tagstream::models::moe::{self, MoeConfig, MoeHostWeights, MoeWeights, SharedExpert};
 use tagstream::{CompileConfig, Compiled, DType, Device, Mode, Result, Tensor, compile};
 
-use super::{MoeShapes, RunArgs, bytes, median, ms, run_once, same_bits};
+use super::{MoeShapes, RunArgs, bytes, median, ms, run_once, same_bits, time_in_turns};
 
 struct Variant {
     name: String,
@@ -83,17 +83,11 @@ pub(crate) fn run(args: &RunArgs) -> Result<bool> {
     for o in &outputs {
         same &= same_bits(o, &want)?;
     }
-    // Timed in turns, the order rotating each round, so machine load hits all alike.
-    let n = variants.len();
-    for round in 0..runs {
-        for i in 0..n {
-            let v = &mut variants[(round + i) % n];
-            let start = Instant::now();
-            run_once(&mut v.model, std::slice::from_ref(&input))?;
-            v.times.push(start.elapsed());
-        }
+    let mut models: Vec<&mut Compiled> = variants.iter_mut().map(|v| &mut v.model).collect();
+    let times = time_in_turns(&mut models, std::slice::from_ref(&input), runs)?;
+    for (v, t) in variants.iter_mut().zip(times) {
+        v.times = t;
     }
-    variants.iter_mut().for_each(|v| v.times.sort());
 
     let host = MoeHostWeights::read(&weights)?;
     let checks = moe::check_moe(&host, &input.to_vec_f32()?, &want);
