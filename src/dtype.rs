@@ -161,6 +161,16 @@ pub(crate) trait Element: Copy + Send + Sync + Default + fmt::Debug + 'static {
     fn as_f16_mut(_: &mut [Self]) -> Option<&mut [f16]> {
         None
     }
+    /// The slice itself when `Self` is `bf16`, so matmul can take the bf16 dot-product path.
+    #[inline]
+    fn as_bf16(_: &[Self]) -> Option<&[bf16]> {
+        None
+    }
+    /// Mutable counterpart of [`as_bf16`](Element::as_bf16).
+    #[inline]
+    fn as_bf16_mut(_: &mut [Self]) -> Option<&mut [bf16]> {
+        None
+    }
 }
 
 impl Element for f32 {
@@ -225,6 +235,14 @@ impl Element for bf16 {
     #[inline]
     fn store_f32(src: &[f32], dst: &mut [Self]) {
         bf16_slices::f32_to_bf16(src, dst);
+    }
+    #[inline]
+    fn as_bf16(s: &[Self]) -> Option<&[bf16]> {
+        Some(s)
+    }
+    #[inline]
+    fn as_bf16_mut(s: &mut [Self]) -> Option<&mut [bf16]> {
+        Some(s)
     }
 }
 

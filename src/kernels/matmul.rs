@@ -1,5 +1,7 @@
-//! Matrix product: the small-`m` kernel of [`matmul_small`](super::matmul_small) for `m ≤ 16` on
-//! CPUs with AVX2/FMA, else the `gemm` crate.
+//! Matrix product: bf16 on the AVX512-BF16 dot-product kernel of
+//! [`matmul_bf16`](super::matmul_bf16) where the CPU and the operands allow it, else the small-`m`
+//! kernel of [`matmul_small`](super::matmul_small) for `m ≤ 16` on CPUs with AVX2/FMA, else the
+//! `gemm` crate.
 //!
 //! f32 operands go straight to `gemm::gemm::<f32>`. f16/bf16 operands are widened to f32
 //! scratch, multiplied in f32 and rounded once: gemm-f16 0.19 rounds its f16 destination after
@@ -22,6 +24,7 @@ use std::sync::OnceLock;
 use gemm::Parallelism;
 
 use super::kind::MatmulDims;
+use super::matmul_bf16::matmul_bf16_dot;
 use super::matmul_small::matmul_small_m;
 use crate::dtype::Element;
 
@@ -50,6 +53,13 @@ pub(crate) fn matmul<T: Element>(
     }
     if k == 0 {
         out.fill(T::from_f32(0.0));
+        return;
+    }
+    // bf16 on the dot-product instruction, where the operands allow it (see `matmul_bf16`);
+    // when it declines, `out` is rewritten whole below.
+    if let (Some(a16), Some(b16), Some(o16)) = (T::as_bf16(a), T::as_bf16(b), T::as_bf16_mut(out))
+        && matmul_bf16_dot(a16, b16, o16, dims, threads)
+    {
         return;
     }
     // A few rows against large weights: stream B once in its own dtype (see `matmul_small`).

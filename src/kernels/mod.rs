@@ -21,6 +21,7 @@ mod index;
 mod kind;
 mod layout;
 mod matmul;
+mod matmul_bf16;
 mod matmul_small;
 mod reduce;
 pub(crate) mod scalar;

@@ -929,6 +929,20 @@ mod small_m {
             let a: Vec<T> = typed(&values(d.batch * d.m * d.k, 1, 1.0, dtype));
             let b: Vec<T> = typed(&values(rb * d.k * d.n, 2, 1.0, dtype));
             let mut o = vec![T::from_f32(0.0); d.batch * d.m * d.n];
+            if let (Some(a16), Some(b16)) = (T::as_bf16(&a), T::as_bf16(&b)) {
+                let mut o16 = vec![bf16::ZERO; o.len()];
+                let dot = median(|| {
+                    assert!(crate::kernels::matmul_bf16::matmul_bf16_dot(
+                        a16, b16, &mut o16, d, threads
+                    ))
+                });
+                let sm = (d.m <= small::MAX_M).then(|| {
+                    median(|| {
+                        assert!(small::matmul_small_m(a16, b16, &mut o16, d, threads));
+                    })
+                });
+                println!("{name:<34} bf16 {threads} thr: dot {dot:8.3} ms | small-m {sm:?} ms");
+            }
             let new = median(|| matmul::<T>(&a, &b, &mut o, d, threads));
             let old = median(|| matmul_gemm::<T>(&a, &b, &mut o, d, threads));
             println!(
@@ -1060,4 +1074,162 @@ fn matmul_cpu_timing() {
         bf16::store_f32(&wide, &mut h_out);
     });
     println!("widen 2 x 1000^2 bf16 + narrow 1000^2: wall min {t:8.3} ms");
+}
+
+mod bf16_dot {
+    //! The AVX512-BF16 dot-product path (`matmul_bf16`): R6.9 on every tail of its tiling, bits
+    //! independent of the thread count (R6.4), and the guard that keeps subnormals from being
+    //! flushed (R6.1, R6.3).
+
+    use super::*;
+    use crate::kernels::matmul_bf16::{self as dot, matmul_bf16_dot};
+
+    fn dims(batch: usize, m: usize, k: usize, n: usize, rhs_batched: bool) -> MatmulDims {
+        MatmulDims {
+            batch,
+            m,
+            k,
+            n,
+            rhs_batched,
+        }
+    }
+
+    /// `Some(output)` when the dot path took the product, `None` when it declined.
+    fn run(a: &[f32], b: &[f32], d: MatmulDims, threads: usize) -> Option<Vec<f32>> {
+        let mut o = vec![bf16::NAN; d.batch * d.m * d.n];
+        matmul_bf16_dot(&typed(a), &typed(b), &mut o, d, threads).then(|| to_f32(&o))
+    }
+
+    fn skip() -> bool {
+        if dot::available() {
+            return false;
+        }
+        eprintln!("no AVX512-BF16 on this CPU: the bf16 dot-product path is not used here");
+        true
+    }
+
+    /// Tails of every tiling level: rows around the 8-row tile, columns around the 48-column
+    /// panel and the 192-column unit, odd `k` and `k` around the 512-pair block; batched and not.
+    #[test]
+    fn dot_meets_r6_9_and_keeps_its_bits_across_threads_r6_4() {
+        if skip() {
+            return;
+        }
+        let shapes = [
+            (1, 1, 32),
+            (7, 3, 47),
+            (8, 2, 48),
+            (9, 31, 49),
+            (17, 64, 191),
+            (33, 129, 192),
+            (40, 1024, 193),
+            (13, 1025, 100),
+            (24, 2100, 64),
+            (200, 40, 48),
+        ];
+        for &(m, k, n) in &shapes {
+            for (batch, rhs_batched) in [(1, false), (3, true), (2, false)] {
+                let d = dims(batch, m, k, n, rhs_batched);
+                let rb = if rhs_batched { batch } else { 1 };
+                let seed = (m * 7919 + k * 31 + n) as u64;
+                let a = values(batch * m * k, seed, 2.0, DType::BF16);
+                let b = values(rb * k * n, seed + 1, 2.0, DType::BF16);
+                let one = run(&a, &b, d, 1)
+                    .unwrap_or_else(|| panic!("{d:?}: the dot path declined normal operands"));
+                reference::check_matmul(&a, &b, &one, d, DType::BF16)
+                    .unwrap_or_else(|e| panic!("R6.9 {d:?}: {e}"));
+                for threads in [2, 3, 8] {
+                    let got = run(&a, &b, d, threads).expect("same operands, same decision");
+                    assert_bits(&got, &one, &format!("{d:?} threads={threads}"));
+                }
+                // The dispatcher takes this path for bf16 (same bits).
+                assert_bits(
+                    &kernel_matmul(&a, &b, d, DType::BF16, 2),
+                    &one,
+                    &format!("{d:?} through matmul"),
+                );
+            }
+        }
+    }
+
+    /// Special values pass through as IEEE arithmetic would: inf·x, NaN, ±0, and cancellation
+    /// of large terms.
+    #[test]
+    fn dot_handles_inf_nan_and_cancellation() {
+        if skip() {
+            return;
+        }
+        let d = dims(1, 2, 4, 32, false);
+        let mut a = vec![1.0f32; 8];
+        a[4..].copy_from_slice(&[1e30, -1e30, 1.0, 0.0]);
+        let mut b = vec![0.5f32; 4 * 32];
+        b[0] = f32::INFINITY; // column 0, k = 0
+        b[32 + 1] = f32::NAN; // column 1, k = 1
+        let got = run(&a, &b, d, 1).expect("normal exponents");
+        assert_eq!(got[0], f32::INFINITY);
+        assert!(got[1].is_nan());
+        assert_eq!(got[2], 2.0);
+        // Row 1: 1e30·0.5 − 1e30·0.5 + 0.5 + 0 = 0.5 exactly in any order of pairs.
+        assert_eq!(got[32 + 2], 0.5);
+        reference::check_matmul(&a, &b, &got, d, DType::BF16).expect("R6.9");
+    }
+
+    /// The guard: a subnormal operand, or exponents whose products could leave a subnormal
+    /// partial sum, send the product to the general path, which keeps subnormals (R6.1).
+    #[test]
+    fn dot_declines_where_the_instruction_would_flush_subnormals() {
+        if skip() {
+            return;
+        }
+        let d = dims(1, 1, 2, 32, false);
+        let p = |e: i32| 2f32.powi(e);
+        // Exponent keys sum to 142 (2^-60 has key 67, 2^-52 key 75): taken, and exact.
+        let b = vec![p(-52); 2 * 32];
+        let got = run(&[p(-60), p(-60)], &b, d, 1).expect("keys sum to 142");
+        assert_eq!(got[0], p(-111));
+        // 141: declined.
+        assert!(run(&[p(-61), p(-61)], &b, d, 1).is_none());
+        // A subnormal in A or in B: declined, however large the other side.
+        let sub = f32::from_bits(1 << 16);
+        assert!(run(&[sub, 1.0], &vec![1.0; 64], d, 1).is_none());
+        let mut b1 = vec![1.0f32; 64];
+        b1[40] = sub;
+        assert!(run(&[1.0, 1.0], &b1, d, 1).is_none());
+        // Through `matmul`: a product that is itself subnormal is kept, not flushed.
+        let d = dims(1, 16, 1, 32, false);
+        let got = kernel_matmul(&[p(-64); 16], &[p(-64); 32], d, DType::BF16, 2);
+        assert!(
+            got.iter().all(|&x| x == p(-128)),
+            "2^-64·2^-64 kept: {got:?}"
+        );
+        // A declined product is rewritten whole by the general path (the dot path may have
+        // written some units before one failed the guard).
+        let d = dims(1, 64, 8, 400, false);
+        let a = values(64 * 8, 5, 1.0, DType::BF16);
+        let mut b = values(8 * 400, 6, 1.0, DType::BF16);
+        b[8 * 400 - 1] = p(-130);
+        let got = kernel_matmul(&a, &b, d, DType::BF16, 2);
+        reference::check_matmul(&a, &b, &got, d, DType::BF16).expect("R6.9 after the fallback");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Operands scaled towards the guard's edge from both sides: whichever path `matmul`
+        /// takes, the result meets R6.9 (its `η_out` term included).
+        #[test]
+        fn matmul_bf16_meets_r6_9_near_the_subnormal_edge(
+            sa in -70i32..0, sb in -70i32..0, m in 1usize..24, k in 1usize..40,
+            n in 30usize..70, seed in 0u64..1000,
+        ) {
+            let d = dims(1, m, k, n, false);
+            let scale = |v: Vec<f32>, s: i32| -> Vec<f32> {
+                v.into_iter().map(|x| x * 2f32.powi(s)).collect()
+            };
+            let a = scale(values(m * k, seed, 2.0, DType::BF16), sa);
+            let b = scale(values(k * n, seed + 1, 2.0, DType::BF16), sb);
+            let (a, b) = (to_f32(&typed::<bf16>(&a)), to_f32(&typed::<bf16>(&b)));
+            let got = kernel_matmul(&a, &b, d, DType::BF16, 2);
+            prop_assert!(reference::check_matmul(&a, &b, &got, d, DType::BF16).is_ok());
+        }
+    }
 }
