@@ -883,10 +883,17 @@ fn instruction_sets() -> String {
         } else {
             "none: the gemm path"
         };
+        let bf16_dot = if found.contains(&"avx512bf16")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+        {
+            "bf16 GEMM on AVX512-BF16 dot products where no subnormal can arise (else as f32); "
+        } else {
+            ""
+        };
         format!(
             "instruction sets: {} (f16 conversions and elementwise f16 use F16C where present; \
-             GEMM with m > 16 is the gemm crate's run-time dispatch, its AVX-512 path included; \
-             m <= 16 uses tagstream's kernel, {small_m} path)",
+             {bf16_dot}GEMM with m > 16 is the gemm crate's run-time dispatch, its AVX-512 path \
+             included; m <= 16 uses tagstream's kernel, {small_m} path)",
             if found.is_empty() {
                 "baseline x86-64".to_string()
             } else {

@@ -1,7 +1,8 @@
 //! The compute kernels: pure functions on slices.
 //!
 //! Owns elementwise ops, dtype conversion, softmax and rms_norm, reductions, the layout copies of
-//! the shape ops (generic over any `Copy` element), and matmul (through the `gemm` crate). Every function writes into an `out` slice passed in and allocates at most bounded
+//! the shape ops (generic over any `Copy` element), and matmul (the `gemm` crate, a small-`m`
+//! kernel, and a bf16 dot-product kernel). Every function writes into an `out` slice passed in and allocates at most bounded
 //! scratch. Kernels know nothing of streams, tensors or errors: operands were validated before
 //! the op was issued, so a length mismatch here is a tagstream bug and panics with a message
 //! (the stream worker turns a panic into `Error::ExecutionFailed`).

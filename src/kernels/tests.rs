@@ -1233,3 +1233,47 @@ mod bf16_dot {
         }
     }
 }
+
+/// Two 1000³ bf16 products at once from two threads (the seed's two streams) against one after
+/// the other, 2 threads each, median of 11 (ms).
+/// `cargo test --release --lib concurrent_bf16_timing -- --ignored --nocapture`
+#[test]
+#[ignore = "prints timings"]
+fn concurrent_bf16_timing() {
+    let d = MatmulDims {
+        batch: 1,
+        m: 1000,
+        k: 1000,
+        n: 1000,
+        rhs_batched: false,
+    };
+    let a: Vec<bf16> = typed(&values(1_000_000, 1, 1.0, DType::BF16));
+    let b: Vec<bf16> = typed(&values(1_000_000, 2, 1.0, DType::BF16));
+    let median = |f: &dyn Fn()| {
+        f();
+        let mut v: Vec<f64> = (0..11)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v[5]
+    };
+    let one = || {
+        let mut o = vec![bf16::ZERO; 1_000_000];
+        matmul::<bf16>(&a, &b, &mut o, d, 2);
+    };
+    let seq = median(&|| {
+        one();
+        one();
+    });
+    let par = median(&|| {
+        std::thread::scope(|s| {
+            s.spawn(one);
+            s.spawn(one);
+        })
+    });
+    println!("two 1000^3 bf16 products: one after the other {seq:.3} ms, at once {par:.3} ms");
+}
