@@ -883,13 +883,12 @@ fn instruction_sets() -> String {
         } else {
             "none: the gemm path"
         };
-        let bf16_dot = if found.contains(&"avx512bf16")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-        {
-            "bf16 GEMM on AVX512-BF16 dot products where no subnormal can arise (else as f32); "
-        } else {
-            ""
-        };
+        let bf16_dot =
+            if found.contains(&"avx512bf16") && std::arch::is_x86_feature_detected!("avx512bw") {
+                "bf16 GEMM on AVX512-BF16 dot products where no subnormal can arise (else as f32); "
+            } else {
+                ""
+            };
         format!(
             "instruction sets: {} (f16 conversions and elementwise f16 use F16C where present; \
              {bf16_dot}GEMM with m > 16 is the gemm crate's run-time dispatch, its AVX-512 path \
