@@ -53,6 +53,12 @@ pub(crate) fn binary<T: Element>(op: BinaryOp, a: &[T], b: &[T], out: &mut [T]) 
     {
         return;
     }
+    if let (Some(a), Some(b)) = (T::as_bf16(a), T::as_bf16(b))
+        && let Some(o) = T::as_bf16_mut(out)
+        && super::bf16::binary(op, a, b, o)
+    {
+        return;
+    }
     if out.len() <= SMALL {
         binary_chunks::<T, SMALL>(op, a, b, out);
     } else {
