@@ -437,14 +437,14 @@ fn chain_rows(
     rows.push(Row::sample(
         &format!("replay_per_op_{dtype}"),
         format!("replay cost per op, {what}"),
-        Target::AtMost(100.0),
+        Target::AtMost(40.0),
         "ns",
         replay_ns,
     ));
     rows.push(Row::sample(
         &format!("eager_per_op_{dtype}"),
         format!("eager cost per op, {what}"),
-        Target::Print,
+        Target::AtMost(500.0),
         "ns",
         eager_ns,
     ));

@@ -27,6 +27,13 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::graph::program::Program;
 use crate::runtime::{Issue, StreamId};
+
+/// How long a host wait (`synchronize`, reading a tensor) yields before it parks. A parked
+/// host costs 20–50 µs to wake on the 2-core machines we measure (more than a whole 1000-op
+/// replay), and the host has nothing else to run; yielding leaves its core to any runnable
+/// worker. About twice a wake-up, so a wait costs at most about twice the best choice made
+/// in hindsight, and a long wait burns at most this much CPU before it sleeps.
+const HOST_PATIENCE: std::time::Duration = std::time::Duration::from_micros(100);
 use crate::tensor::storage::Buffer;
 
 /// The CPU backend (a process-wide singleton, [`cpu`]).
@@ -193,7 +200,7 @@ impl Backend for Cpu {
     fn host_wait(&self, stream: StreamId, seq: u64) {
         // A stream with no worker has executed nothing and been given nothing.
         if let Some(p) = self.progress(stream) {
-            p.wait_until(seq);
+            p.wait_until_patient(seq, HOST_PATIENCE);
         }
     }
 

@@ -18,7 +18,7 @@
 //! normally. Which values fail therefore depends on the data flow only, never on timing, and
 //! equals what eager execution gives.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -208,6 +208,7 @@ impl CpuReplay {
             inputs: self.inputs,
             outs: self.outs,
             poison,
+            any_poison: AtomicBool::new(false),
             failures: Mutex::default(),
         });
         (job, entries)
@@ -227,6 +228,8 @@ struct Frame {
     /// failure in `failures`. Written by the value's writer before its stream publishes the
     /// progress that orders every reader after it; 4 bytes per value, zeroed by the allocator.
     poison: Vec<AtomicU32>,
+    /// Whether any `poison` cell is set: the replay loop skips reading them until one is.
+    any_poison: AtomicBool,
     failures: Mutex<Vec<Error>>,
 }
 
@@ -243,7 +246,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Frame {
-    /// The failure that poisoned arena value `v` in this replay, if any.
     /// The arena bytes of value `v` (every value an instruction names was checked to have a
     /// view at instantiation).
     #[inline]
@@ -251,6 +253,7 @@ impl Frame {
         self.shared.slots[v]
     }
 
+    /// The failure that poisoned arena value `v` in this replay, if any.
     fn poisoned(&self, v: ValueId) -> Option<Error> {
         match self.poison[v].load(Ordering::Acquire) {
             0 => None,
@@ -263,24 +266,41 @@ impl Frame {
         failures.push(e);
         let i = u32::try_from(failures.len()).unwrap_or(u32::MAX);
         self.poison[v].store(i, Ordering::Release);
+        self.any_poison.store(true, Ordering::Release);
     }
 
-    /// Reads `loc`, or the error that poisoned it in this replay (R3.12).
-    fn view(&self, loc: &Loc) -> std::result::Result<DataRef<'_>, Error> {
+    /// Reads `loc`; `None` if it failed in this replay (R3.12), whose cause
+    /// [`Frame::failure_of`] gives. Arena poison cells are read only once some value of this
+    /// replay failed (`any_poison`): the common replay reads none.
+    #[inline]
+    fn operand(&self, loc: &Loc, any_poison: bool) -> Option<DataRef<'_>> {
         match loc {
-            Loc::Arena(v) => match self.poisoned(*v) {
-                Some(e) => Err(e),
+            Loc::Arena(v) => {
+                if any_poison && self.poison[*v].load(Ordering::Acquire) != 0 {
+                    return None;
+                }
                 // SAFETY: the memory plan lets two values share bytes only if every use of
                 // the first happens-before the write of the second (R4.9), and this entry is
                 // ordered after the value's write by the graph's hb relation (checked at
                 // capture, R4.8), which the workers enforce through the progress counters
                 // (waits block until the bound record is published). So no write to these
                 // bytes runs while we read them. `CpuExec::new` checked the view is in bounds.
-                None => Ok(unsafe { self.shared.arena.view(self.slot_of(*v)) }),
-            },
-            Loc::Out(i) => ready(&self.outs[*i].buffer),
-            Loc::Const(i) => ready(&self.shared.consts[*i]),
+                Some(unsafe { self.shared.arena.view(self.slot_of(*v)) })
+            }
+            Loc::Out(i) => ready(&self.outs[*i].buffer).ok(),
+            Loc::Const(i) => ready(&self.shared.consts[*i]).ok(),
         }
+    }
+
+    /// Why [`Frame::operand`] gave `None` for `loc`.
+    #[cold]
+    fn failure_of(&self, loc: &Loc) -> Error {
+        match loc {
+            Loc::Arena(v) => self.poisoned(*v),
+            Loc::Out(i) => ready(&self.outs[*i].buffer).err(),
+            Loc::Const(i) => ready(&self.shared.consts[*i]).err(),
+        }
+        .unwrap_or_else(|| internal("an operand failed without a recorded cause"))
     }
 
     /// Marks the value written at `dst` as failed with `e`; only values that read it (directly
@@ -325,13 +345,16 @@ impl Frame {
     }
 
     fn run_op(&self, op: &Op, inputs: &[Loc], dst: &Loc, ctx: &SegmentCtx<'_>) {
+        // Written before the progress publish that orders this entry after the failed
+        // writer (or earlier on this stream), so a relaxed load sees it (as the poison cells).
+        let any_poison = self.any_poison.load(Ordering::Relaxed);
         let mut views = [None; MAX_OPERANDS];
         for (slot, loc) in views.iter_mut().zip(inputs) {
-            match self.view(loc) {
-                Ok(v) => *slot = Some(v),
+            match self.operand(loc, any_poison) {
+                Some(v) => *slot = Some(v),
                 // A poisoned input poisons the output with the same cause, unreported: the
                 // failure itself was reported once where it happened.
-                Err(e) => return self.poison(dst, e, ctx),
+                None => return self.poison(dst, self.failure_of(loc), ctx),
             }
         }
         let Some(views) = OperandViews::new(views) else {

@@ -11,6 +11,9 @@
 //! # Strategy: spin, then park (style §7)
 //! 1. Fast path: one acquire load; if the position is reached, no lock is touched.
 //! 2. Spin with [`Backoff`]: doubling pause hints, then a few yields.
+//!    The host ([`Progress::wait_until_patient`]: `synchronize`, reading a tensor) then keeps
+//!    yielding for a fixed patience (100 µs) before it parks: waking a parked host costs
+//!    20–50 µs here, more than a whole 1000-op replay, and the host has nothing else to run.
 //! 3. Park: under `lock`, register in `sleepers`, re-check `done`, and `Condvar::wait` in a
 //!    loop (wake-ups may be spurious).
 //! 4. The publisher stores `done`, then pays for a wake-up only if `sleepers != 0` and the new
@@ -99,6 +102,28 @@ impl Progress {
         self.wait_until_cold(k);
     }
 
+    /// As [`Progress::wait_until`], for the host: it yields for up to `patience` before
+    /// parking, because it has nothing else to run.
+    pub(crate) fn wait_until_patient(&self, k: u64, patience: std::time::Duration) {
+        if self.done() >= k {
+            return;
+        }
+        let mut backoff = Backoff::default();
+        while backoff.snooze() {
+            if self.done() >= k {
+                return;
+            }
+        }
+        let start = std::time::Instant::now();
+        while start.elapsed() < patience {
+            super::sync::yield_now();
+            if self.done() >= k {
+                return;
+            }
+        }
+        self.wait_until_cold(k);
+    }
+
     #[cold]
     fn wait_until_cold(&self, k: u64) {
         let mut backoff = Backoff::default();
@@ -134,6 +159,31 @@ mod tests {
         p.wait_until(2);
         p.wait_until(3);
         assert_eq!(p.done(), 3);
+    }
+
+    /// The host's patient wait still parks once its patience is spent, and is woken like any
+    /// other waiter (a lost wake-up would hang this test).
+    #[test]
+    fn a_patient_waiter_parks_after_its_patience_and_is_woken() {
+        let p = Arc::new(Progress::default());
+        p.publish(1);
+        p.wait_until_patient(1, Duration::from_secs(3600)); // reached: returns at once
+        let waiter = {
+            let p = p.clone();
+            std::thread::spawn(move || p.wait_until_patient(2, Duration::from_millis(1)))
+        };
+        // Well past the patience and the spin budget: the waiter is registered as a sleeper.
+        let start = std::time::Instant::now();
+        while p.sleepers.load(Ordering::SeqCst) == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the waiter never parked"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        p.publish(2);
+        waiter.join().unwrap();
+        assert_eq!(p.done(), 2);
     }
 
     #[test]
