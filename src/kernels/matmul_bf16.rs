@@ -31,8 +31,9 @@
 //! the general path, so subnormals are never flushed.
 //!
 //! # Tiling
-//! `A` is packed once per product into `MR`-row tiles of `k`-pairs (`[tile][pair][MR]` u32,
-//! each u32 the two bf16 of one row). A work unit is a block of at most [`PANELS_PER_UNIT`]
+//! `A` is packed once per product, in parallel, into `MR`-row tiles of `k`-pairs
+//! (`[tile][pair][MR]` u32, each u32 the two bf16 of one row) in a buffer the calling thread
+//! keeps, and the guard's exponent of `A` is found in the same pass. A work unit is a block of at most [`PANELS_PER_UNIT`]
 //! panels of `NR` output columns of a batch (and, where that makes fewer than
 //! [`UNITS_PER_THREAD`] per thread, a chunk of row tiles); blocks and chunks are cut evenly, so
 //! units differ by at most one panel or tile. A unit packs its columns of `B`, [`KC`] pairs at a
@@ -51,7 +52,7 @@ use rayon::prelude::*;
 
 use super::bf16::f32_to_bf16;
 use super::kind::MatmulDims;
-use super::matmul::{gemm_pool, with_scratch};
+use super::matmul::{SCRATCH_KEEP_BYTES, gemm_pool, with_scratch};
 
 /// Rows of a register tile.
 const MR: usize = 8;
@@ -96,12 +97,6 @@ fn exponent_key(bits: u16) -> u16 {
     }
 }
 
-/// The smallest [`exponent_key`] of `xs` (`255` when empty).
-fn min_exponent_key(xs: &[bf16]) -> u16 {
-    xs.iter()
-        .fold(0xff, |m, x| m.min(exponent_key(x.to_bits())))
-}
-
 /// Whether products of elements with smallest exponent keys `ea` and `eb` keep every partial
 /// sum normal or zero (module docs).
 fn fits(ea: u16, eb: u16) -> bool {
@@ -122,11 +117,7 @@ pub(crate) fn matmul_bf16_dot(
     if !available() || dims.n < MIN_N || dims.m == 0 || dims.k == 0 {
         return false;
     }
-    let ea = min_exponent_key(a);
-    if !fits(ea, 0xff) {
-        return false;
-    }
-    run(a, b, out, dims, threads, ea)
+    run(a, b, out, dims, threads)
 }
 
 /// The shape of one product and where a unit's pieces come from.
@@ -179,14 +170,7 @@ fn even(total: usize, parts: usize, i: usize) -> Range<usize> {
     i * total / parts..(i + 1) * total / parts
 }
 
-fn run(
-    a: &[bf16],
-    b: &[bf16],
-    out: &mut [bf16],
-    dims: MatmulDims,
-    threads: usize,
-    ea: u16,
-) -> bool {
+fn run(a: &[bf16], b: &[bf16], out: &mut [bf16], dims: MatmulDims, threads: usize) -> bool {
     let MatmulDims { batch, m, k, n, .. } = dims;
     let pairs = k.div_ceil(2);
     let tiles = m.div_ceil(MR);
@@ -202,50 +186,107 @@ fn run(
     } else {
         1
     };
-    let plan = Plan {
+    let mut plan = Plan {
         dims,
         pairs,
         tiles,
         panels,
         col_blocks,
         row_chunks,
-        ea,
+        ea: 0,
     };
-
-    // `A` packed: [batch][tile][pair][MR] u32, zero past `m` rows and `k` columns.
     let tile_len = pairs * MR;
-    let mut packed_a = vec![0u32; batch * tiles * tile_len];
-    let pack_a = |(t, dst): (usize, &mut [u32])| {
-        let (bt, tile) = (t / tiles, t % tiles);
-        for r in 0..MR.min(m - tile * MR) {
-            let row = &a[(bt * m + tile * MR + r) * k..][..k];
-            for (p, pair) in row.chunks(2).enumerate() {
-                let lo = u32::from(pair[0].to_bits());
-                let hi = pair.get(1).map_or(0, |x| u32::from(x.to_bits()));
-                dst[p * MR + r] = lo | hi << 16;
-            }
-        }
-    };
+    let pack_a = |(t, dst): (usize, &mut [u32])| pack_a_tile(a, m, k, t / tiles, t % tiles, dst);
+    with_packed_a(batch * tiles * tile_len, |packed_a| {
+        run_packed(&mut plan, b, out, threads, packed_a, pack_a)
+    })
+}
 
-    let failed = AtomicBool::new(false);
+/// Runs `f` on `len` u32 for packed `A`: this thread's kept buffer up to
+/// [`SCRATCH_KEEP_BYTES`] (every element is written by [`pack_a_tile`] before it is read), else
+/// a one-off buffer.
+fn with_packed_a(len: usize, f: impl FnOnce(&mut [u32]) -> bool) -> bool {
+    if len > SCRATCH_KEEP_BYTES / size_of::<u32>() {
+        return f(&mut vec![0; len]);
+    }
+    PACKED_A.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0; len]),
+    })
+}
+
+/// Packs row tile `tile` of batch `bt` of `A` into `dst` (`[pair][MR]` u32, each u32 the bf16 of
+/// columns `2p` (low half) and `2p + 1` (high half), zero past `m` rows and `k` columns), and
+/// returns the smallest [`exponent_key`] of the tile's elements.
+fn pack_a_tile(a: &[bf16], m: usize, k: usize, bt: usize, tile: usize, dst: &mut [u32]) -> u16 {
+    let live = MR.min(m - tile * MR);
+    let mut min_key = 0xff;
+    for r in 0..MR {
+        let row = if r < live {
+            &a[(bt * m + tile * MR + r) * k..][..k]
+        } else {
+            &[]
+        };
+        // A separate pass over the contiguous row, so that it vectorises.
+        min_key = row
+            .iter()
+            .fold(min_key, |acc, x| acc.min(exponent_key(x.to_bits())));
+        let (pairs, odd) = row.as_chunks::<2>();
+        let mut slots = dst.chunks_exact_mut(MR).map(|d| &mut d[r]);
+        for ([lo, hi], d) in pairs.iter().zip(&mut slots) {
+            *d = u32::from(lo.to_bits()) | u32::from(hi.to_bits()) << 16;
+        }
+        // The last column of an odd `k`, then zeros (rows past `m`, and nothing else).
+        let mut rest = odd.iter().map(|lo| u32::from(lo.to_bits()));
+        for d in slots {
+            *d = rest.next().unwrap_or(0);
+        }
+    }
+    min_key
+}
+
+/// [`run`] once `A`'s buffer is there: packs `A` (finding the guard's exponent on the way),
+/// then computes the units.
+fn run_packed(
+    plan: &mut Plan,
+    b: &[bf16],
+    out: &mut [bf16],
+    threads: usize,
+    packed_a: &mut [u32],
+    pack_a: impl Fn((usize, &mut [u32])) -> u16 + Send + Sync,
+) -> bool {
+    let tile_len = plan.pairs * MR;
+    let MatmulDims { batch, m, k, n, .. } = plan.dims;
+    let parallel = threads > 1 && batch * m * k * n >= PARALLEL_MIN_MACS;
     let units = plan.units();
     // Each unit's output pieces (row `i` of the unit, its columns), behind an uncontended
     // lock so whichever thread claims the unit can write them.
     let mut pieces: Vec<Vec<&mut [bf16]>> = (0..units).map(|_| Vec::new()).collect();
     for (r, mut row) in out.chunks_mut(n).enumerate() {
-        for jb in 0..col_blocks {
+        for jb in 0..plan.col_blocks {
             let (piece, rest) = row.split_at_mut(plan.columns(jb).len());
             pieces[plan.unit_of(r, jb)].push(piece);
             row = rest;
         }
     }
-    let pool = gemm_pool().filter(|_| parallel);
-    match pool {
+    match gemm_pool().filter(|_| parallel) {
         Some(pool) => pool.install(|| {
-            packed_a
+            plan.ea = packed_a
                 .par_chunks_mut(tile_len)
                 .enumerate()
-                .for_each(pack_a);
+                .map(&pack_a)
+                .min()
+                .unwrap_or(0xff);
+            if !fits(plan.ea, 0xff) {
+                return false;
+            }
+            let plan = &*plan;
+            let failed = AtomicBool::new(false);
             let pieces: Vec<Mutex<Vec<&mut [bf16]>>> = pieces.into_iter().map(Mutex::new).collect();
             let next = AtomicUsize::new(0);
             (0..threads.min(units)).into_par_iter().for_each(|_| {
@@ -256,22 +297,29 @@ fn run(
                         break;
                     }
                     let mut rows = cell.lock().unwrap_or_else(|e| e.into_inner());
-                    if !unit(&plan, u, &packed_a, b, &mut rows) {
+                    if !unit(plan, u, packed_a, b, &mut rows) {
                         failed.store(true, Ordering::Relaxed);
                     }
                 }
             });
+            !failed.load(Ordering::Relaxed)
         }),
         None => {
-            packed_a.chunks_mut(tile_len).enumerate().for_each(pack_a);
-            for (u, mut rows) in pieces.into_iter().enumerate() {
-                if !unit(&plan, u, &packed_a, b, &mut rows) {
-                    return false;
-                }
+            plan.ea = packed_a
+                .chunks_mut(tile_len)
+                .enumerate()
+                .map(&pack_a)
+                .min()
+                .unwrap_or(0xff);
+            if !fits(plan.ea, 0xff) {
+                return false;
             }
+            pieces
+                .into_iter()
+                .enumerate()
+                .all(|(u, mut rows)| unit(plan, u, packed_a, b, &mut rows))
         }
     }
-    !failed.load(Ordering::Relaxed)
 }
 
 /// Runs `f` on this thread's buffer for packed `B` (a fresh one if re-entered).
@@ -283,6 +331,9 @@ fn with_packed_b(f: impl FnOnce(&mut Vec<u32>)) {
 }
 
 thread_local! {
+    /// The calling thread's packed `A` (up to [`SCRATCH_KEEP_BYTES`]), kept so replays
+    /// allocate nothing and touch no fresh pages.
+    static PACKED_A: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
     /// A unit's packed columns of `B` (`KC × 2 NR` u32, 192 KiB at most), kept per thread so
     /// replays allocate nothing.
     static PACKED_B: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };

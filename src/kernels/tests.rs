@@ -1338,3 +1338,34 @@ fn add_dtype_timing() {
     time::<f16>(DType::F16);
     time::<bf16>(DType::BF16);
 }
+
+/// One 1000³ bf16 product on one and on two threads, the median and fastest of 21 (ms): `cargo test --release --lib bf16_single_thread_timing -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints timings"]
+fn bf16_gemm_timing() {
+    let d = MatmulDims {
+        batch: 1,
+        m: 1000,
+        k: 1000,
+        n: 1000,
+        rhs_batched: false,
+    };
+    let a: Vec<bf16> = typed(&values(1_000_000, 1, 1.0, DType::BF16));
+    let b: Vec<bf16> = typed(&values(1_000_000, 2, 1.0, DType::BF16));
+    let mut o = vec![bf16::ZERO; 1_000_000];
+    for threads in [1, 2] {
+        matmul::<bf16>(&a, &b, &mut o, d, threads);
+        let mut v: Vec<f64> = (0..21)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                matmul::<bf16>(&a, &b, &mut o, d, threads);
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        println!(
+            "1000^3 bf16, {threads} thread(s): median {:.3} ms, min {:.3} ms",
+            v[10], v[0]
+        );
+    }
+}
