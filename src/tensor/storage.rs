@@ -303,18 +303,6 @@ impl DataMut<'_> {
             DataMut::I32(v) => v.len(),
         }
     }
-
-    /// Copies `src` (same dtype and length) into this view; `false` if they do not match.
-    pub(crate) fn copy_from(&mut self, src: DataRef<'_>) -> bool {
-        match (self, src) {
-            (DataMut::F32(d), DataRef::F32(s)) if d.len() == s.len() => d.copy_from_slice(s),
-            (DataMut::F16(d), DataRef::F16(s)) if d.len() == s.len() => d.copy_from_slice(s),
-            (DataMut::BF16(d), DataRef::BF16(s)) if d.len() == s.len() => d.copy_from_slice(s),
-            (DataMut::I32(d), DataRef::I32(s)) if d.len() == s.len() => d.copy_from_slice(s),
-            _ => return false,
-        }
-        true
-    }
 }
 
 /// The write-once home of one tensor's elements.
