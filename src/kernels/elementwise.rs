@@ -8,9 +8,42 @@
 //! [`SMALL`]-sized buffers instead, so a tiny op does not pay for zeroing 4 KiB of stack per
 //! buffer (that memset once dominated a 16-element f16 op).
 
+use rayon::prelude::*;
+
 use super::kind::{BinaryOp, CHUNK, UnaryOp};
+use super::matmul::gemm_pool;
 use super::{f16c, scalar};
 use crate::dtype::Element;
+
+/// Elements per thread below which an elementwise op is not split: handing pieces to the
+/// kernels' pool costs a few microseconds, about what 128K elements take on one core.
+pub(crate) const PARALLEL_MIN_ELEMENTS: usize = 1 << 17;
+
+/// Runs `f(start, piece)` over consecutive pieces of `out` (`start` is the piece's first
+/// index) on up to `threads` threads of the kernels' pool, or once over all of `out`, on the
+/// calling thread, when it is too small to split or the pool is busy (a product on another
+/// stream: queueing behind it would cost far more than the split saves). Every element is
+/// computed by the same per-element formula whichever piece it falls in, so the bits never
+/// depend on `threads` or on the pool (R6.4).
+pub(crate) fn in_pieces<T: Send>(
+    out: &mut [T],
+    threads: usize,
+    f: impl Fn(usize, &mut [T]) + Send + Sync,
+) {
+    let pieces = threads.min(out.len() / PARALLEL_MIN_ELEMENTS);
+    match gemm_pool().filter(|pool| pieces > 1 && !pool.is_busy()) {
+        Some(pool) => {
+            // Whole cache lines per piece (64 elements cover one at any dtype).
+            let len = out.len().div_ceil(pieces).next_multiple_of(64);
+            pool.install(|| {
+                out.par_chunks_mut(len)
+                    .enumerate()
+                    .for_each(|(i, piece)| f(i * len, piece));
+            });
+        }
+        None => f(0, out),
+    }
+}
 
 /// Buffer size for tiny tensors (see the module docs).
 const SMALL: usize = 64;

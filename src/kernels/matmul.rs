@@ -20,6 +20,7 @@
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use gemm::Parallelism;
 
@@ -142,8 +143,8 @@ pub(crate) fn kept_scratch_bytes() -> usize {
 /// at the same time, each blocking until its own product is done, and a pool thread waiting in
 /// a join that steals another worker's product only delays its own, it cannot deadlock. No user
 /// code, host read or stream wait ever runs on these threads.
-pub(super) fn gemm_pool() -> Option<&'static rayon::ThreadPool> {
-    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+pub(super) fn gemm_pool() -> Option<&'static KernelPool> {
+    static POOL: OnceLock<Option<KernelPool>> = OnceLock::new();
     POOL.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         rayon::ThreadPoolBuilder::new()
@@ -151,8 +152,40 @@ pub(super) fn gemm_pool() -> Option<&'static rayon::ThreadPool> {
             .thread_name(|i| format!("tagstream-gemm-{i}"))
             .build()
             .ok()
+            .map(|pool| KernelPool {
+                pool,
+                running: AtomicUsize::new(0),
+            })
     })
     .as_ref()
+}
+
+/// The kernels' rayon pool and how many kernels are running in it.
+pub(super) struct KernelPool {
+    pool: rayon::ThreadPool,
+    running: AtomicUsize,
+}
+
+impl KernelPool {
+    /// Runs `f` in the pool (see [`rayon::ThreadPool::install`]), counted as running.
+    pub(super) fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        /// Uncounts on return and on unwind (a kernel panic is caught further up).
+        struct Running<'a>(&'a AtomicUsize);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.running.fetch_add(1, Ordering::Relaxed);
+        let _running = Running(&self.running);
+        self.pool.install(f)
+    }
+
+    /// Whether some kernel runs in the pool now (a racy hint: speed only, never bits). A short
+    /// kernel that could split asks this so that it does not queue behind a long product.
+    pub(super) fn is_busy(&self) -> bool {
+        self.running.load(Ordering::Relaxed) != 0
+    }
 }
 
 fn batched_f32(a: &[f32], b: &[f32], out: &mut [f32], dims: MatmulDims, threads: usize) {

@@ -1369,3 +1369,55 @@ fn bf16_gemm_timing() {
         );
     }
 }
+
+/// Elementwise ops split across the pool keep every element's bits, whatever the thread count,
+/// for pieces that end mid-vector (R6.4); each piece sees the same slice offsets as the output.
+#[test]
+fn elementwise_pieces_keep_their_bits_across_threads_r6_4() {
+    fn check<T: Element>(dtype: DType) {
+        let n = 3 * PARALLEL_MIN_ELEMENTS + 37;
+        let a: Vec<T> = typed(&values(n, 41, 3.0, dtype));
+        let b: Vec<T> = typed(&values(n, 42, 3.0, dtype));
+        let run = |threads: usize| {
+            let mut sum = vec![T::default(); n];
+            in_pieces(&mut sum, threads, |at, o| {
+                binary(BinaryOp::Div, &a[at..][..o.len()], &b[at..][..o.len()], o);
+            });
+            let mut act = vec![T::default(); n];
+            in_pieces(&mut act, threads, |at, o| {
+                unary(UnaryOp::Silu, &a[at..][..o.len()], o);
+            });
+            let mut scaled = vec![T::default(); n];
+            in_pieces(&mut scaled, threads, |at, o| {
+                binary_scalar(BinaryOp::Mul, &a[at..][..o.len()], 0.3, o);
+            });
+            (sum, act, scaled)
+        };
+        let one = run(1);
+        for threads in [2, 3, 4] {
+            let got = run(threads);
+            for (g, w, what) in [
+                (got.0, &one.0, "div"),
+                (got.1, &one.1, "silu"),
+                (got.2, &one.2, "mul"),
+            ] {
+                assert_bits(
+                    &to_f32(&g),
+                    &to_f32(w),
+                    &format!("{dtype} {what}, {threads} threads"),
+                );
+            }
+        }
+        // And the split equals the unsplit kernel.
+        let mut whole = vec![T::default(); n];
+        binary(BinaryOp::Div, &a, &b, &mut whole);
+        assert_bits(
+            &to_f32(&whole),
+            &to_f32(&one.0),
+            &format!("{dtype}: split vs whole"),
+        );
+    }
+    check::<f32>(DType::F32);
+    check::<f16>(DType::F16);
+    check::<bf16>(DType::BF16);
+}

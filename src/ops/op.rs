@@ -109,10 +109,16 @@ impl Op {
         self.kind.name()
     }
 
-    /// Whether the kernel can use several threads (only matmul does), so callers ask the core
-    /// split only then.
+    /// Whether the kernel can use several threads (matmul, and elementwise ops and dtype
+    /// conversions large enough to split), so callers ask the core split only then.
     pub(crate) fn is_multithreaded(&self) -> bool {
-        matches!(self.kind, OpKind::Matmul(_))
+        match self.kind {
+            OpKind::Matmul(_) => true,
+            OpKind::Binary(_) | OpKind::Scalar { .. } | OpKind::Unary(_) | OpKind::ToDType(_) => {
+                self.out_len() >= 2 * crate::kernels::PARALLEL_MIN_ELEMENTS
+            }
+            _ => false,
+        }
     }
 
     /// Number of output elements.

@@ -211,7 +211,11 @@ pub(crate) fn execute_into(
     let mut out = out;
     match (op.kind, inputs) {
         (OpKind::Binary(kind), [a, b]) => {
-            typed2!(*a, *b, &mut out, |a, b, o| kernels::binary(kind, a, b, o))
+            typed2!(*a, *b, &mut out, |a, b, o| kernels::in_pieces(
+                o,
+                threads,
+                |at, o| kernels::binary(kind, &a[at..][..o.len()], &b[at..][..o.len()], o)
+            ))
         }
         (OpKind::Broadcast { op: kind, mask }, [a, b]) => {
             typed2!(*a, *b, &mut out, |a, b, o| kernels::binary_broadcast(
@@ -224,12 +228,18 @@ pub(crate) fn execute_into(
             ))
         }
         (OpKind::Scalar { op: kind, value }, [a]) => {
-            typed1!(*a, &mut out, |a, o| kernels::binary_scalar(
-                kind, a, value, o
+            typed1!(*a, &mut out, |a, o| kernels::in_pieces(
+                o,
+                threads,
+                |at, o| { kernels::binary_scalar(kind, &a[at..][..o.len()], value, o) }
             ))
         }
         (OpKind::Reduce(dims), [a]) => typed1!(*a, &mut out, |a, o| kernels::reduce(a, o, dims)),
-        (OpKind::Unary(kind), [a]) => typed1!(*a, &mut out, |a, o| kernels::unary(kind, a, o)),
+        (OpKind::Unary(kind), [a]) => typed1!(*a, &mut out, |a, o| kernels::in_pieces(
+            o,
+            threads,
+            |at, o| kernels::unary(kind, &a[at..][..o.len()], o)
+        )),
         (OpKind::Softmax, [a]) => {
             let n = op.out_shape.last().copied().unwrap_or(0);
             typed1!(*a, &mut out, |a, o| kernels::softmax(a, o, n))
@@ -245,7 +255,7 @@ pub(crate) fn execute_into(
                 a, b, o, dims, threads
             ))
         }
-        (OpKind::ToDType(_), [a]) => convert(*a, out)?,
+        (OpKind::ToDType(_), [a]) => convert(*a, out, threads)?,
         (OpKind::TopkIndices { n, k }, [a]) => {
             let DataMut::I32(o) = &mut out else {
                 return Err(format!("topk: an output of dtype {}", out.dtype()));
@@ -311,20 +321,25 @@ pub(crate) fn execute_into(
     Ok(())
 }
 
-fn convert(a: DataRef<'_>, out: DataMut<'_>) -> Result<(), String> {
-    fn go<S: Element>(a: &[S], out: DataMut<'_>) -> Result<(), String> {
+fn convert(a: DataRef<'_>, out: DataMut<'_>, threads: usize) -> Result<(), String> {
+    fn go<S: Element>(a: &[S], out: DataMut<'_>, threads: usize) -> Result<(), String> {
+        fn pieces<S: Element, D: Element>(a: &[S], o: &mut [D], threads: usize) {
+            kernels::in_pieces(o, threads, |at, o| {
+                kernels::convert(&a[at..][..o.len()], o);
+            });
+        }
         match out {
-            DataMut::F32(o) => kernels::convert(a, o),
-            DataMut::F16(o) => kernels::convert(a, o),
-            DataMut::BF16(o) => kernels::convert(a, o),
+            DataMut::F32(o) => pieces(a, o, threads),
+            DataMut::F16(o) => pieces(a, o, threads),
+            DataMut::BF16(o) => pieces(a, o, threads),
             DataMut::I32(_) => return Err("to_dtype: an I32 output passed validation".into()),
         }
         Ok(())
     }
     match a {
-        DataRef::F32(a) => go(a, out),
-        DataRef::F16(a) => go(a, out),
-        DataRef::BF16(a) => go(a, out),
+        DataRef::F32(a) => go(a, out, threads),
+        DataRef::F16(a) => go(a, out, threads),
+        DataRef::BF16(a) => go(a, out, threads),
         DataRef::I32(_) => Err("to_dtype: an I32 operand passed validation".into()),
     }
 }
