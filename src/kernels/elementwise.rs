@@ -31,7 +31,12 @@ pub(crate) fn in_pieces<T: Send>(
     f: impl Fn(usize, &mut [T]) + Send + Sync,
 ) {
     let pieces = threads.min(out.len() / PARALLEL_MIN_ELEMENTS);
-    match gemm_pool().filter(|pool| pieces > 1 && !pool.is_busy()) {
+    // `pieces` first: a tiny op never touches the pool.
+    match (pieces > 1)
+        .then(gemm_pool)
+        .flatten()
+        .filter(|pool| !pool.is_busy())
+    {
         Some(pool) => {
             // Whole cache lines per piece (64 elements cover one at any dtype).
             let len = out.len().div_ceil(pieces).next_multiple_of(64);

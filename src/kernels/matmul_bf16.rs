@@ -637,4 +637,32 @@ mod tests {
         assert!(!fits(71, 70));
         assert!(!fits(0, 0xff));
     }
+
+    /// The register tile alone on L1-resident operands: its instruction rate, to compare with
+    /// a whole product's. `cargo test --release --lib tile_peak_timing -- --ignored --nocapture`
+    #[test]
+    #[ignore = "prints timings"]
+    fn tile_peak_timing() {
+        if !available() {
+            return;
+        }
+        let pairs = 64;
+        let a = vec![0x3f80_3f80u32; pairs * MR];
+        let b = vec![0x3f80_3f80u32; pairs * NR];
+        let mut acc = [0f32; MR * NR];
+        let reps = 200_000;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            // SAFETY: `available()` said the CPU has AVX-512 F and BF16; sizes as asserted.
+            unsafe { tile(pairs, &a, &b, &mut acc) };
+            std::hint::black_box(&mut acc);
+        }
+        let ns = t.elapsed().as_secs_f64() * 1e9;
+        let instrs = (reps * pairs * MR * NV) as f64;
+        println!(
+            "tile: {:.2} vdpbf16ps per ns ({instrs:.0} in {:.1} ms)",
+            instrs / ns,
+            ns / 1e6
+        );
+    }
 }
