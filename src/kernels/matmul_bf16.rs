@@ -31,9 +31,12 @@
 //! the general path, so subnormals are never flushed.
 //!
 //! # Tiling
-//! `A` is packed once per product, in parallel, into `MR`-row tiles of `k`-pairs
-//! (`[tile][pair][MR]` u32, each u32 the two bf16 of one row) in a buffer the calling thread
-//! keeps, and the guard's exponent of `A` is found in the same pass. A work unit is a block of at most [`PANELS_PER_UNIT`]
+//! With `k` even, `A` is not packed: the pair `p` the register tile broadcasts for row `r` is
+//! the 4 bytes of that row at column `2p`, so it reads the rows in place ([`TileA`]) and `A`
+//! is only scanned for the guard's exponent (packing it was 7% of a 1000³ product). With `k`
+//! odd, `A` is packed once per product, in parallel, into `MR`-row tiles of `k`-pairs
+//! (`[tile][pair][MR]` u32, each u32 the two bf16 of one row, the missing last one zero) in a
+//! buffer the calling thread keeps, finding the guard's exponent in the same pass. A work unit is a block of at most [`PANELS_PER_UNIT`]
 //! panels of `NR` output columns of a batch (and, where that makes fewer than
 //! [`UNITS_PER_THREAD`] per thread, a chunk of row tiles); blocks and chunks are cut evenly, so
 //! units differ by at most one panel or tile. A unit packs its columns of `B`, [`KC`] pairs at a
@@ -195,10 +198,14 @@ fn run(a: &[bf16], b: &[bf16], out: &mut [bf16], dims: MatmulDims, threads: usiz
         row_chunks,
         ea: 0,
     };
+    if k.is_multiple_of(2) {
+        // Pair `p` of a row of `A` is its 4 bytes at column `2p`: the register tile reads the
+        // rows in place, and `A` is only scanned for the guard.
+        return run_units(&mut plan, a, None, b, out, threads);
+    }
     let tile_len = pairs * MR;
-    let pack_a = |(t, dst): (usize, &mut [u32])| pack_a_tile(a, m, k, t / tiles, t % tiles, dst);
     with_packed_a(batch * tiles * tile_len, |packed_a| {
-        run_packed(&mut plan, b, out, threads, packed_a, pack_a)
+        run_units(&mut plan, a, Some(packed_a), b, out, threads)
     })
 }
 
@@ -250,17 +257,47 @@ fn pack_a_tile(a: &[bf16], m: usize, k: usize, bt: usize, tile: usize, dst: &mut
     min_key
 }
 
-/// [`run`] once `A`'s buffer is there: packs `A` (finding the guard's exponent on the way),
-/// then computes the units.
-fn run_packed(
+/// Where the register tiles read `A` from.
+#[derive(Clone, Copy)]
+enum ASource<'a> {
+    /// `A` itself, row-major (`k` even: a pair is two neighbouring elements of a row).
+    Rows(&'a [bf16]),
+    /// `A` packed by [`pack_a_tile`] (`k` odd: the last pair needs a zero high half).
+    Packed(&'a [u32]),
+}
+
+/// The guard's exponent of `A`: packs it into `packed` on the way when given, else scans it.
+fn prepare_a(plan: &Plan, a: &[bf16], packed: Option<&mut [u32]>, parallel: bool) -> u16 {
+    let MatmulDims { m, k, .. } = plan.dims;
+    let tiles = plan.tiles;
+    let pack = |(t, dst): (usize, &mut [u32])| pack_a_tile(a, m, k, t / tiles, t % tiles, dst);
+    let scan = |xs: &[bf16]| {
+        xs.iter()
+            .fold(0xff, |acc, x| acc.min(exponent_key(x.to_bits())))
+    };
+    let tile_len = plan.pairs * MR;
+    let min = match (packed, parallel) {
+        (Some(buf), true) => buf.par_chunks_mut(tile_len).enumerate().map(pack).min(),
+        (Some(buf), false) => buf.chunks_mut(tile_len).enumerate().map(pack).min(),
+        (None, true) => a.par_chunks(SCAN_CHUNK).map(scan).min(),
+        (None, false) => Some(scan(a)),
+    };
+    min.unwrap_or(0xff)
+}
+
+/// Elements of `A` per parallel piece of the guard's scan.
+const SCAN_CHUNK: usize = 1 << 16;
+
+/// [`run`] once the plan is made: prepares `A` (finding the guard's exponent), then computes
+/// the units, claimed one at a time by the threads.
+fn run_units(
     plan: &mut Plan,
+    a: &[bf16],
+    mut packed: Option<&mut [u32]>,
     b: &[bf16],
     out: &mut [bf16],
     threads: usize,
-    packed_a: &mut [u32],
-    pack_a: impl Fn((usize, &mut [u32])) -> u16 + Send + Sync,
 ) -> bool {
-    let tile_len = plan.pairs * MR;
     let MatmulDims { batch, m, k, n, .. } = plan.dims;
     let parallel = threads > 1 && batch * m * k * n >= PARALLEL_MIN_MACS;
     let units = plan.units();
@@ -274,51 +311,44 @@ fn run_packed(
             row = rest;
         }
     }
-    match gemm_pool().filter(|_| parallel) {
-        Some(pool) => pool.install(|| {
-            plan.ea = packed_a
-                .par_chunks_mut(tile_len)
-                .enumerate()
-                .map(&pack_a)
-                .min()
-                .unwrap_or(0xff);
-            if !fits(plan.ea, 0xff) {
-                return false;
-            }
-            let plan = &*plan;
-            let failed = AtomicBool::new(false);
-            let pieces: Vec<Mutex<Vec<&mut [bf16]>>> = pieces.into_iter().map(Mutex::new).collect();
-            let next = AtomicUsize::new(0);
-            (0..threads.min(units)).into_par_iter().for_each(|_| {
-                loop {
-                    let u = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(cell) = pieces.get(u) else { break };
-                    if failed.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let mut rows = cell.lock().unwrap_or_else(|e| e.into_inner());
-                    if !unit(plan, u, packed_a, b, &mut rows) {
-                        failed.store(true, Ordering::Relaxed);
-                    }
-                }
-            });
-            !failed.load(Ordering::Relaxed)
-        }),
-        None => {
-            plan.ea = packed_a
-                .chunks_mut(tile_len)
-                .enumerate()
-                .map(&pack_a)
-                .min()
-                .unwrap_or(0xff);
-            if !fits(plan.ea, 0xff) {
-                return false;
-            }
-            pieces
+    let pool = gemm_pool().filter(|_| parallel);
+    let go = |plan: &mut Plan| -> bool {
+        plan.ea = prepare_a(plan, a, packed.as_deref_mut(), pool.is_some());
+        if !fits(plan.ea, 0xff) {
+            return false;
+        }
+        let plan = &*plan;
+        let src = match packed.as_deref() {
+            Some(p) => ASource::Packed(p),
+            None => ASource::Rows(a),
+        };
+        if pool.is_none() {
+            return pieces
                 .into_iter()
                 .enumerate()
-                .all(|(u, mut rows)| unit(plan, u, packed_a, b, &mut rows))
+                .all(|(u, mut rows)| unit(plan, u, src, b, &mut rows));
         }
+        let failed = AtomicBool::new(false);
+        let pieces: Vec<Mutex<Vec<&mut [bf16]>>> = pieces.into_iter().map(Mutex::new).collect();
+        let next = AtomicUsize::new(0);
+        (0..threads.min(units)).into_par_iter().for_each(|_| {
+            loop {
+                let u = next.fetch_add(1, Ordering::Relaxed);
+                let Some(cell) = pieces.get(u) else { break };
+                if failed.load(Ordering::Relaxed) {
+                    break;
+                }
+                let mut rows = cell.lock().unwrap_or_else(|e| e.into_inner());
+                if !unit(plan, u, src, b, &mut rows) {
+                    failed.store(true, Ordering::Relaxed);
+                }
+            }
+        });
+        !failed.load(Ordering::Relaxed)
+    };
+    match pool {
+        Some(pool) => pool.install(|| go(plan)),
+        None => go(plan),
     }
 }
 
@@ -341,7 +371,7 @@ thread_local! {
 
 /// Computes unit `u`: `rows[i]` is its piece of output row `i` (of its row chunk). Returns
 /// `false`, with the unit partly written, when its columns of `B` fail the guard.
-fn unit(plan: &Plan, u: usize, packed_a: &[u32], b: &[bf16], rows: &mut [&mut [bf16]]) -> bool {
+fn unit(plan: &Plan, u: usize, a: ASource<'_>, b: &[bf16], rows: &mut [&mut [bf16]]) -> bool {
     let MatmulDims {
         m,
         k,
@@ -364,7 +394,6 @@ fn unit(plan: &Plan, u: usize, packed_a: &[u32], b: &[bf16], rows: &mut [&mut [b
         "matmul_bf16_dot: unit {u} has {} rows, expected {nrows} of {w} columns",
         rows.len()
     );
-    let a_tiles = &packed_a[bt * plan.tiles * plan.pairs * MR..];
     let blocks = plan.pairs.div_ceil(KC);
     // Accumulators kept between `k` blocks: [tile row][panel column], only when there are
     // several blocks.
@@ -387,8 +416,14 @@ fn unit(plan: &Plan, u: usize, packed_a: &[u32], b: &[bf16], rows: &mut [&mut [b
                 }
                 let (first, last) = (blk == 0, blk + 1 == blocks);
                 for t in t0..t1 {
-                    let tile_a = &a_tiles[(t * plan.pairs + p0) * MR..][..kc * MR];
                     let live = MR.min(m - t * MR);
+                    let tile_a = match a {
+                        ASource::Packed(p) => {
+                            let at = ((bt * plan.tiles + t) * plan.pairs + p0) * MR;
+                            TileA::packed(&p[at..][..kc * MR])
+                        }
+                        ASource::Rows(a) => TileA::rows(a, bt * m + t * MR, live, k, p0, kc),
+                    };
                     let r0 = t * MR - row0;
                     for pn in 0..panels {
                         let c0 = pn * NR;
@@ -403,7 +438,7 @@ fn unit(plan: &Plan, u: usize, packed_a: &[u32], b: &[bf16], rows: &mut [&mut [b
                         // SAFETY: `run` is only reached when `available()` said the CPU has
                         // AVX-512 F and BF16; the slices hold `kc` pairs of `MR` rows and of
                         // `NR` columns (checked by `tile`'s assert).
-                        unsafe { tile(kc, tile_a, &buf[pn * kc * NR..][..kc * NR], &mut acc) };
+                        unsafe { tile(kc, &tile_a, &buf[pn * kc * NR..][..kc * NR], &mut acc) };
                         for r in 0..live {
                             let src = &acc[r * NR..r * NR + cols];
                             if last {
@@ -564,17 +599,61 @@ unsafe fn interleave16(
     lanes.into_iter().min().unwrap_or(0xff)
 }
 
-/// The register tile: `acc[r][c] += Σ_p` over `pairs` pairs of row `r` of `a` (`[pair][MR]`
-/// u32) times column `c` of `b` (`[pair][NR]` u32), in order of `p`.
+/// The `A` side of one register tile: for each of its `MR` rows, where pair `p` (two bf16 read
+/// as one u32, the even column in the low half) is: `rows[r] + p * stride` u32, for
+/// `p < pairs`. Built only by its two constructors, which check the memory behind every read.
+struct TileA<'a> {
+    rows: [*const u32; MR],
+    stride: usize,
+    pairs: usize,
+    _borrow: std::marker::PhantomData<&'a [bf16]>,
+}
+
+impl<'a> TileA<'a> {
+    /// A tile packed by [`pack_a_tile`]: `[pair][MR]` u32.
+    fn packed(tile: &'a [u32]) -> TileA<'a> {
+        let pairs = tile.len() / MR;
+        TileA {
+            // `wrapping_add`: in bounds for `r < MR ≤ tile.len()` when the tile is non-empty,
+            // and never read when it is empty.
+            rows: std::array::from_fn(|r| tile.as_ptr().wrapping_add(r)),
+            stride: MR,
+            pairs,
+            _borrow: std::marker::PhantomData,
+        }
+    }
+
+    /// Rows `first .. first + live` of row-major `a` (`k` columns, `k` even), pairs
+    /// `p0 .. p0 + kc`; rows past `live` repeat the last live row (their accumulators are
+    /// computed and never stored).
+    fn rows(a: &'a [bf16], first: usize, live: usize, k: usize, p0: usize, kc: usize) -> TileA<'a> {
+        assert!(
+            k.is_multiple_of(2) && 2 * (p0 + kc) <= k && live >= 1 && (first + live) * k <= a.len(),
+            "matmul_bf16_dot: rows {first}+{live} of A, pairs {p0}+{kc}, do not fit"
+        );
+        TileA {
+            rows: std::array::from_fn(|r| {
+                let row = &a[(first + r.min(live - 1)) * k..][..k];
+                row[2 * p0..].as_ptr().cast::<u32>()
+            }),
+            stride: 1,
+            pairs: kc,
+            _borrow: std::marker::PhantomData,
+        }
+    }
+}
+
+/// The register tile: `acc[r][c] += Σ_p` over `pairs` pairs of row `r` of `a` times column
+/// `c` of `b` (`[pair][NR]` u32), in order of `p`.
 ///
 /// # Safety
 /// The CPU must have AVX-512 F and BF16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn tile(pairs: usize, a: &[u32], b: &[u32], acc: &mut [f32; MR * NR]) {
+unsafe fn tile(pairs: usize, a: &TileA<'_>, b: &[u32], acc: &mut [f32; MR * NR]) {
     use std::arch::x86_64::*;
     assert!(
-        a.len() >= pairs * MR && b.len() >= pairs * NR,
+        a.pairs >= pairs && b.len() >= pairs * NR,
         "matmul_bf16_dot: tile operands shorter than {pairs} pairs"
     );
     // SAFETY: `__m512i` and `__m512bh` are both 64 bytes of plain bits; the instruction reads
@@ -587,7 +666,7 @@ unsafe fn tile(pairs: usize, a: &[u32], b: &[u32], acc: &mut [f32; MR * NR]) {
             *x = unsafe { _mm512_loadu_ps(acc.as_ptr().add(r * NR + v * LANES)) };
         }
     }
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let pb = b.as_ptr();
     for p in 0..pairs {
         // SAFETY: pair `p < pairs` of `b` is `NR` u32 at `p * NR`, inside `b` (asserted).
         let bv = unsafe {
@@ -598,9 +677,13 @@ unsafe fn tile(pairs: usize, a: &[u32], b: &[u32], acc: &mut [f32; MR * NR]) {
                 bh(_mm512_loadu_si512(at.add(2 * LANES).cast())),
             ]
         };
-        for (r, row) in c.iter_mut().enumerate() {
-            // SAFETY: `p * MR + r < pairs * MR ≤ a.len()` (asserted).
-            let x = bh(_mm512_set1_epi32(unsafe { *pa.add(p * MR + r) } as i32));
+        let at = p * a.stride;
+        for (row, &pa) in c.iter_mut().zip(&a.rows) {
+            // SAFETY: `p < pairs ≤ a.pairs`, and `TileA`'s constructors checked that each row
+            // holds `a.pairs` pairs at `stride` (unaligned: two bf16 of a row).
+            let x = bh(_mm512_set1_epi32(
+                unsafe { pa.add(at).read_unaligned() } as i32
+            ));
             for (v, acc) in row.iter_mut().enumerate() {
                 *acc = _mm512_dpbf16_ps(*acc, x, bv[v]);
             }
@@ -616,7 +699,7 @@ unsafe fn tile(pairs: usize, a: &[u32], b: &[u32], acc: &mut [f32; MR * NR]) {
 
 /// Off x86-64 [`available`] is false and this is never reached.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile(_: usize, _: &[u32], _: &[u32], _: &mut [f32; MR * NR]) {
+unsafe fn tile(_: usize, _: &TileA<'_>, _: &[u32], _: &mut [f32; MR * NR]) {
     unreachable!("matmul_bf16_dot: no AVX512-BF16 off x86-64; available() returns false")
 }
 
@@ -654,7 +737,7 @@ mod tests {
         let t = std::time::Instant::now();
         for _ in 0..reps {
             // SAFETY: `available()` said the CPU has AVX-512 F and BF16; sizes as asserted.
-            unsafe { tile(pairs, &a, &b, &mut acc) };
+            unsafe { tile(pairs, &TileA::packed(&a), &b, &mut acc) };
             std::hint::black_box(&mut acc);
         }
         let ns = t.elapsed().as_secs_f64() * 1e9;
