@@ -7,8 +7,10 @@
 //! again for AVX-512 F/BW and AVX2 (`#[target_feature]` copies of the same loop, picked by
 //! [`simd`] once per call) and fused into one pass (widen, operate in f32, round) for the binary
 //! ops, a 1M-element bf16 `add` on one thread went from 0.741 to 0.209 ms on an AMD EPYC
-//! (Zen 4, `add_dtype_timing` in `tests.rs`). Only integer shifts, compares, selects and the
-//! same f32 operation are used, so every path gives the same bits (R6.4: elementwise exact).
+//! (Zen 4, `add_dtype_timing` in `tests.rs`); the AVX-512 binary loop is written with
+//! intrinsics, two bf16 per 32-bit lane and a NaN-free fast path per 32 elements, and takes
+//! 0.088 ms (f16 on F16C: 0.079 ms). Only integer shifts, compares, selects and the same f32
+//! operation are used, so every path gives the same bits (R6.4: elementwise exact).
 //!
 //! Rules (R6.1): widening is exact (`bits << 16`), with a NaN quieted by setting the top
 //! mantissa bit, as `half` does; rounding is to nearest with ties to even on the 16 dropped
@@ -186,12 +188,97 @@ unsafe fn round_avx2(src: &[f32], dst: &mut [bf16]) {
     round(src, dst);
 }
 
+/// 32 elements at a time with explicit AVX-512 integer steps that are [`widen1`] and [`round1`]
+/// lane by lane, the tail through the generic loop. Each 32-bit lane holds two bf16: the even
+/// element (low half) and the odd one (high half) are widened, computed and rounded separately
+/// and merged back in place, so no narrowing store is needed (`vpmovdw` to memory, which the
+/// compiler chose for a 16-lane version, is microcoded on AMD Zen 4: that loop was 2.6× slower
+/// than f16's F16C loop).
+///
 /// # Safety
 /// The CPU must have AVX-512 F and BW.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn binary_avx512(op: BinaryOp, a: &[bf16], b: &[bf16], out: &mut [bf16]) {
-    binary_with(op, a, b, out);
+    use std::arch::x86_64::*;
+    let n = out.len().min(a.len()).min(b.len());
+    let body = n - n % 32;
+    // `widen1` of the bf16 in the low 16 bits of each lane (the high 16 bits zero).
+    let widen = |x: __m512i| {
+        let nan = _mm512_cmpgt_epu32_mask(
+            _mm512_and_si512(x, _mm512_set1_epi32(0x7fff)),
+            _mm512_set1_epi32(0x7f80),
+        );
+        let x = _mm512_mask_or_epi32(x, nan, x, _mm512_set1_epi32(0x40));
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(x))
+    };
+    // `round1`, into the low 16 bits of each lane (the high 16 bits zero).
+    let round = |f: __m512| {
+        let x = _mm512_castps_si512(f);
+        let hi = _mm512_srli_epi32::<16>(x);
+        let up = _mm512_test_epi32_mask(x, _mm512_set1_epi32(0x8000))
+            & _mm512_test_epi32_mask(x, _mm512_set1_epi32(0x1_7fff));
+        let r = _mm512_mask_add_epi32(hi, up, hi, _mm512_set1_epi32(1));
+        let nan = _mm512_cmpgt_epu32_mask(
+            _mm512_and_si512(x, _mm512_set1_epi32(0x7fff_ffff)),
+            _mm512_set1_epi32(0x7f80_0000),
+        );
+        _mm512_mask_or_epi32(r, nan, hi, _mm512_set1_epi32(0x40))
+    };
+    let low = _mm512_set1_epi32(0xffff);
+    let apply = |x: __m512, y: __m512| match op {
+        BinaryOp::Add => _mm512_add_ps(x, y),
+        BinaryOp::Sub => _mm512_sub_ps(x, y),
+        BinaryOp::Mul => _mm512_mul_ps(x, y),
+        BinaryOp::Div => _mm512_div_ps(x, y),
+    };
+    let high = _mm512_set1_epi32(0xffff_0000_u32 as i32);
+    // Round to nearest even of a non-NaN f32's top 16 bits: add 0x7fff plus the lowest kept
+    // bit and truncate (the carry can only reach the exponent, where it is the right result).
+    let round_number = |f: __m512| {
+        let x = _mm512_castps_si512(f);
+        let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(x), _mm512_set1_epi32(1));
+        _mm512_add_epi32(x, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)))
+    };
+    for i in (0..body).step_by(32) {
+        // SAFETY: `i + 32 ≤ body ≤` every slice's length; unaligned loads and stores.
+        unsafe {
+            let x = _mm512_loadu_si512(a.as_ptr().add(i).cast());
+            let y = _mm512_loadu_si512(b.as_ptr().add(i).cast());
+            // Fast path: without NaNs, widening is a shift or a mask (no quieting) and the
+            // rounding needs no NaN case. A NaN operand always gives a NaN result, so checking
+            // the results covers the operands too.
+            let even = apply(
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(x)),
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(y)),
+            );
+            let odd = apply(
+                _mm512_castsi512_ps(_mm512_and_si512(x, high)),
+                _mm512_castsi512_ps(_mm512_and_si512(y, high)),
+            );
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(even, even)
+                | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(odd, odd);
+            let z = if nan == 0 {
+                _mm512_or_si512(
+                    _mm512_srli_epi32::<16>(round_number(even)),
+                    _mm512_and_si512(round_number(odd), high),
+                )
+            } else {
+                // Exactly `widen1` and `round1`, NaN quieting included.
+                let even = apply(
+                    widen(_mm512_and_si512(x, low)),
+                    widen(_mm512_and_si512(y, low)),
+                );
+                let odd = apply(
+                    widen(_mm512_srli_epi32::<16>(x)),
+                    widen(_mm512_srli_epi32::<16>(y)),
+                );
+                _mm512_or_si512(round(even), _mm512_slli_epi32::<16>(round(odd)))
+            };
+            _mm512_storeu_si512(out.as_mut_ptr().add(i).cast(), z);
+        }
+    }
+    binary_with(op, &a[body..n], &b[body..n], &mut out[body..n]);
 }
 
 /// # Safety

@@ -1339,7 +1339,7 @@ fn add_dtype_timing() {
     time::<bf16>(DType::BF16);
 }
 
-/// One 1000³ bf16 product on one and on two threads, the median and fastest of 21 (ms): `cargo test --release --lib bf16_single_thread_timing -- --ignored --nocapture`.
+/// One 1000³ bf16 product on one and on two threads, the median and fastest of 21 (ms): `cargo test --release --lib bf16_gemm_timing -- --ignored --nocapture`.
 #[test]
 #[ignore = "prints timings"]
 fn bf16_gemm_timing() {
