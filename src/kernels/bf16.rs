@@ -172,12 +172,103 @@ unsafe fn widen_avx2(src: &[bf16], dst: &mut [f32]) {
     widen(src, dst);
 }
 
+/// `widen1` of the bf16 in the low 16 bits of each lane (the high 16 bits zero).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+fn widen_lanes(x: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let nan = _mm512_cmpgt_epu32_mask(
+        _mm512_and_si512(x, _mm512_set1_epi32(0x7fff)),
+        _mm512_set1_epi32(0x7f80),
+    );
+    let x = _mm512_mask_or_epi32(x, nan, x, _mm512_set1_epi32(0x40));
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(x))
+}
+
+/// `round1` of each lane, into the low 16 bits (the high 16 bits zero).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+fn round_lanes(f: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let x = _mm512_castps_si512(f);
+    let hi = _mm512_srli_epi32::<16>(x);
+    let up = _mm512_test_epi32_mask(x, _mm512_set1_epi32(0x8000))
+        & _mm512_test_epi32_mask(x, _mm512_set1_epi32(0x1_7fff));
+    let r = _mm512_mask_add_epi32(hi, up, hi, _mm512_set1_epi32(1));
+    let nan = _mm512_cmpgt_epu32_mask(
+        _mm512_and_si512(x, _mm512_set1_epi32(0x7fff_ffff)),
+        _mm512_set1_epi32(0x7f80_0000),
+    );
+    _mm512_mask_or_epi32(r, nan, hi, _mm512_set1_epi32(0x40))
+}
+
+/// `round1` of each lane of a NaN-free vector, in the *high* 16 bits (the low 16 bits are
+/// garbage): add 0x7fff plus the lowest kept bit and truncate; the carry can only reach the
+/// exponent, where it is the right result (overflow to ±inf).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+fn round_number_lanes(f: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let x = _mm512_castps_si512(f);
+    let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(x), _mm512_set1_epi32(1));
+    _mm512_add_epi32(x, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)))
+}
+
+/// Rounds 32 f32 at a time: each half rounded in its lanes ([`round_number_lanes`] when neither
+/// holds a NaN, else [`round_lanes`]), then packed in order with `vpackusdw` and a qword
+/// permute (not the narrowing store `vpmovdw`, microcoded on AMD Zen 4).
+///
 /// # Safety
 /// The CPU must have AVX-512 F and BW.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn round_avx512(src: &[f32], dst: &mut [bf16]) {
-    round(src, dst);
+    use std::arch::x86_64::*;
+    let n = src.len().min(dst.len());
+    let body = n - n % 32;
+    let order = _mm512_set_epi64(7, 5, 3, 1, 6, 4, 2, 0);
+    let round32 = |f0: __m512, f1: __m512| {
+        let nan =
+            _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(f0, f0) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(f1, f1);
+        let (r0, r1) = if nan == 0 {
+            (
+                _mm512_srli_epi32::<16>(round_number_lanes(f0)),
+                _mm512_srli_epi32::<16>(round_number_lanes(f1)),
+            )
+        } else {
+            (round_lanes(f0), round_lanes(f1))
+        };
+        // Every lane is at most 0xffff, so the unsigned saturation never clips.
+        _mm512_permutexvar_epi64(order, _mm512_packus_epi32(r0, r1))
+    };
+    for i in (0..body).step_by(32) {
+        // SAFETY: `i + 32 ≤ body ≤` both slices' lengths; unaligned loads and stores.
+        unsafe {
+            let f0 = _mm512_loadu_ps(src.as_ptr().add(i));
+            let f1 = _mm512_loadu_ps(src.as_ptr().add(i + 16));
+            _mm512_storeu_si512(dst.as_mut_ptr().add(i).cast(), round32(f0, f1));
+        }
+    }
+    // The tail (under 32: a GEMM writes 48-column pieces) with masked loads and store; the
+    // masked-off lanes are zero, read and written nowhere.
+    let rest = n - body;
+    if rest > 0 {
+        let lanes = |k: usize| -> u16 { ((1u32 << k.min(16)) - 1) as u16 };
+        // SAFETY: the masks cover `rest` elements from `body`, inside both slices; masked-off
+        // lanes are not accessed.
+        unsafe {
+            let f0 = _mm512_maskz_loadu_ps(lanes(rest), src.as_ptr().add(body));
+            let f1 = _mm512_maskz_loadu_ps(
+                lanes(rest.saturating_sub(16)),
+                src.as_ptr().wrapping_add(body + 16),
+            );
+            let mask = ((1u64 << rest) - 1) as u32;
+            _mm512_mask_storeu_epi16(dst.as_mut_ptr().add(body).cast(), mask, round32(f0, f1));
+        }
+    }
 }
 
 /// # Safety
@@ -203,28 +294,6 @@ unsafe fn binary_avx512(op: BinaryOp, a: &[bf16], b: &[bf16], out: &mut [bf16]) 
     use std::arch::x86_64::*;
     let n = out.len().min(a.len()).min(b.len());
     let body = n - n % 32;
-    // `widen1` of the bf16 in the low 16 bits of each lane (the high 16 bits zero).
-    let widen = |x: __m512i| {
-        let nan = _mm512_cmpgt_epu32_mask(
-            _mm512_and_si512(x, _mm512_set1_epi32(0x7fff)),
-            _mm512_set1_epi32(0x7f80),
-        );
-        let x = _mm512_mask_or_epi32(x, nan, x, _mm512_set1_epi32(0x40));
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(x))
-    };
-    // `round1`, into the low 16 bits of each lane (the high 16 bits zero).
-    let round = |f: __m512| {
-        let x = _mm512_castps_si512(f);
-        let hi = _mm512_srli_epi32::<16>(x);
-        let up = _mm512_test_epi32_mask(x, _mm512_set1_epi32(0x8000))
-            & _mm512_test_epi32_mask(x, _mm512_set1_epi32(0x1_7fff));
-        let r = _mm512_mask_add_epi32(hi, up, hi, _mm512_set1_epi32(1));
-        let nan = _mm512_cmpgt_epu32_mask(
-            _mm512_and_si512(x, _mm512_set1_epi32(0x7fff_ffff)),
-            _mm512_set1_epi32(0x7f80_0000),
-        );
-        _mm512_mask_or_epi32(r, nan, hi, _mm512_set1_epi32(0x40))
-    };
     let low = _mm512_set1_epi32(0xffff);
     let apply = |x: __m512, y: __m512| match op {
         BinaryOp::Add => _mm512_add_ps(x, y),
@@ -233,13 +302,6 @@ unsafe fn binary_avx512(op: BinaryOp, a: &[bf16], b: &[bf16], out: &mut [bf16]) 
         BinaryOp::Div => _mm512_div_ps(x, y),
     };
     let high = _mm512_set1_epi32(0xffff_0000_u32 as i32);
-    // Round to nearest even of a non-NaN f32's top 16 bits: add 0x7fff plus the lowest kept
-    // bit and truncate (the carry can only reach the exponent, where it is the right result).
-    let round_number = |f: __m512| {
-        let x = _mm512_castps_si512(f);
-        let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(x), _mm512_set1_epi32(1));
-        _mm512_add_epi32(x, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)))
-    };
     for i in (0..body).step_by(32) {
         // SAFETY: `i + 32 ≤ body ≤` every slice's length; unaligned loads and stores.
         unsafe {
@@ -260,20 +322,20 @@ unsafe fn binary_avx512(op: BinaryOp, a: &[bf16], b: &[bf16], out: &mut [bf16]) 
                 | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(odd, odd);
             let z = if nan == 0 {
                 _mm512_or_si512(
-                    _mm512_srli_epi32::<16>(round_number(even)),
-                    _mm512_and_si512(round_number(odd), high),
+                    _mm512_srli_epi32::<16>(round_number_lanes(even)),
+                    _mm512_and_si512(round_number_lanes(odd), high),
                 )
             } else {
                 // Exactly `widen1` and `round1`, NaN quieting included.
                 let even = apply(
-                    widen(_mm512_and_si512(x, low)),
-                    widen(_mm512_and_si512(y, low)),
+                    widen_lanes(_mm512_and_si512(x, low)),
+                    widen_lanes(_mm512_and_si512(y, low)),
                 );
                 let odd = apply(
-                    widen(_mm512_srli_epi32::<16>(x)),
-                    widen(_mm512_srli_epi32::<16>(y)),
+                    widen_lanes(_mm512_srli_epi32::<16>(x)),
+                    widen_lanes(_mm512_srli_epi32::<16>(y)),
                 );
-                _mm512_or_si512(round(even), _mm512_slli_epi32::<16>(round(odd)))
+                _mm512_or_si512(round_lanes(even), _mm512_slli_epi32::<16>(round_lanes(odd)))
             };
             _mm512_storeu_si512(out.as_mut_ptr().add(i).cast(), z);
         }

@@ -401,6 +401,9 @@ fn unit(plan: &Plan, u: usize, a: ASource<'_>, b: &[bf16], rows: &mut [&mut [bf1
     let mut ok = true;
     with_scratch(keep, |kept| {
         with_packed_b(|buf| {
+            // One register tile's accumulators in memory, reused by every tile of the unit:
+            // `tile` starts from zero on the first block, so it is zeroed only here.
+            let mut acc = [0f32; MR * NR];
             for blk in 0..blocks {
                 let p0 = blk * KC;
                 let kc = KC.min(plan.pairs - p0);
@@ -428,7 +431,6 @@ fn unit(plan: &Plan, u: usize, a: ASource<'_>, b: &[bf16], rows: &mut [&mut [bf1
                     for pn in 0..panels {
                         let c0 = pn * NR;
                         let cols = NR.min(w - c0);
-                        let mut acc = [0f32; MR * NR];
                         if !first {
                             for r in 0..live {
                                 let at = (r0 + r) * panels * NR + c0;
@@ -438,7 +440,10 @@ fn unit(plan: &Plan, u: usize, a: ASource<'_>, b: &[bf16], rows: &mut [&mut [bf1
                         // SAFETY: `run` is only reached when `available()` said the CPU has
                         // AVX-512 F and BF16; the slices hold `kc` pairs of `MR` rows and of
                         // `NR` columns (checked by `tile`'s assert).
-                        unsafe { tile(kc, &tile_a, &buf[pn * kc * NR..][..kc * NR], &mut acc) };
+                        unsafe {
+                            let b = &buf[pn * kc * NR..][..kc * NR];
+                            tile(kc, &tile_a, b, &mut acc, first);
+                        };
                         for r in 0..live {
                             let src = &acc[r * NR..r * NR + cols];
                             if last {
@@ -643,14 +648,14 @@ impl<'a> TileA<'a> {
     }
 }
 
-/// The register tile: `acc[r][c] += Σ_p` over `pairs` pairs of row `r` of `a` times column
-/// `c` of `b` (`[pair][NR]` u32), in order of `p`.
+/// The register tile: `acc[r][c] = Σ_p` (from zero when `from_zero`, else `acc[r][c] +`) over
+/// `pairs` pairs of row `r` of `a` times column `c` of `b` (`[pair][NR]` u32), in order of `p`.
 ///
 /// # Safety
 /// The CPU must have AVX-512 F and BF16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn tile(pairs: usize, a: &TileA<'_>, b: &[u32], acc: &mut [f32; MR * NR]) {
+unsafe fn tile(pairs: usize, a: &TileA<'_>, b: &[u32], acc: &mut [f32; MR * NR], from_zero: bool) {
     use std::arch::x86_64::*;
     assert!(
         a.pairs >= pairs && b.len() >= pairs * NR,
@@ -660,7 +665,7 @@ unsafe fn tile(pairs: usize, a: &TileA<'_>, b: &[u32], acc: &mut [f32; MR * NR])
     // the lanes as 32 bf16.
     let bh = |v: __m512i| unsafe { std::mem::transmute::<__m512i, __m512bh>(v) };
     let mut c = [[_mm512_setzero_ps(); NV]; MR];
-    for (r, row) in c.iter_mut().enumerate() {
+    for (r, row) in c.iter_mut().enumerate().filter(|_| !from_zero) {
         for (v, x) in row.iter_mut().enumerate() {
             // SAFETY: `r * NR + v * LANES + 16 ≤ MR * NR`, inside `acc`.
             *x = unsafe { _mm512_loadu_ps(acc.as_ptr().add(r * NR + v * LANES)) };
@@ -699,7 +704,7 @@ unsafe fn tile(pairs: usize, a: &TileA<'_>, b: &[u32], acc: &mut [f32; MR * NR])
 
 /// Off x86-64 [`available`] is false and this is never reached.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile(_: usize, _: &TileA<'_>, _: &[u32], _: &mut [f32; MR * NR]) {
+unsafe fn tile(_: usize, _: &TileA<'_>, _: &[u32], _: &mut [f32; MR * NR], _: bool) {
     unreachable!("matmul_bf16_dot: no AVX512-BF16 off x86-64; available() returns false")
 }
 
@@ -737,7 +742,7 @@ mod tests {
         let t = std::time::Instant::now();
         for _ in 0..reps {
             // SAFETY: `available()` said the CPU has AVX-512 F and BF16; sizes as asserted.
-            unsafe { tile(pairs, &TileA::packed(&a), &b, &mut acc) };
+            unsafe { tile(pairs, &TileA::packed(&a), &b, &mut acc, true) };
             std::hint::black_box(&mut acc);
         }
         let ns = t.elapsed().as_secs_f64() * 1e9;

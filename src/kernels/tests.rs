@@ -617,6 +617,24 @@ fn bf16_conversions_match_half_bit_for_bit() {
             x.to_bits()
         );
     }
+    // Short and ragged lengths (vector tails), from places with ties, the top of the finite
+    // range and NaNs; the element after each piece must stay untouched.
+    for start in [0, 7 * 0x3f80, 7 * 0x7f7f, 7 * 0x7fc0 + 3, 7 * 0xff80] {
+        for n in [1, 2, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63] {
+            let x = &xs[start..start + n];
+            let mut out = vec![bf16::from_bits(0x1234); n + 1];
+            f32_to_bf16(x, &mut out[..n]);
+            for (i, (x, h)) in x.iter().zip(&out).enumerate() {
+                assert_eq!(
+                    h.to_bits(),
+                    bf16::from_f32_const(*x).to_bits(),
+                    "rounding {:#010x}, element {i} of {n} from {start}",
+                    x.to_bits()
+                );
+            }
+            assert_eq!(out[n].to_bits(), 0x1234, "wrote past {n} elements");
+        }
+    }
 }
 
 /// The fused bf16 binary kernels against the definition computed element by element with
