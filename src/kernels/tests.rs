@@ -1290,12 +1290,8 @@ mod bf16_dot {
     }
 }
 
-/// Two 1000³ bf16 products at once from two threads (the seed's two streams) against one after
-/// the other, 2 threads each, median of 11 (ms).
-/// `cargo test --release --lib concurrent_bf16_timing -- --ignored --nocapture`
-#[test]
-#[ignore = "prints timings"]
-fn concurrent_bf16_timing() {
+/// The operands of the 1000³ bf16 timing tests.
+fn bf16_1000_operands() -> (MatmulDims, Vec<bf16>, Vec<bf16>) {
     let d = MatmulDims {
         batch: 1,
         m: 1000,
@@ -1303,8 +1299,18 @@ fn concurrent_bf16_timing() {
         n: 1000,
         rhs_batched: false,
     };
-    let a: Vec<bf16> = typed(&values(1_000_000, 1, 1.0, DType::BF16));
-    let b: Vec<bf16> = typed(&values(1_000_000, 2, 1.0, DType::BF16));
+    let a = typed(&values(1_000_000, 1, 1.0, DType::BF16));
+    let b = typed(&values(1_000_000, 2, 1.0, DType::BF16));
+    (d, a, b)
+}
+
+/// Two 1000³ bf16 products at once from two threads (the seed's two streams) against one after
+/// the other, 2 threads each, median of 11 (ms).
+/// `cargo test --release --lib concurrent_bf16_timing -- --ignored --nocapture`
+#[test]
+#[ignore = "prints timings"]
+fn concurrent_bf16_timing() {
+    let (d, a, b) = bf16_1000_operands();
     let median = |f: &dyn Fn()| {
         f();
         let mut v: Vec<f64> = (0..11)
@@ -1361,15 +1367,7 @@ fn add_dtype_timing() {
 #[test]
 #[ignore = "prints timings"]
 fn bf16_gemm_timing() {
-    let d = MatmulDims {
-        batch: 1,
-        m: 1000,
-        k: 1000,
-        n: 1000,
-        rhs_batched: false,
-    };
-    let a: Vec<bf16> = typed(&values(1_000_000, 1, 1.0, DType::BF16));
-    let b: Vec<bf16> = typed(&values(1_000_000, 2, 1.0, DType::BF16));
+    let (d, a, b) = bf16_1000_operands();
     let mut o = vec![bf16::ZERO; 1_000_000];
     for threads in [1, 2] {
         matmul::<bf16>(&a, &b, &mut o, d, threads);
