@@ -19,15 +19,9 @@ use crate::tensor::DType;
 
 /// `a op b` elementwise, rounded to `dtype`.
 pub fn binary(op: BinaryOp, a: &[f32], b: &[f32], dtype: DType) -> Vec<f32> {
-    let f = |x: f32, y: f32| match op {
-        BinaryOp::Add => x + y,
-        BinaryOp::Sub => x - y,
-        BinaryOp::Mul => x * y,
-        BinaryOp::Div => x / y,
-    };
     a.iter()
         .zip(b)
-        .map(|(&x, &y)| dtype.round_f32(f(x, y)))
+        .map(|(&x, &y)| dtype.round_f32(op.apply_f32(x, y)))
         .collect()
 }
 

@@ -278,8 +278,8 @@ pub(crate) fn run(args: &BenchArgs) -> Result<bool> {
     );
     println!("CPU: {}; {}", cpu_model(), instruction_sets());
     println!(
-        "allocator: mimalloc (this binary's global allocator; with glibc malloc the eager cost per \
-         tiny op is 300-650 ns here, bimodal, from arena-lock contention between the host and a worker)"
+        "allocator: mimalloc (this binary's global allocator; with glibc's malloc the eager \
+         figures are slower: README, \"Using it from your crate\")"
     );
     if let (Some(a), Some(b)) = (pressure_at_start, cpu_pressure()) {
         println!(

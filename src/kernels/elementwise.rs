@@ -17,7 +17,7 @@ use crate::dtype::Element;
 
 /// Elements per thread below which an elementwise op is not split: handing pieces to the
 /// kernels' pool costs a few microseconds, about what 128K elements take on one core.
-pub(crate) const PARALLEL_MIN_ELEMENTS: usize = 1 << 17;
+pub(super) const PARALLEL_MIN_ELEMENTS: usize = 1 << 17;
 
 /// Runs `f(start, piece)` over consecutive pieces of `out` (`start` is the piece's first
 /// index) on up to `threads` threads of the kernels' pool, or once over all of `out`, on the

@@ -30,6 +30,18 @@ impl BinaryOp {
             BinaryOp::Div => "div",
         }
     }
+
+    /// The op on one pair of f32 (the definition every kernel's bits are checked against, in
+    /// `reference` and the tests; the kernels keep one loop per op, so that each vectorises).
+    #[cfg(any(test, feature = "workloads"))]
+    pub(crate) fn apply_f32(self, x: f32, y: f32) -> f32 {
+        match self {
+            BinaryOp::Add => x + y,
+            BinaryOp::Sub => x - y,
+            BinaryOp::Mul => x * y,
+            BinaryOp::Div => x / y,
+        }
+    }
 }
 
 /// An elementwise op of one tensor.

@@ -111,21 +111,30 @@ thread_local! {
 /// [`SCRATCH_KEEP_BYTES`] (its contents are overwritten by `load_f32` before they are read),
 /// else a one-off buffer freed on return.
 pub(super) fn with_scratch(len: usize, f: impl FnOnce(&mut [f32])) {
-    if len > SCRATCH_KEEP_BYTES / size_of::<f32>() {
-        f(&mut vec![0.0; len]);
-        return;
+    with_kept(&SCRATCH, len, f);
+}
+
+/// Runs `f` on the first `len` elements of the buffer `kept` holds for this thread, grown as
+/// needed, when they fit under [`SCRATCH_KEEP_BYTES`]; else, or if the buffer is in use
+/// (re-entered: a kernel never calls matmul from inside matmul, but stay safe), on a one-off
+/// zeroed buffer freed on return. Kept contents are stale: `f` must write before it reads.
+pub(super) fn with_kept<T: Copy + Default, R>(
+    kept: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    if len > SCRATCH_KEEP_BYTES / size_of::<T>().max(1) {
+        return f(&mut vec![T::default(); len]);
     }
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut scratch) => {
-            if scratch.len() < len {
-                scratch.resize(len, 0.0);
+    kept.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, T::default());
             }
-            f(&mut scratch[..len]);
+            f(&mut buf[..len])
         }
-        // Re-entered (a kernel never calls matmul from inside matmul, but stay safe): fall
-        // back to a one-off buffer.
-        Err(_) => f(&mut vec![0.0; len]),
-    });
+        Err(_) => f(&mut vec![T::default(); len]),
+    })
 }
 
 /// Bytes of f32 scratch this thread keeps between products.

@@ -36,8 +36,8 @@
 //! is only scanned for the guard's exponent (packing it was 7% of a 1000³ product). With `k`
 //! odd, `A` is packed once per product, in parallel, into `MR`-row tiles of `k`-pairs
 //! (`[tile][pair][MR]` u32, each u32 the two bf16 of one row, the missing last one zero) in a
-//! buffer the calling thread keeps, finding the guard's exponent in the same pass. A work unit is a block of at most [`PANELS_PER_UNIT`]
-//! panels of `NR` output columns of a batch (and, where that makes fewer than
+//! buffer the calling thread keeps, finding the guard's exponent in the same pass. A work unit
+//! is a block of at most [`PANELS_PER_UNIT`] panels of `NR` output columns of a batch (and, where that makes fewer than
 //! [`UNITS_PER_THREAD`] per thread, a chunk of row tiles); blocks and chunks are cut evenly, so
 //! units differ by at most one panel or tile. A unit packs its columns of `B`, [`KC`] pairs at a
 //! time, into a per-thread buffer (`[panel][pair][NR]` u32 that stays in L2), then runs the
@@ -55,7 +55,7 @@ use rayon::prelude::*;
 
 use super::bf16::f32_to_bf16;
 use super::kind::MatmulDims;
-use super::matmul::{SCRATCH_KEEP_BYTES, gemm_pool, with_scratch};
+use super::matmul::{gemm_pool, with_kept, with_scratch};
 
 /// Rows of a register tile.
 const MR: usize = 8;
@@ -100,6 +100,12 @@ fn exponent_key(bits: u16) -> u16 {
     }
 }
 
+/// The smallest [`exponent_key`] of `xs` (`255` when empty); one pass that vectorises.
+fn min_exponent_key(xs: &[bf16]) -> u16 {
+    xs.iter()
+        .fold(0xff, |m, x| m.min(exponent_key(x.to_bits())))
+}
+
 /// Whether products of elements with smallest exponent keys `ea` and `eb` keep every partial
 /// sum normal or zero (module docs).
 fn fits(ea: u16, eb: u16) -> bool {
@@ -136,6 +142,8 @@ struct Plan {
     col_blocks: usize,
     /// Chunks of row tiles per column block.
     row_chunks: usize,
+    /// Whether the product runs in the kernel pool (several threads and enough work).
+    parallel: bool,
     /// The guard's exponent of `A`.
     ea: u16,
 }
@@ -196,6 +204,7 @@ fn run(a: &[bf16], b: &[bf16], out: &mut [bf16], dims: MatmulDims, threads: usiz
         panels,
         col_blocks,
         row_chunks,
+        parallel,
         ea: 0,
     };
     if k.is_multiple_of(2) {
@@ -204,26 +213,9 @@ fn run(a: &[bf16], b: &[bf16], out: &mut [bf16], dims: MatmulDims, threads: usiz
         return run_units(&mut plan, a, None, b, out, threads);
     }
     let tile_len = pairs * MR;
-    with_packed_a(batch * tiles * tile_len, |packed_a| {
+    // Every element is written by `pack_a_tile` before it is read.
+    with_kept(&PACKED_A, batch * tiles * tile_len, |packed_a| {
         run_units(&mut plan, a, Some(packed_a), b, out, threads)
-    })
-}
-
-/// Runs `f` on `len` u32 for packed `A`: this thread's kept buffer up to
-/// [`SCRATCH_KEEP_BYTES`] (every element is written by [`pack_a_tile`] before it is read), else
-/// a one-off buffer.
-fn with_packed_a(len: usize, f: impl FnOnce(&mut [u32]) -> bool) -> bool {
-    if len > SCRATCH_KEEP_BYTES / size_of::<u32>() {
-        return f(&mut vec![0; len]);
-    }
-    PACKED_A.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0);
-            }
-            f(&mut buf[..len])
-        }
-        Err(_) => f(&mut vec![0; len]),
     })
 }
 
@@ -240,9 +232,7 @@ fn pack_a_tile(a: &[bf16], m: usize, k: usize, bt: usize, tile: usize, dst: &mut
             &[]
         };
         // A separate pass over the contiguous row, so that it vectorises.
-        min_key = row
-            .iter()
-            .fold(min_key, |acc, x| acc.min(exponent_key(x.to_bits())));
+        min_key = min_key.min(min_exponent_key(row));
         let (pairs, odd) = row.as_chunks::<2>();
         let mut slots = dst.chunks_exact_mut(MR).map(|d| &mut d[r]);
         for ([lo, hi], d) in pairs.iter().zip(&mut slots) {
@@ -271,16 +261,12 @@ fn prepare_a(plan: &Plan, a: &[bf16], packed: Option<&mut [u32]>, parallel: bool
     let MatmulDims { m, k, .. } = plan.dims;
     let tiles = plan.tiles;
     let pack = |(t, dst): (usize, &mut [u32])| pack_a_tile(a, m, k, t / tiles, t % tiles, dst);
-    let scan = |xs: &[bf16]| {
-        xs.iter()
-            .fold(0xff, |acc, x| acc.min(exponent_key(x.to_bits())))
-    };
     let tile_len = plan.pairs * MR;
     let min = match (packed, parallel) {
         (Some(buf), true) => buf.par_chunks_mut(tile_len).enumerate().map(pack).min(),
         (Some(buf), false) => buf.chunks_mut(tile_len).enumerate().map(pack).min(),
-        (None, true) => a.par_chunks(SCAN_CHUNK).map(scan).min(),
-        (None, false) => Some(scan(a)),
+        (None, true) => a.par_chunks(SCAN_CHUNK).map(min_exponent_key).min(),
+        (None, false) => Some(min_exponent_key(a)),
     };
     min.unwrap_or(0xff)
 }
@@ -298,8 +284,7 @@ fn run_units(
     out: &mut [bf16],
     threads: usize,
 ) -> bool {
-    let MatmulDims { batch, m, k, n, .. } = plan.dims;
-    let parallel = threads > 1 && batch * m * k * n >= PARALLEL_MIN_MACS;
+    let n = plan.dims.n;
     let units = plan.units();
     // Each unit's output pieces (row `i` of the unit, its columns), behind an uncontended
     // lock so whichever thread claims the unit can write them.
@@ -311,7 +296,7 @@ fn run_units(
             row = rest;
         }
     }
-    let pool = gemm_pool().filter(|_| parallel);
+    let pool = gemm_pool().filter(|_| plan.parallel);
     let go = |plan: &mut Plan| -> bool {
         plan.ea = prepare_a(plan, a, packed.as_deref_mut(), pool.is_some());
         if !fits(plan.ea, 0xff) {
@@ -361,7 +346,7 @@ fn with_packed_b(f: impl FnOnce(&mut Vec<u32>)) {
 }
 
 thread_local! {
-    /// The calling thread's packed `A` (up to [`SCRATCH_KEEP_BYTES`]), kept so replays
+    /// The calling thread's packed `A` (up to `SCRATCH_KEEP_BYTES`), kept so replays
     /// allocate nothing and touch no fresh pages.
     static PACKED_A: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
     /// A unit's packed columns of `B` (`KC × 2 NR` u32, 192 KiB at most), kept per thread so

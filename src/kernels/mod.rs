@@ -27,9 +27,7 @@ mod matmul_small;
 mod reduce;
 pub(crate) mod scalar;
 
-pub(crate) use elementwise::{
-    PARALLEL_MIN_ELEMENTS, binary, binary_broadcast, binary_scalar, convert, in_pieces, unary,
-};
+pub(crate) use elementwise::{binary, binary_broadcast, binary_scalar, convert, in_pieces, unary};
 // `pub` for `reference`, which re-exports them when the `workloads` feature is on.
 pub(crate) use index::{gather, index_select, scatter, topk_indices};
 #[cfg_attr(not(any(test, feature = "workloads")), allow(unreachable_pub))]

@@ -648,12 +648,7 @@ fn bf16_binary_matches_the_scalar_definition_for_every_bf16() {
         .map(|i| a[(i * 40_503 + 17) % a.len()])
         .collect();
     for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
-        let f = |x: f32, y: f32| match op {
-            BinaryOp::Add => x + y,
-            BinaryOp::Sub => x - y,
-            BinaryOp::Mul => x * y,
-            BinaryOp::Div => x / y,
-        };
+        let f = |x: f32, y: f32| op.apply_f32(x, y);
         for n in [a.len(), 0, 1, 15, 16, 17, 31, 33, 63] {
             let mut o = vec![bf16::ZERO; n];
             if !super::bf16::binary(op, &a[..n], &b[..n], &mut o) {
@@ -692,12 +687,7 @@ fn f16c_elementwise_matches_the_scalar_definition_for_every_f16() {
         return;
     }
     for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
-        let f = |x: f32, y: f32| match op {
-            BinaryOp::Add => x + y,
-            BinaryOp::Sub => x - y,
-            BinaryOp::Mul => x * y,
-            BinaryOp::Div => x / y,
-        };
+        let f = |x: f32, y: f32| op.apply_f32(x, y);
         for n in [a.len(), 0, 1, 7, 8, 9, 15, 16, 17, 63] {
             let mut o = vec![f16::ZERO; n];
             assert!(f16c::binary(op, &a[..n], &b[..n], &mut o));
@@ -1391,7 +1381,7 @@ fn bf16_gemm_timing() {
 #[test]
 fn elementwise_pieces_keep_their_bits_across_threads_r6_4() {
     fn check<T: Element>(dtype: DType) {
-        let n = 3 * PARALLEL_MIN_ELEMENTS + 37;
+        let n = 3 * super::elementwise::PARALLEL_MIN_ELEMENTS + 37;
         let a: Vec<T> = typed(&values(n, 41, 3.0, dtype));
         let b: Vec<T> = typed(&values(n, 42, 3.0, dtype));
         let run = |threads: usize| {

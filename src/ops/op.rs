@@ -109,16 +109,18 @@ impl Op {
         self.kind.name()
     }
 
-    /// Whether the kernel can use several threads (matmul, and elementwise ops and dtype
-    /// conversions large enough to split), so callers ask the core split only then.
+    /// Whether the kernel can use several threads (matmul, elementwise ops and dtype
+    /// conversions; the kernel itself decides whether a size is worth splitting), so callers
+    /// ask the core split only then.
     pub(crate) fn is_multithreaded(&self) -> bool {
-        match self.kind {
-            OpKind::Matmul(_) => true,
-            OpKind::Binary(_) | OpKind::Scalar { .. } | OpKind::Unary(_) | OpKind::ToDType(_) => {
-                self.out_len() >= 2 * crate::kernels::PARALLEL_MIN_ELEMENTS
-            }
-            _ => false,
-        }
+        matches!(
+            self.kind,
+            OpKind::Matmul(_)
+                | OpKind::Binary(_)
+                | OpKind::Scalar { .. }
+                | OpKind::Unary(_)
+                | OpKind::ToDType(_)
+        )
     }
 
     /// Number of output elements.

@@ -27,6 +27,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::graph::program::Program;
 use crate::runtime::{Issue, StreamId};
+use crate::tensor::storage::Buffer;
 
 /// How long a host wait (`synchronize`, reading a tensor) yields before it parks. A parked
 /// host costs 20–50 µs to wake on the 2-core machines we measure (more than a whole 1000-op
@@ -34,7 +35,6 @@ use crate::runtime::{Issue, StreamId};
 /// worker. About twice a wake-up, so a wait costs at most about twice the best choice made
 /// in hindsight, and a long wait burns at most this much CPU before it sleeps.
 const HOST_PATIENCE: std::time::Duration = std::time::Duration::from_micros(100);
-use crate::tensor::storage::Buffer;
 
 /// The CPU backend (a process-wide singleton, [`cpu`]).
 #[derive(Debug)]

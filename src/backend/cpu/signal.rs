@@ -121,7 +121,7 @@ impl Progress {
                 return;
             }
         }
-        self.wait_until_cold(k);
+        self.park_until(k);
     }
 
     #[cold]
@@ -132,6 +132,11 @@ impl Progress {
                 return;
             }
         }
+        self.park_until(k);
+    }
+
+    /// Step 3 of the module docs: sleeps until `done ≥ k` (the spinning is the caller's).
+    fn park_until(&self, k: u64) {
         let mut guard = lock(&self.lock);
         self.sleepers.fetch_add(1, Ordering::SeqCst);
         loop {
