@@ -208,9 +208,10 @@ fn parse_capture_limit(s: &str) -> std::result::Result<u64, String> {
 /// elements and drops the entry's last input handles), and glibc returns such chunks through
 /// the owning thread's arena under its lock: the host and a worker contended for it on every
 /// tiny op (a 1000-op eager chain at 300–650 ns per op, bimodal; with mimalloc 330–420 ns).
-/// A library cannot choose its users' allocator; the README recommends this to them, with the
-/// caveat that mimalloc grants a huge request the system allocator refuses (it skips the
-/// kernel's overcommit check): harmless here, where every size the CLI takes is bounded.
+/// A library cannot choose its users' allocator; the README recommends this to them. mimalloc
+/// grants a huge request the system allocator refuses (it skips the kernel's overcommit
+/// check); tagstream refuses requests past the machine's memory itself, so that changes no
+/// error.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

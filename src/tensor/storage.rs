@@ -127,6 +127,33 @@ impl PartialEq for External {
     }
 }
 
+/// Whether a request of `bytes` could ever be backed on this machine: at most its RAM plus
+/// swap (Linux, read once from `/proc/meminfo`), the bound the kernel's default overcommit
+/// heuristic puts on each request. glibc's malloc asks the kernel and is refused past it, but
+/// an allocator that reserves address space without that check (mimalloc, which the CLI and the
+/// Python package link) grants a 64 TiB tensor that fails only when touched, and the process is
+/// killed. Checking here makes such a request `OutOfMemory` under every allocator (R7.1).
+/// Elsewhere, or when the figure cannot be read, there is no bound beyond the allocator's.
+pub(crate) fn within_machine_memory(bytes: usize) -> bool {
+    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+    LIMIT
+        .get_or_init(machine_memory)
+        .is_none_or(|limit| u64::try_from(bytes).is_ok_and(|b| b <= limit))
+}
+
+/// RAM plus swap in bytes, from `/proc/meminfo` (`None` where it cannot be read).
+fn machine_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |key: &str| {
+        text.lines().find_map(|line| {
+            let value = line.strip_prefix(key)?.trim().strip_suffix("kB")?;
+            value.trim().parse::<u64>().ok()
+        })
+    };
+    let total = kib("MemTotal:")?.saturating_add(kib("SwapTotal:").unwrap_or(0));
+    Some(total.saturating_mul(1024))
+}
+
 impl Data {
     /// A zero-filled array. Zero is all-zero bits in every dtype, so this maps to `calloc` and
     /// costs nothing for pages the kernel overwrites anyway.
@@ -140,9 +167,13 @@ impl Data {
         }
     }
 
-    /// As [`zeroed`](Data::zeroed), but `None` when the allocator refuses, so a huge tensor is
-    /// an error value instead of an abort (R7.1).
+    /// As [`zeroed`](Data::zeroed), but `None` when the allocator refuses or the request is
+    /// larger than the machine could ever back ([`within_machine_memory`]), so a huge tensor is
+    /// an error value instead of an abort (R7.1), whichever allocator the program links.
     pub(crate) fn try_zeroed(dtype: DType, len: usize) -> Option<Data> {
+        if !within_machine_memory(len.checked_mul(dtype.size_in_bytes())?) {
+            return None;
+        }
         Some(match dtype {
             DType::F32 => Data::F32(bytemuck::allocation::try_zeroed_vec(len).ok()?),
             DType::F16 => Data::F16(bytemuck::allocation::try_zeroed_vec(len).ok()?),
@@ -376,6 +407,29 @@ impl Buffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// R7.1: a request larger than RAM plus swap is refused before the allocator sees it, so
+    /// the answer does not depend on the allocator linked (the unit tests link the system one;
+    /// the CLI and the Python package link mimalloc, which would grant it).
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn requests_past_the_machine_memory_are_refused_r7_1() {
+        let limit = machine_memory().expect("/proc/meminfo has MemTotal");
+        assert!(limit >= 1 << 20, "{limit} bytes of RAM and swap");
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        assert!(within_machine_memory(limit));
+        assert!(within_machine_memory(1 << 20));
+        if let Some(past) = limit.checked_add(1) {
+            assert!(!within_machine_memory(past));
+            assert!(Data::try_zeroed(DType::BF16, past.div_ceil(2)).is_none());
+        }
+        assert!(Data::try_zeroed(DType::F32, 1 << 44).is_none(), "64 TiB");
+        assert!(
+            Data::try_zeroed(DType::F32, usize::MAX / 2).is_none(),
+            "bytes overflow"
+        );
+        assert!(Data::try_zeroed(DType::F32, 1 << 10).is_some());
+    }
 
     #[test]
     fn buffer_is_write_once() {

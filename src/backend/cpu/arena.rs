@@ -15,7 +15,7 @@ use std::cell::UnsafeCell;
 use half::{bf16, f16};
 
 use crate::dtype::DType;
-use crate::tensor::storage::{DataMut, DataRef};
+use crate::tensor::storage::{DataMut, DataRef, within_machine_memory};
 
 /// The arena's alignment unit (a cache line: slots never share one, so two streams writing
 /// neighbouring slots do not false-share).
@@ -53,12 +53,16 @@ pub(crate) struct Slot {
 }
 
 impl Arena {
-    /// An arena of at least `bytes` bytes, zero-filled; `None` if the allocator refuses.
+    /// An arena of at least `bytes` bytes, zero-filled; `None` if the allocator refuses or the
+    /// machine could never back it ([`within_machine_memory`]).
     ///
     /// The memory comes from the allocator's zeroed allocation (`calloc`), which gets fresh
     /// pages from the kernel already zero: a large arena costs no fill at capture, and pages
     /// are touched only when a replay first writes them.
     pub(crate) fn new(bytes: usize) -> Option<Arena> {
+        if !within_machine_memory(bytes) {
+            return None;
+        }
         let lines = bytes.div_ceil(64);
         let lines = bytemuck::allocation::try_zeroed_slice_box::<Line>(lines).ok()?;
         Some(Arena { lines })
