@@ -217,9 +217,34 @@ fn round_number_lanes(f: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512
     _mm512_add_epi32(x, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)))
 }
 
-/// Rounds 32 f32 at a time: each half rounded in its lanes ([`round_number_lanes`] when neither
-/// holds a NaN, else [`round_lanes`]), then packed in order with `vpackusdw` and a qword
-/// permute (not the narrowing store `vpmovdw`, microcoded on AMD Zen 4).
+/// [`round1`] of 32 f32 (`f0` then `f1`) into 32 bf16, in order: each half rounded in its
+/// lanes ([`round_number_lanes`] when neither holds a NaN, else [`round_lanes`]), then packed
+/// with `vpackusdw` and a qword permute (not the narrowing store `vpmovdw`, microcoded on AMD
+/// Zen 4). The bf16 GEMM rounds its register tiles with it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+pub(super) fn round32(
+    f0: std::arch::x86_64::__m512,
+    f1: std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let nan =
+        _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(f0, f0) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(f1, f1);
+    let (r0, r1) = if nan == 0 {
+        (
+            _mm512_srli_epi32::<16>(round_number_lanes(f0)),
+            _mm512_srli_epi32::<16>(round_number_lanes(f1)),
+        )
+    } else {
+        (round_lanes(f0), round_lanes(f1))
+    };
+    // Every lane is at most 0xffff, so the unsigned saturation never clips.
+    let order = _mm512_set_epi64(7, 5, 3, 1, 6, 4, 2, 0);
+    _mm512_permutexvar_epi64(order, _mm512_packus_epi32(r0, r1))
+}
+
+/// Rounds 32 f32 at a time with [`round32`].
 ///
 /// # Safety
 /// The CPU must have AVX-512 F and BW.
@@ -229,21 +254,6 @@ unsafe fn round_avx512(src: &[f32], dst: &mut [bf16]) {
     use std::arch::x86_64::*;
     let n = src.len().min(dst.len());
     let body = n - n % 32;
-    let order = _mm512_set_epi64(7, 5, 3, 1, 6, 4, 2, 0);
-    let round32 = |f0: __m512, f1: __m512| {
-        let nan =
-            _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(f0, f0) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(f1, f1);
-        let (r0, r1) = if nan == 0 {
-            (
-                _mm512_srli_epi32::<16>(round_number_lanes(f0)),
-                _mm512_srli_epi32::<16>(round_number_lanes(f1)),
-            )
-        } else {
-            (round_lanes(f0), round_lanes(f1))
-        };
-        // Every lane is at most 0xffff, so the unsigned saturation never clips.
-        _mm512_permutexvar_epi64(order, _mm512_packus_epi32(r0, r1))
-    };
     for i in (0..body).step_by(32) {
         // SAFETY: `i + 32 ≤ body ≤` both slices' lengths; unaligned loads and stores.
         unsafe {

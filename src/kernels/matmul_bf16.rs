@@ -54,6 +54,8 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::bf16::f32_to_bf16;
+#[cfg(target_arch = "x86_64")]
+use super::bf16::round32;
 use super::kind::MatmulDims;
 use super::matmul::{gemm_pool, with_kept, with_scratch};
 
@@ -422,13 +424,23 @@ fn unit(plan: &Plan, u: usize, a: ASource<'_>, b: &[bf16], rows: &mut [&mut [bf1
                                 acc[r * NR..r * NR + cols].copy_from_slice(&kept[at..at + cols]);
                             }
                         }
+                        // A whole tile of the last block is rounded from the registers.
+                        let direct = (last && live == MR && cols == NR)
+                            .then(|| rows.get_mut(r0..r0 + MR))
+                            .flatten()
+                            .and_then(|rs| <&mut [&mut [bf16]; MR]>::try_from(rs).ok())
+                            .map(|rs| rs.each_mut().map(|row| &mut row[c0..c0 + NR]));
+                        let rounded = direct.is_some();
                         // SAFETY: `run` is only reached when `available()` said the CPU has
-                        // AVX-512 F and BF16; the slices hold `kc` pairs of `MR` rows and of
-                        // `NR` columns (checked by `tile`'s assert).
+                        // AVX-512 F, BW and BF16; the slices hold `kc` pairs of `MR` rows and of
+                        // `NR` columns (checked by `tile`'s asserts).
                         unsafe {
                             let b = &buf[pn * kc * NR..][..kc * NR];
-                            tile(kc, &tile_a, b, &mut acc, first);
+                            tile(kc, &tile_a, b, &mut acc, first, direct);
                         };
+                        if rounded {
+                            continue;
+                        }
                         for r in 0..live {
                             let src = &acc[r * NR..r * NR + cols];
                             if last {
@@ -635,12 +647,22 @@ impl<'a> TileA<'a> {
 
 /// The register tile: `acc[r][c] = Σ_p` (from zero when `from_zero`, else `acc[r][c] +`) over
 /// `pairs` pairs of row `r` of `a` times column `c` of `b` (`[pair][NR]` u32), in order of `p`.
+/// With `out` (a whole tile of the last `k` block), row `r` is rounded to bf16 straight from
+/// the registers into `out[r]` (its `NR` columns) and `acc` is left as it was: the same
+/// rounding as [`f32_to_bf16`], without storing and reloading the accumulators.
 ///
 /// # Safety
-/// The CPU must have AVX-512 F and BF16.
+/// The CPU must have AVX-512 F, BW and BF16.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn tile(pairs: usize, a: &TileA<'_>, b: &[u32], acc: &mut [f32; MR * NR], from_zero: bool) {
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn tile(
+    pairs: usize,
+    a: &TileA<'_>,
+    b: &[u32],
+    acc: &mut [f32; MR * NR],
+    from_zero: bool,
+    out: Option<[&mut [bf16]; MR]>,
+) {
     use std::arch::x86_64::*;
     assert!(
         a.pairs >= pairs && b.len() >= pairs * NR,
@@ -679,6 +701,25 @@ unsafe fn tile(pairs: usize, a: &TileA<'_>, b: &[u32], acc: &mut [f32; MR * NR],
             }
         }
     }
+    if let Some(out) = out {
+        for (row, [x0, x1, x2]) in out.into_iter().zip(c) {
+            assert!(
+                row.len() >= NR,
+                "matmul_bf16_dot: output row shorter than a panel"
+            );
+            let (first, last) = (round32(x0, x1), round32(x2, _mm512_setzero_ps()));
+            // SAFETY: `row` holds at least `NR` = 48 bf16 (asserted): 64 bytes at 0 and the
+            // low 32 bytes of `last` at 32 elements, unaligned.
+            unsafe {
+                _mm512_storeu_si512(row.as_mut_ptr().cast(), first);
+                _mm256_storeu_si256(
+                    row.as_mut_ptr().add(2 * LANES).cast(),
+                    _mm512_castsi512_si256(last),
+                );
+            }
+        }
+        return;
+    }
     for (r, row) in c.iter().enumerate() {
         for (v, x) in row.iter().enumerate() {
             // SAFETY: as for the loads above.
@@ -689,7 +730,14 @@ unsafe fn tile(pairs: usize, a: &TileA<'_>, b: &[u32], acc: &mut [f32; MR * NR],
 
 /// Off x86-64 [`available`] is false and this is never reached.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile(_: usize, _: &TileA<'_>, _: &[u32], _: &mut [f32; MR * NR], _: bool) {
+unsafe fn tile(
+    _: usize,
+    _: &TileA<'_>,
+    _: &[u32],
+    _: &mut [f32; MR * NR],
+    _: bool,
+    _: Option<[&mut [bf16]; MR]>,
+) {
     unreachable!("matmul_bf16_dot: no AVX512-BF16 off x86-64; available() returns false")
 }
 
@@ -727,7 +775,7 @@ mod tests {
         let t = std::time::Instant::now();
         for _ in 0..reps {
             // SAFETY: `available()` said the CPU has AVX-512 F and BF16; sizes as asserted.
-            unsafe { tile(pairs, &TileA::packed(&a), &b, &mut acc, true) };
+            unsafe { tile(pairs, &TileA::packed(&a), &b, &mut acc, true, None) };
             std::hint::black_box(&mut acc);
         }
         let ns = t.elapsed().as_secs_f64() * 1e9;
