@@ -42,13 +42,15 @@
 //! units differ by at most one panel or tile. A unit packs its columns of `B`, [`KC`] pairs at a
 //! time, into a per-thread buffer (`[panel][pair][NR]` u32 that stays in L2), then runs the
 //! `MR × NR` register tile (24 accumulators, 3 vectors of 16 lanes per row) over every row tile
-//! and panel. Units are claimed one at a time from a shared counter in [`gemm_pool`], so a
-//! core freed early takes more.
+//! and panel. Units are claimed one at a time through [`KernelPool::claim_units`], so a core
+//! freed early takes more, and a product that starts beside another gets its own core at the
+//! next unit boundary (and is cut for one thread: a single-thread plan repacks `B` less); the
+//! guard's scan of `A` runs on the claiming thread (a rayon join there could take the other
+//! product's work and hold this one until it ends).
 
 use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use half::bf16;
 use rayon::prelude::*;
@@ -57,7 +59,7 @@ use super::bf16::f32_to_bf16;
 #[cfg(target_arch = "x86_64")]
 use super::bf16::round32;
 use super::kind::MatmulDims;
-use super::matmul::{gemm_pool, with_kept, with_scratch};
+use super::matmul::{KernelPool, gemm_pool, with_kept, with_scratch};
 
 /// Rows of a register tile.
 const MR: usize = 8;
@@ -192,8 +194,10 @@ fn run(a: &[bf16], b: &[bf16], out: &mut [bf16], dims: MatmulDims, threads: usiz
     let macs = batch.saturating_mul(m).saturating_mul(k).saturating_mul(n);
     let parallel = threads > 1 && macs >= PARALLEL_MIN_MACS;
     // Enough units for the threads to balance, as long as a chunk keeps 4 row tiles (a unit
-    // repacks its columns of `B`, which only pays back over several tiles).
-    let wanted = UNITS_PER_THREAD * threads;
+    // repacks its columns of `B`, which only pays back over several tiles). A product that
+    // starts beside another will mostly run on one core (`claim_units`): units for one thread.
+    let busy = parallel && gemm_pool().is_some_and(KernelPool::is_busy);
+    let wanted = UNITS_PER_THREAD * if busy { 1 } else { threads };
     let row_chunks = if parallel && batch * col_blocks < wanted {
         wanted.div_ceil(batch * col_blocks).min(tiles / 4).max(1)
     } else {
@@ -267,14 +271,12 @@ fn prepare_a(plan: &Plan, a: &[bf16], packed: Option<&mut [u32]>, parallel: bool
     let min = match (packed, parallel) {
         (Some(buf), true) => buf.par_chunks_mut(tile_len).enumerate().map(pack).min(),
         (Some(buf), false) => buf.chunks_mut(tile_len).enumerate().map(pack).min(),
-        (None, true) => a.par_chunks(SCAN_CHUNK).map(min_exponent_key).min(),
-        (None, false) => Some(min_exponent_key(a)),
+        // The scan alone is a few tens of µs for 1000²: not worth a rayon join, whose waiting
+        // thread may take another kernel's work and hold this product until that ends.
+        (None, _) => Some(min_exponent_key(a)),
     };
     min.unwrap_or(0xff)
 }
-
-/// Elements of `A` per parallel piece of the guard's scan.
-const SCAN_CHUNK: usize = 1 << 16;
 
 /// [`run`] once the plan is made: prepares `A` (finding the guard's exponent), then computes
 /// the units, claimed one at a time by the threads.
@@ -300,7 +302,10 @@ fn run_units(
     }
     let pool = gemm_pool().filter(|_| plan.parallel);
     let go = |plan: &mut Plan| -> bool {
-        plan.ea = prepare_a(plan, a, packed.as_deref_mut(), pool.is_some());
+        // In parallel only while no other kernel runs: a thread waiting for the pieces of
+        // `A` would take another kernel's work meanwhile and hold this product until it ends.
+        let split = pool.is_some_and(|p| !p.is_shared());
+        plan.ea = prepare_a(plan, a, packed.as_deref_mut(), split);
         if !fits(plan.ea, 0xff) {
             return false;
         }
@@ -309,29 +314,20 @@ fn run_units(
             Some(p) => ASource::Packed(p),
             None => ASource::Rows(a),
         };
-        if pool.is_none() {
+        let Some(pool) = pool else {
             return pieces
                 .into_iter()
                 .enumerate()
                 .all(|(u, mut rows)| unit(plan, u, src, b, &mut rows));
-        }
-        let failed = AtomicBool::new(false);
+        };
         let pieces: Vec<Mutex<Vec<&mut [bf16]>>> = pieces.into_iter().map(Mutex::new).collect();
-        let next = AtomicUsize::new(0);
-        (0..threads.min(units)).into_par_iter().for_each(|_| {
-            loop {
-                let u = next.fetch_add(1, Ordering::Relaxed);
-                let Some(cell) = pieces.get(u) else { break };
-                if failed.load(Ordering::Relaxed) {
-                    break;
-                }
+        let work = |u: usize| {
+            pieces.get(u).is_none_or(|cell| {
                 let mut rows = cell.lock().unwrap_or_else(|e| e.into_inner());
-                if !unit(plan, u, src, b, &mut rows) {
-                    failed.store(true, Ordering::Relaxed);
-                }
-            }
-        });
-        !failed.load(Ordering::Relaxed)
+                unit(plan, u, src, b, &mut rows)
+            })
+        };
+        pool.claim_units(threads, units, &work)
     };
     match pool {
         Some(pool) => pool.install(|| go(plan)),

@@ -14,7 +14,8 @@
 //! An FMA rounds once, so the AVX-512 lanes and the AVX2 lanes give the bits of the scalar
 //! chain: the result depends on the shape and the input bits only, not on the tiling, the
 //! instruction set or the threads (tested in `tests.rs`). Threads take whole column blocks, so
-//! no reduction is ever split.
+//! no reduction is ever split; they claim them through `KernelPool::claim_units`, which shares
+//! the cores with other kernels running at the same time.
 //!
 //! # Tiling
 //! A register tile is `MR` rows × `NV` vectors of columns (16 lanes on AVX-512, 8 on AVX2),
@@ -27,9 +28,6 @@
 
 use std::cell::RefCell;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use rayon::prelude::*;
 
 use super::kind::MatmulDims;
 use super::matmul::{gemm_pool, with_scratch};
@@ -153,20 +151,17 @@ pub(crate) fn matmul_with<T: Element>(
                 }
                 let pieces: Vec<Mutex<Vec<&mut [T]>>> =
                     pieces.into_iter().map(Mutex::new).collect();
-                let next = AtomicUsize::new(0);
-                // Blocks are claimed one at a time, so a worker that finishes early takes more;
-                // who computes a block never changes its bits.
-                pool.install(|| {
-                    (0..threads.min(blocks)).into_par_iter().for_each(|_| {
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(cell) = pieces.get(i) else { break };
-                            let mut rows = cell.lock().unwrap_or_else(|e| e.into_inner());
-                            let (bt, jb) = (i / blocks_per_batch, i % blocks_per_batch);
-                            block(isa, ops(bt), jb * NB, &mut rows);
-                        }
-                    });
-                });
+                // Blocks are claimed one at a time (`claim_units`), so a thread that finishes
+                // early takes more; who computes a block never changes its bits.
+                let work = |i: usize| {
+                    if let Some(cell) = pieces.get(i) {
+                        let mut rows = cell.lock().unwrap_or_else(|e| e.into_inner());
+                        let (bt, jb) = (i / blocks_per_batch, i % blocks_per_batch);
+                        block(isa, ops(bt), jb * NB, &mut rows);
+                    }
+                    true
+                };
+                pool.install(|| pool.claim_units(threads, blocks, &work));
             }
             _ => {
                 for (bt, out_b) in out.chunks_exact_mut(m * n).enumerate() {

@@ -1427,3 +1427,89 @@ fn elementwise_pieces_keep_their_bits_across_threads_r6_4() {
     check::<f16>(DType::F16);
     check::<bf16>(DType::BF16);
 }
+
+/// `claim_units`: every unit runs exactly once, whatever the threads and however many kernels
+/// claim at once from several callers; a failing unit stops the claiming and is reported; a
+/// panicking unit reaches the caller and leaves the pool's counts as they were.
+mod claims {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::kernels::matmul::KernelPool;
+
+    fn counters(n: usize) -> Vec<AtomicUsize> {
+        (0..n).map(|_| AtomicUsize::new(0)).collect()
+    }
+
+    fn each_once(runs: &[AtomicUsize], what: &str) {
+        for (u, r) in runs.iter().enumerate() {
+            assert_eq!(r.load(Ordering::Relaxed), 1, "{what}: unit {u}");
+        }
+    }
+
+    #[test]
+    fn every_unit_runs_once_for_any_threads() {
+        let pool = KernelPool::new(3).expect("threads");
+        for threads in 1..=5 {
+            for units in [0, 1, 2, 7, 300] {
+                let runs = counters(units);
+                let work = |u: usize| {
+                    runs[u].fetch_add(1, Ordering::Relaxed);
+                    true
+                };
+                assert!(pool.install(|| pool.claim_units(threads, units, &work)));
+                each_once(&runs, &format!("{threads} threads, {units} units"));
+            }
+        }
+        assert_eq!(pool.counts(), [0, 0, 0]);
+    }
+
+    #[test]
+    fn kernels_claiming_at_once_each_finish_every_unit() {
+        let pool = KernelPool::new(2).expect("threads");
+        let kernels: Vec<Vec<AtomicUsize>> = (0..4).map(|_| counters(64)).collect();
+        std::thread::scope(|s| {
+            for runs in &kernels {
+                let pool = &pool;
+                s.spawn(move || {
+                    let work = |u: usize| {
+                        runs[u].fetch_add(1, Ordering::Relaxed);
+                        // Long enough for the other kernels to arrive mid-way.
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                        true
+                    };
+                    assert!(pool.install(|| pool.claim_units(2, runs.len(), &work)));
+                });
+            }
+        });
+        for (i, runs) in kernels.iter().enumerate() {
+            each_once(runs, &format!("kernel {i}"));
+        }
+        assert_eq!(pool.counts(), [0, 0, 0]);
+    }
+
+    #[test]
+    fn a_failing_unit_stops_the_claims_and_a_panic_reaches_the_caller() {
+        let pool = KernelPool::new(2).expect("threads");
+        let runs = counters(200);
+        let work = |u: usize| runs[u].fetch_add(1, Ordering::Relaxed) == 0 && u != 5;
+        assert!(!pool.install(|| pool.claim_units(2, 200, &work)));
+        assert!(runs.iter().all(|r| r.load(Ordering::Relaxed) <= 1));
+        let work = |u: usize| {
+            assert!(u != 7, "unit 7 fails");
+            true
+        };
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            pool.install(|| pool.claim_units(2, 50, &work))
+        }));
+        assert!(caught.is_err(), "the panic reaches the caller");
+        assert_eq!(pool.counts(), [0, 0, 0]);
+        let runs = counters(10);
+        let work = |u: usize| {
+            runs[u].fetch_add(1, Ordering::Relaxed);
+            true
+        };
+        assert!(pool.install(|| pool.claim_units(2, 10, &work)));
+        each_once(&runs, "after the panic");
+    }
+}

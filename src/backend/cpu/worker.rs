@@ -94,11 +94,13 @@ pub(crate) struct WorkerShared {
 
 /// How many threads a kernel may use: every core (capped by [`set_threads_per_stream`]).
 ///
-/// Streams that run at once share the cores through the one gemm pool rather than a fixed
-/// split: each multithreaded kernel hands the pool as many jobs as there are cores, and the
-/// pool's threads take the jobs of whichever kernels are running, so a core freed when one
-/// stream's matmul ends goes to the matmul still running (issue 12; before, a matmul fixed
-/// `cores / busy streams` threads when it started and kept them). Large elementwise ops and
+/// Streams that run at once share the cores through the one kernel pool rather than a fixed
+/// split: each multithreaded kernel may use every core, and the pool's threads take the work of
+/// whichever kernels are running. The bf16 and small-`m` matmuls claim work units
+/// cooperatively (`KernelPool::claim_units`): two products at once run one core each, and a
+/// core freed when one ends joins the other at its next unit; the `gemm` crate's f32 product
+/// splits into its own tasks, which the pool's threads take as they come free (issue 12;
+/// before, a matmul fixed `cores / busy streams` threads when it started and kept them). Large elementwise ops and
 /// conversions split too, but only while no other kernel runs in the pool: a 1M-element add is
 /// 0.2 ms, and queueing it behind another stream's product cost milliseconds. The count changes
 /// speed only, never bits (R6.4: the kernels parallelize over output elements only).
