@@ -40,7 +40,9 @@
 //! is a block of at most [`PANELS_PER_UNIT`] panels of `NR` output columns of a batch (and, where that makes fewer than
 //! [`UNITS_PER_THREAD`] per thread, a chunk of row tiles); blocks and chunks are cut evenly, so
 //! units differ by at most one panel or tile. A unit packs its columns of `B`, [`KC`] pairs at a
-//! time, into a per-thread buffer (`[panel][pair][NR]` u32 that stays in L2), then runs the
+//! time, into a per-thread buffer (`[panel][pair][NR]` u32 that stays in L2; when `k` is one
+//! block, the thread's next unit reuses it if it is the next row chunk of the same columns),
+//! then runs the
 //! `MR × NR` register tile (24 accumulators, 3 vectors of 16 lanes per row) over every row tile
 //! and panel. Units are claimed one at a time through [`KernelPool::claim_units`], so a core
 //! freed early takes more, and a product that starts beside another gets its own core at the
@@ -51,6 +53,7 @@
 use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use half::bf16;
 use rayon::prelude::*;
@@ -150,6 +153,8 @@ struct Plan {
     parallel: bool,
     /// The guard's exponent of `A`.
     ea: u16,
+    /// This product's number in the process (names the `B` blocks a thread keeps packed).
+    id: u64,
 }
 
 impl Plan {
@@ -158,9 +163,13 @@ impl Plan {
     }
 
     /// `(batch, row tiles, columns)` of unit `u`.
+    ///
+    /// The row chunks of a column block are consecutive units, so a thread that claims
+    /// them one after the other (one product per core, `claim_units`) packs that block of `B`
+    /// once ([`PackedB`]).
     fn unit(&self, u: usize) -> (usize, Range<usize>, Range<usize>) {
-        let jb = u % self.col_blocks;
-        let rc = (u / self.col_blocks) % self.row_chunks;
+        let rc = u % self.row_chunks;
+        let jb = (u / self.row_chunks) % self.col_blocks;
         let bt = u / (self.col_blocks * self.row_chunks);
         (bt, even(self.tiles, self.row_chunks, rc), self.columns(jb))
     }
@@ -176,7 +185,7 @@ impl Plan {
         let (bt, tile) = (r / self.dims.m, r % self.dims.m / MR);
         // The last chunk whose first tile is at most `tile` (inverse of `even`).
         let rc = ((tile + 1) * self.row_chunks - 1) / self.tiles;
-        (bt * self.row_chunks + rc) * self.col_blocks + jb
+        (bt * self.col_blocks + jb) * self.row_chunks + rc
     }
 }
 
@@ -212,6 +221,7 @@ fn run(a: &[bf16], b: &[bf16], out: &mut [bf16], dims: MatmulDims, threads: usiz
         row_chunks,
         parallel,
         ea: 0,
+        id: NEXT_PRODUCT.fetch_add(1, Ordering::Relaxed),
     };
     if k.is_multiple_of(2) {
         // Pair `p` of a row of `A` is its 4 bytes at column `2p`: the register tile reads the
@@ -335,11 +345,24 @@ fn run_units(
     }
 }
 
-/// Runs `f` on this thread's buffer for packed `B` (a fresh one if re-entered).
-fn with_packed_b(f: impl FnOnce(&mut Vec<u32>)) {
+/// Numbers products for [`PackedB::holds`].
+static NEXT_PRODUCT: AtomicU64 = AtomicU64::new(0);
+
+/// A thread's packed columns of `B`, and which they are.
+#[derive(Default)]
+struct PackedB {
+    buf: Vec<u32>,
+    /// `(product, B number, first column, exponent key)` of the whole column block `buf`
+    /// holds, when `k` is a single block; `None` when it holds one block of several (or
+    /// nothing).
+    holds: Option<(u64, usize, usize, u16)>,
+}
+
+/// Runs `f` on this thread's packed `B` (a fresh one if re-entered).
+fn with_packed_b(f: impl FnOnce(&mut PackedB)) {
     PACKED_B.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => f(&mut buf),
-        Err(_) => f(&mut Vec::new()),
+        Ok(mut packed) => f(&mut packed),
+        Err(_) => f(&mut PackedB::default()),
     });
 }
 
@@ -349,7 +372,7 @@ thread_local! {
     static PACKED_A: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
     /// A unit's packed columns of `B` (`KC × 2 NR` u32, 192 KiB at most), kept per thread so
     /// replays allocate nothing.
-    static PACKED_B: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    static PACKED_B: RefCell<PackedB> = RefCell::new(PackedB::default());
 }
 
 /// Computes unit `u`: `rows[i]` is its piece of output row `i` (of its row chunk). Returns
@@ -383,23 +406,39 @@ fn unit(plan: &Plan, u: usize, a: ASource<'_>, b: &[bf16], rows: &mut [&mut [bf1
     let keep = if blocks > 1 { nrows * panels * NR } else { 0 };
     let mut ok = true;
     with_scratch(keep, |kept| {
-        with_packed_b(|buf| {
+        with_packed_b(|packed| {
             // One register tile's accumulators in memory, reused by every tile of the unit:
             // `tile` starts from zero on the first block, so it is zeroed only here.
             let mut acc = [0f32; MR * NR];
+            let bb = if rhs_batched { bt } else { 0 };
             for blk in 0..blocks {
                 let p0 = blk * KC;
                 let kc = KC.min(plan.pairs - p0);
-                // Every lane is written by `pack_b` (padding included), so stale contents from
-                // an earlier unit are never read.
-                if buf.len() < panels * kc * NR {
-                    buf.resize(panels * kc * NR, 0);
-                }
-                let eb = pack_b(b, k, n, j0, w, p0, kc, buf);
+                let eb = match packed.holds {
+                    // This thread's previous unit packed these very columns (another row chunk
+                    // of the same product, `k` one block).
+                    Some((id, held_bb, held_j0, eb))
+                        if blocks == 1 && (id, held_bb, held_j0) == (plan.id, bb, j0) =>
+                    {
+                        eb
+                    }
+                    _ => {
+                        // Every lane is written by `pack_b` (padding included), so stale
+                        // contents from an earlier unit are never read.
+                        let buf = &mut packed.buf;
+                        if buf.len() < panels * kc * NR {
+                            buf.resize(panels * kc * NR, 0);
+                        }
+                        let eb = pack_b(b, k, n, j0, w, p0, kc, buf);
+                        packed.holds = (blocks == 1).then_some((plan.id, bb, j0, eb));
+                        eb
+                    }
+                };
                 if !fits(plan.ea, eb) {
                     ok = false;
                     return;
                 }
+                let buf = &packed.buf;
                 let (first, last) = (blk == 0, blk + 1 == blocks);
                 for t in t0..t1 {
                     let live = MR.min(m - t * MR);

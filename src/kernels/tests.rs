@@ -1198,6 +1198,31 @@ mod bf16_dot {
         }
     }
 
+    /// A thread keeps a column block of `B` packed for the product's next row chunk: results
+    /// stay exact when products of one shape but other `B` follow each other on the same
+    /// threads, and when the kept block failed the guard.
+    #[test]
+    fn dot_reuses_packed_columns_only_within_a_product() {
+        if skip() {
+            return;
+        }
+        // 25 row tiles, one 96-column block, `k` one block: six row chunks on 2+ threads.
+        let d = dims(1, 200, 64, 96, false);
+        let a = values(200 * 64, 3, 2.0, DType::BF16);
+        for seed in 0..4u64 {
+            let b = values(64 * 96, 10 + seed, 2.0, DType::BF16);
+            let one = run(&a, &b, d, 1).expect("normal operands");
+            reference::check_matmul(&a, &b, &one, d, DType::BF16).expect("R6.9");
+            for threads in [2, 3] {
+                let got = run(&a, &b, d, threads).expect("same decision");
+                assert_bits(&got, &one, &format!("B seed {seed}, {threads} threads"));
+            }
+        }
+        let mut b = values(64 * 96, 20, 2.0, DType::BF16);
+        b[5] = 2f32.powi(-130);
+        assert!(run(&a, &b, d, 2).is_none(), "a subnormal in B declines");
+    }
+
     /// Special values pass through as IEEE arithmetic would: inf·x, NaN, ±0, and cancellation
     /// of large terms.
     #[test]
