@@ -46,8 +46,7 @@
 //! `MR × NR` register tile (24 accumulators, 3 vectors of 16 lanes per row) over every row tile
 //! and panel. Units are claimed one at a time through [`KernelPool::claim_units`], so a core
 //! freed early takes more, and a product that starts beside another gets its own core at the
-//! next unit boundary (and is cut for one thread: a single-thread plan repacks `B` less); the
-//! guard's scan of `A` runs on the claiming thread (a rayon join there could take the other
+//! next unit boundary; the guard's scan of `A` runs on the claiming thread (a rayon join there could take the other
 //! product's work and hold this one until it ends).
 
 use std::cell::RefCell;
@@ -62,7 +61,7 @@ use super::bf16::f32_to_bf16;
 #[cfg(target_arch = "x86_64")]
 use super::bf16::round32;
 use super::kind::MatmulDims;
-use super::matmul::{KernelPool, gemm_pool, with_kept, with_scratch};
+use super::matmul::{gemm_pool, with_kept, with_scratch};
 
 /// Rows of a register tile.
 const MR: usize = 8;
@@ -203,10 +202,9 @@ fn run(a: &[bf16], b: &[bf16], out: &mut [bf16], dims: MatmulDims, threads: usiz
     let macs = batch.saturating_mul(m).saturating_mul(k).saturating_mul(n);
     let parallel = threads > 1 && macs >= PARALLEL_MIN_MACS;
     // Enough units for the threads to balance, as long as a chunk keeps 4 row tiles (a unit
-    // repacks its columns of `B`, which only pays back over several tiles). A product that
-    // starts beside another will mostly run on one core (`claim_units`): units for one thread.
-    let busy = parallel && gemm_pool().is_some_and(KernelPool::is_busy);
-    let wanted = UNITS_PER_THREAD * if busy { 1 } else { threads };
+    // repacks its columns of `B` unless its thread just packed them, which only pays back
+    // over several tiles).
+    let wanted = UNITS_PER_THREAD * threads;
     let row_chunks = if parallel && batch * col_blocks < wanted {
         wanted.div_ceil(batch * col_blocks).min(tiles / 4).max(1)
     } else {
