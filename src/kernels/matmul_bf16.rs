@@ -42,12 +42,12 @@
 //! units differ by at most one panel or tile. A unit packs its columns of `B`, [`KC`] pairs at a
 //! time, into a per-thread buffer (`[panel][pair][NR]` u32 that stays in L2; when `k` is one
 //! block, the thread's next unit reuses it if it is the next row chunk of the same columns),
-//! then runs the
-//! `MR × NR` register tile (24 accumulators, 3 vectors of 16 lanes per row) over every row tile
-//! and panel. Units are claimed one at a time through [`KernelPool::claim_units`], so a core
-//! freed early takes more, and a product that starts beside another gets its own core at the
-//! next unit boundary; the guard's scan of `A` runs on the claiming thread (a rayon join there could take the other
-//! product's work and hold this one until it ends).
+//! then runs the `MR × NR` register tile (24 accumulators, 3 vectors of 16 lanes per row) over
+//! every row tile and panel. Units are claimed one at a time through
+//! [`KernelPool::claim_units`](super::matmul::KernelPool::claim_units), so a core freed early
+//! takes more, and a product that starts beside another gets its own core at the next unit
+//! boundary; the guard's scan of `A` runs on the claiming thread (a rayon join there could
+//! take the other product's work and hold this one until it ends).
 
 use std::cell::RefCell;
 use std::ops::Range;
