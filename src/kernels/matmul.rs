@@ -220,16 +220,18 @@ impl KernelPool {
     }
 
     /// Runs `work(u)` for every `u` in `0..units`, each claimed once, by the calling thread
-    /// (called inside [`install`](Self::install), so a thread of this pool, counted as a running
-    /// kernel) and up to `threads - 1` helpers, until a call returns `false`; returns whether every call returned `true`.
-    /// Which thread runs a unit never changes its bits: callers make units independent.
+    /// (called inside [`install`](Self::install), so a thread of this pool, counted as a
+    /// running kernel) and up to `threads - 1` helpers, until a call returns `false`; returns
+    /// whether every call returned `true`. Which thread runs a unit never changes its bits:
+    /// callers make units independent.
     ///
     /// Kernels share the cores cooperatively, at unit boundaries: a helper leaves when another
     /// kernel waits for the pool, and a thread adds a helper while the kernel has fewer threads
     /// than its share of `threads` among the kernels claiming units. So two products that start
     /// together run side by side, one core each, instead of one after the other on both (a
-    /// split product loses about 5% to splitting; the seed's bf16 products at once: 4% faster),
-    /// and the core freed when one ends joins the other within a unit.
+    /// product split over two threads loses about 5%; the seed's two bf16 products took about
+    /// 3% less time side by side), and the core freed when one ends joins the other within a
+    /// unit.
     pub(super) fn claim_units(
         &self,
         threads: usize,
