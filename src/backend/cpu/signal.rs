@@ -10,7 +10,9 @@
 //!
 //! # Strategy: spin, then park (style §7)
 //! 1. Fast path: one acquire load; if the position is reached, no lock is touched.
-//! 2. Spin with [`Backoff`]: doubling pause hints, then a few yields.
+//! 2. Spin with [`Backoff`]: doubling pause hints, then a few yields (a worker skips the yields
+//!    while kernels keep the cores busy, [`Progress::wait_until_sparing`]: a yielding thread
+//!    waits behind them for a scheduler slice, a parked one is woken with priority).
 //!    The host ([`Progress::wait_until_patient`]: `synchronize`, reading a tensor) then keeps
 //!    yielding for a fixed patience (100 µs) before it parks: waking a parked host costs
 //!    20–50 µs here, more than a whole 1000-op replay, and the host has nothing else to run.
@@ -124,9 +126,21 @@ impl Progress {
         self.park_until(k);
     }
 
+    /// As [`Progress::wait_until`], without the back-off's yield rounds
+    /// ([`Backoff::spin_only`]): for a worker while kernels keep the cores busy.
+    pub(crate) fn wait_until_sparing(&self, k: u64) {
+        if self.done() >= k {
+            return;
+        }
+        self.wait_until_with(k, Backoff::spin_only());
+    }
+
     #[cold]
     fn wait_until_cold(&self, k: u64) {
-        let mut backoff = Backoff::default();
+        self.wait_until_with(k, Backoff::default());
+    }
+
+    fn wait_until_with(&self, k: u64, mut backoff: Backoff) {
         while backoff.snooze() {
             if self.done() >= k {
                 return;
@@ -178,6 +192,30 @@ mod tests {
             std::thread::spawn(move || p.wait_until_patient(2, Duration::from_millis(1)))
         };
         // Well past the patience and the spin budget: the waiter is registered as a sleeper.
+        let start = std::time::Instant::now();
+        while p.sleepers.load(Ordering::SeqCst) == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the waiter never parked"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        p.publish(2);
+        waiter.join().unwrap();
+        assert_eq!(p.done(), 2);
+    }
+
+    /// A sparing waiter (no yield rounds) parks after its short spin and is woken by the
+    /// publish; a reached position returns at once.
+    #[test]
+    fn a_sparing_waiter_parks_after_its_spin_and_is_woken() {
+        let p = Arc::new(Progress::default());
+        p.publish(1);
+        p.wait_until_sparing(1);
+        let waiter = {
+            let p = p.clone();
+            std::thread::spawn(move || p.wait_until_sparing(2))
+        };
         let start = std::time::Instant::now();
         while p.sleepers.load(Ordering::SeqCst) == 0 {
             assert!(

@@ -47,6 +47,8 @@ pub(crate) fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<
 #[derive(Debug, Default)]
 pub(crate) struct Backoff {
     step: u32,
+    /// Skip the yield rounds ([`Backoff::spin_only`]).
+    no_yield: bool,
 }
 
 impl Backoff {
@@ -60,13 +62,24 @@ impl Backoff {
             for _ in 0..(1u32 << self.step) {
                 spin_hint();
             }
-        } else if self.step <= Self::SPIN_LIMIT + Self::YIELD_LIMIT {
+        } else if self.step <= Self::SPIN_LIMIT + Self::YIELD_LIMIT && !self.no_yield {
             yield_now();
         } else {
             return false;
         }
         self.step += 1;
         true
+    }
+
+    /// A back-off without the yield rounds: pause hints only, then "park". For a waiter whose
+    /// core busy kernel threads want: a thread that yields to them can wait behind them for a
+    /// scheduler slice (milliseconds) after its condition holds, while a parked one is woken
+    /// with the scheduler's wake-up preference.
+    pub(crate) fn spin_only() -> Backoff {
+        Backoff {
+            step: 0,
+            no_yield: true,
+        }
     }
 }
 
