@@ -180,18 +180,16 @@ mod tests {
         assert_eq!(p.done(), 3);
     }
 
-    /// The host's patient wait still parks once its patience is spent, and is woken like any
-    /// other waiter (a lost wake-up would hang this test).
-    #[test]
-    fn a_patient_waiter_parks_after_its_patience_and_is_woken() {
+    /// Starts `wait(p, 2)` on a thread, waits until it has registered as a sleeper (so it
+    /// parked after its spin and, if any, its patience), then publishes and joins it.
+    fn parks_then_is_woken(wait: fn(&Progress, u64)) {
         let p = Arc::new(Progress::default());
         p.publish(1);
-        p.wait_until_patient(1, Duration::from_secs(3600)); // reached: returns at once
+        wait(&p, 1); // reached: returns at once
         let waiter = {
             let p = p.clone();
-            std::thread::spawn(move || p.wait_until_patient(2, Duration::from_millis(1)))
+            std::thread::spawn(move || wait(&p, 2))
         };
-        // Well past the patience and the spin budget: the waiter is registered as a sleeper.
         let start = std::time::Instant::now();
         while p.sleepers.load(Ordering::SeqCst) == 0 {
             assert!(
@@ -205,28 +203,17 @@ mod tests {
         assert_eq!(p.done(), 2);
     }
 
-    /// A sparing waiter (no yield rounds) parks after its short spin and is woken by the
-    /// publish; a reached position returns at once.
+    /// The host's patient wait still parks once its patience is spent, and is woken like any
+    /// other waiter (a lost wake-up would hang this test).
+    #[test]
+    fn a_patient_waiter_parks_after_its_patience_and_is_woken() {
+        parks_then_is_woken(|p, k| p.wait_until_patient(k, Duration::from_millis(1)));
+    }
+
+    /// A sparing waiter (no yield rounds) parks after its short spin.
     #[test]
     fn a_sparing_waiter_parks_after_its_spin_and_is_woken() {
-        let p = Arc::new(Progress::default());
-        p.publish(1);
-        p.wait_until_sparing(1);
-        let waiter = {
-            let p = p.clone();
-            std::thread::spawn(move || p.wait_until_sparing(2))
-        };
-        let start = std::time::Instant::now();
-        while p.sleepers.load(Ordering::SeqCst) == 0 {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "the waiter never parked"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        p.publish(2);
-        waiter.join().unwrap();
-        assert_eq!(p.done(), 2);
+        parks_then_is_woken(|p, k| p.wait_until_sparing(k));
     }
 
     #[test]
