@@ -34,12 +34,12 @@ pub(crate) use index::{gather, index_select, scatter, topk_indices};
 pub use kind::{BinaryOp, IndexDims, MatmulDims, ReduceDims, ReduceOp, UnaryOp};
 pub(crate) use layout::{MAX_RANK, cat2, contiguous_strides, strided_copy};
 pub(crate) use matmul::matmul;
+pub(crate) use reduce::{reduce, rms_norm, softmax, softmax_strided};
 
 /// Whether some kernel runs in the kernels' thread pool now (a racy hint: speed only).
 pub(crate) fn pool_busy() -> bool {
     matmul::gemm_pool().is_some_and(|pool| pool.is_busy())
 }
-pub(crate) use reduce::{reduce, rms_norm, softmax, softmax_strided};
 
 #[cfg(test)]
 mod tests;

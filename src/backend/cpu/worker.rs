@@ -100,10 +100,11 @@ pub(crate) struct WorkerShared {
 /// cooperatively (`KernelPool::claim_units`): two products at once run one core each, and a
 /// core freed when one ends joins the other at its next unit; the `gemm` crate's f32 product
 /// splits into its own tasks, which the pool's threads take as they come free (issue 12;
-/// before, a matmul fixed `cores / busy streams` threads when it started and kept them). Large elementwise ops and
-/// conversions split too, but only while no other kernel runs in the pool: a 1M-element add is
-/// 0.2 ms, and queueing it behind another stream's product cost milliseconds. The count changes
-/// speed only, never bits (R6.4: the kernels parallelize over output elements only).
+/// before, a matmul fixed `cores / busy streams` threads when it started and kept them).
+/// Large elementwise ops and conversions split too, but only while no other kernel runs in the
+/// pool: a 1M-element add is 0.2 ms, and queueing it behind another stream's product cost
+/// milliseconds. The count changes speed only, never bits (R6.4: the kernels parallelize over
+/// output elements only).
 ///
 /// [`set_threads_per_stream`]: crate::set_threads_per_stream
 #[derive(Debug)]
@@ -220,7 +221,7 @@ pub(crate) fn run(shared: Arc<WorkerShared>, split: &CoreSplit, failures: &dyn F
 /// Blocks a worker until `progress` reaches `until`. While kernels run in the pool, the wait
 /// parks after its spin instead of yielding: a worker yielding to busy kernel threads lost its
 /// core to them for milliseconds after the record it waited for had landed (the seed's side
-/// stream then started its product 5 ms late, in about 1 replay in 20).
+/// stream then started its product 5 ms late in 4 of 30 traced replays; 1 of 30 parking).
 pub(crate) fn wait_for(progress: &Progress, until: u64) {
     if progress.done() >= until {
         return;
