@@ -110,11 +110,8 @@ impl Progress {
         if self.done() >= k {
             return;
         }
-        let mut backoff = Backoff::default();
-        while backoff.snooze() {
-            if self.done() >= k {
-                return;
-            }
+        if self.spin(k, Backoff::default()) {
+            return;
         }
         let start = std::time::Instant::now();
         while start.elapsed() < patience {
@@ -140,13 +137,20 @@ impl Progress {
         self.wait_until_with(k, Backoff::default());
     }
 
-    fn wait_until_with(&self, k: u64, mut backoff: Backoff) {
+    fn wait_until_with(&self, k: u64, backoff: Backoff) {
+        if !self.spin(k, backoff) {
+            self.park_until(k);
+        }
+    }
+
+    /// Step 2 of the module docs: spins through `backoff`; whether `done ≥ k` was seen.
+    fn spin(&self, k: u64, mut backoff: Backoff) -> bool {
         while backoff.snooze() {
             if self.done() >= k {
-                return;
+                return true;
             }
         }
-        self.park_until(k);
+        false
     }
 
     /// Step 3 of the module docs: sleeps until `done ≥ k` (the spinning is the caller's).
