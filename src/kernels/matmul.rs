@@ -19,8 +19,8 @@
 //! so the bits do not depend on the thread count (R6.4, tested below).
 
 use std::cell::RefCell;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use gemm::Parallelism;
 
@@ -257,6 +257,24 @@ impl KernelPool {
             claims.run(s, true);
         });
         !claims.failed.load(Ordering::Relaxed)
+    }
+
+    /// [`claim_units`](Self::claim_units) over disjoint pieces of an output: unit `u` is
+    /// `work(u, pieces[u])`, its rows behind an uncontended lock so whichever thread claims the
+    /// unit can write them.
+    pub(super) fn claim_pieces<T: Send>(
+        &self,
+        threads: usize,
+        pieces: Vec<Vec<&mut [T]>>,
+        work: &(dyn Fn(usize, &mut [&mut [T]]) -> bool + Sync),
+    ) -> bool {
+        let cells: Vec<Mutex<Vec<&mut [T]>>> = pieces.into_iter().map(Mutex::new).collect();
+        self.claim_units(threads, cells.len(), &|u| {
+            cells.get(u).is_none_or(|cell| {
+                let mut rows = cell.lock().unwrap_or_else(|e| e.into_inner());
+                work(u, &mut rows)
+            })
+        })
     }
 
     /// Whether some kernel runs in the pool now (a racy hint: speed only, never bits). A short

@@ -51,7 +51,6 @@
 
 use std::cell::RefCell;
 use std::ops::Range;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use half::bf16;
@@ -298,8 +297,7 @@ fn run_units(
 ) -> bool {
     let n = plan.dims.n;
     let units = plan.units();
-    // Each unit's output pieces (row `i` of the unit, its columns), behind an uncontended
-    // lock so whichever thread claims the unit can write them.
+    // Each unit's output pieces (row `i` of the unit, its columns).
     let mut pieces: Vec<Vec<&mut [bf16]>> = (0..units).map(|_| Vec::new()).collect();
     for (r, mut row) in out.chunks_mut(n).enumerate() {
         for jb in 0..plan.col_blocks {
@@ -328,14 +326,7 @@ fn run_units(
                 .enumerate()
                 .all(|(u, mut rows)| unit(plan, u, src, b, &mut rows));
         };
-        let pieces: Vec<Mutex<Vec<&mut [bf16]>>> = pieces.into_iter().map(Mutex::new).collect();
-        let work = |u: usize| {
-            pieces.get(u).is_none_or(|cell| {
-                let mut rows = cell.lock().unwrap_or_else(|e| e.into_inner());
-                unit(plan, u, src, b, &mut rows)
-            })
-        };
-        pool.claim_units(threads, units, &work)
+        pool.claim_pieces(threads, pieces, &|u, rows| unit(plan, u, src, b, rows))
     };
     match pool {
         Some(pool) => pool.install(|| go(plan)),

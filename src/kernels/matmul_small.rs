@@ -27,7 +27,6 @@
 //! [`matmul_small_m`] declines and the caller takes the `gemm` path.
 
 use std::cell::RefCell;
-use std::sync::Mutex;
 
 use super::kind::MatmulDims;
 use super::matmul::{gemm_pool, with_scratch};
@@ -139,8 +138,7 @@ pub(crate) fn matmul_with<T: Element>(
             && batch.saturating_mul(m * k).saturating_mul(n) >= PARALLEL_MIN_MACS;
         match gemm_pool() {
             Some(pool) if parallel => {
-                // Each block's rows, as disjoint pieces of `out`, behind an (uncontended) lock so
-                // whichever worker claims the block can write them.
+                // Each block's rows, as disjoint pieces of `out`.
                 let mut pieces: Vec<Vec<&mut [T]>> =
                     (0..blocks).map(|_| Vec::with_capacity(m)).collect();
                 for (r, row) in out.chunks_mut(n).enumerate() {
@@ -149,19 +147,14 @@ pub(crate) fn matmul_with<T: Element>(
                         pieces[first + jb].push(piece);
                     }
                 }
-                let pieces: Vec<Mutex<Vec<&mut [T]>>> =
-                    pieces.into_iter().map(Mutex::new).collect();
-                // Blocks are claimed one at a time (`claim_units`), so a thread that finishes
+                // Blocks are claimed one at a time (`claim_pieces`), so a thread that finishes
                 // early takes more; who computes a block never changes its bits.
-                let work = |i: usize| {
-                    if let Some(cell) = pieces.get(i) {
-                        let mut rows = cell.lock().unwrap_or_else(|e| e.into_inner());
-                        let (bt, jb) = (i / blocks_per_batch, i % blocks_per_batch);
-                        block(isa, ops(bt), jb * NB, &mut rows);
-                    }
+                let work = |i: usize, rows: &mut [&mut [T]]| {
+                    let (bt, jb) = (i / blocks_per_batch, i % blocks_per_batch);
+                    block(isa, ops(bt), jb * NB, rows);
                     true
                 };
-                pool.install(|| pool.claim_units(threads, blocks, &work));
+                pool.install(|| pool.claim_pieces(threads, pieces, &work));
             }
             _ => {
                 for (bt, out_b) in out.chunks_exact_mut(m * n).enumerate() {
